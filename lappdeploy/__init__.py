@@ -1,0 +1,45 @@
+"""lappdeploy: deployment-oriented CNN compression (LAPP pruning from scratch, export, benchmarks).
+
+Importing the package is cheap: it imports neither torch's CUDA runtime, nor onnxruntime, tensorrt
+or matplotlib. The public names below resolve lazily on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY_EXPORTS = {
+    "LappDeployError": "lappdeploy.errors",
+    "TrainConfig": "lappdeploy.config",
+    "create_model": "lappdeploy.models",
+    "list_models": "lappdeploy.models",
+    "register_model": "lappdeploy.models",
+    "count_macs": "lappdeploy.models",
+    "save_model": "lappdeploy.models",
+    "load_model": "lappdeploy.models",
+    "create_dataset": "lappdeploy.data",
+    "list_datasets": "lappdeploy.data",
+    "register_dataset": "lappdeploy.data",
+    "Trainer": "lappdeploy.train",
+    "Hook": "lappdeploy.train",
+    "run_training": "lappdeploy.train",
+}
+
+__all__ = ["__version__", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lappdeploy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,255 @@
+"""Validated, frozen configuration dataclasses, one per stage, that round-trip through YAML.
+
+Each field carries its CLI help in `metadata["help"]`; the CLI builds its options from these fields,
+so a flag, its YAML key and its validation are defined once. Values are checked in `__post_init__`
+and a bad value raises `ConfigError` naming the field and the accepted range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lappdeploy.errors import ConfigError
+
+__all__ = ["TrainConfig", "config_from_dict", "config_to_dict", "load_yaml_mapping", "parse_shape"]
+
+C = TypeVar("C")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def parse_shape(text: str | list | tuple) -> tuple[int, int, int]:
+    """'3x64x64' or [3, 64, 64] -> (3, 64, 64) as channels, height, width."""
+    if isinstance(text, (list, tuple)):
+        parts = list(text)
+    else:
+        parts = re.split(r"[x,]", str(text).strip().lower())
+    try:
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shape {text!r} is not of the form CxHxW, e.g. 3x64x64") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"shape {text!r} is not of the form CxHxW with positive sizes, e.g. 3x64x64")
+    return shape  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and nothing about where its files go)."""
+
+    # what to train
+    model: str = _opt("resnet20", "Architecture name (`lappdeploy list models`).")
+    dataset: str = _opt("fashion-mnist", "Dataset name (`lappdeploy list datasets`).")
+    # data
+    data_dir: str | None = _opt(
+        None, "Dataset directory (searched first; then $LAPPDEPLOY_DATA, then the system location)."
+    )
+    download: bool = _opt(False, "Download the dataset with torchvision if it is not found locally.")
+    image_size: int | None = _opt(
+        None, "Input resolution in pixels (default: the dataset's own, raised to the model's minimum)."
+    )
+    augment: bool = _opt(True, "Standard training augmentation of the dataset (crop, flip).")
+    train_subset: int | None = _opt(None, "Train on the first N images of a fixed shuffle (quick runs).")
+    val_subset: int | None = _opt(None, "Evaluate on the first N validation images of a fixed shuffle.")
+    synthetic_shape: tuple[int, int, int] = _opt((3, 32, 32), "Synthetic dataset: image shape CxHxW.", cli_type="shape")
+    synthetic_classes: int = _opt(10, "Synthetic dataset: number of classes.")
+    synthetic_samples: int = _opt(2048, "Synthetic dataset: training images (validation gets a quarter).")
+    # optimisation
+    epochs: int = _opt(2, "Training epochs.")
+    batch_size: int = _opt(128, "Images per step per process (the global batch is this x processes).")
+    lr: float = _opt(0.1, "Peak learning rate of SGD.")
+    momentum: float = _opt(0.9, "SGD momentum.")
+    nesterov: bool = _opt(True, "Nesterov momentum.")
+    weight_decay: float = _opt(5e-4, "L2 weight decay.")
+    lr_schedule: str = _opt("cosine", "Learning-rate schedule: cosine or step.", choices=("cosine", "step"))
+    lr_milestones: tuple[int, ...] = _opt(
+        (),
+        "Step schedule: epochs at which the LR is multiplied by --lr-gamma (default: 50% and 75%).",
+        cli_type="int_list",
+    )
+    lr_gamma: float = _opt(0.1, "Step schedule: LR factor at each milestone.")
+    warmup_epochs: float = _opt(0.0, "Linear LR warm-up length in (fractional) epochs.")
+    label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy loss.")
+    # execution
+    amp: bool = _opt(False, "Automatic mixed precision (autocast) for training.")
+    amp_dtype: str = _opt("bf16", "AMP dtype: bf16, or fp16 (CUDA, with gradient scaling).", choices=("bf16", "fp16"))
+    channels_last: bool = _opt(
+        False, "channels_last memory format (often faster, on CPUs too: see benchmarks/train_throughput.py)."
+    )
+    sync_bn: bool = _opt(False, "Synchronise BatchNorm statistics across processes (DDP).")
+    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when available).")
+    workers: int | None = _opt(None, "DataLoader worker processes per training process (default: auto).")
+    seed: int = _opt(0, "Random seed: same seed, same machine -> same weights.")
+    deterministic: bool = _opt(False, "Force deterministic kernels (slower on GPU).")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _at_least(self, "epochs", 1)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "synthetic_classes", 1)
+        _at_least(self, "synthetic_samples", 1)
+        for name in ("image_size", "train_subset", "val_subset"):
+            if getattr(self, name) is not None:
+                _at_least(self, name, 1)
+        if self.workers is not None:
+            _at_least(self, "workers", 0)
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0 (got {self.lr})")
+        _in_range(self, "momentum", 0.0, 1.0, hi_open=True)
+        _in_range(self, "label_smoothing", 0.0, 1.0, hi_open=True)
+        _in_range(self, "lr_gamma", 0.0, 1.0, lo_open=True)
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0 (got {self.weight_decay})")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs={self.epochs}) (got {self.warmup_epochs})")
+        object.__setattr__(self, "synthetic_shape", parse_shape(self.synthetic_shape))
+        milestones = tuple(self.lr_milestones)
+        if any(not 0 < m < self.epochs for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ConfigError(
+                f"lr_milestones must be increasing epochs inside (0, {self.epochs}) (got {list(milestones)})"
+            )
+        object.__setattr__(self, "lr_milestones", milestones)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {getattr(self, f.name)!r})")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov needs momentum > 0; pass --no-nesterov or set --momentum")
+
+    # YAML round trip
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return config_from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------------
+# generic helpers shared by every stage's config
+
+
+def _at_least(cfg: Any, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low} (got {value})")
+
+
+def _in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    value = getattr(cfg, name)
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be in {interval} (got {value})")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise a ConfigError naming the field."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in re.split(r"[,x\s]+", value.strip()) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list (got {value!r})")
+        item_type = args[0]
+        return tuple(_coerce(name, v, item_type) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false (got {value!r})")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name} must be an integer (got {value!r})")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer (got {value!r})") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name} must be an integer (got {value!r})")
+        return int(as_float)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number (got {value!r})")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number (got {value!r})") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string (got {value!r})")
+        return value
+    return value
+
+
+def _check_types(cfg: Any) -> None:
+    for name, hint in _field_types(type(cfg)).items():
+        object.__setattr__(cfg, name, _coerce(name, getattr(cfg, name), hint))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {cls.__name__} must be a mapping of option names to values (got {type(data).__name__})")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(names)}"
+        raise ConfigError(f"unknown option {key!r} in config; {hint}")
+    return cls(**data)
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold one mapping; keys may use dashes or underscores."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping of option: value (got a {type(data).__name__})")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,41 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataNotFoundError",
+    "LappDeployError",
+    "MissingDependencyError",
+    "RunDirError",
+    "UnknownNameError",
+]
+
+
+class LappDeployError(Exception):
+    """Base class for problems caused by the input (not by a bug); the message says how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(LappDeployError, ValueError):
+    """A configuration value is invalid."""
+
+
+class UnknownNameError(LappDeployError, KeyError):
+    """A registry was asked for a name it does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(LappDeployError, FileNotFoundError):
+    """A dataset's files are not where we looked."""
+
+
+class RunDirError(LappDeployError):
+    """A run directory cannot be created, written or resumed."""
+
+
+class MissingDependencyError(LappDeployError, ImportError):
+    """An optional dependency is not installed."""
