@@ -1,0 +1,145 @@
+"""Portable model checkpoints: architecture name + builder kwargs + input card + state_dict.
+
+No pickled classes: a file loads with `torch.load(weights_only=True)` in any process that has
+lappdeploy (and the same registered architecture), on any torch version that reads the format.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lappdeploy.errors import LappDeployError
+from lappdeploy.io import atomic_torch_save
+
+__all__ = ["FORMAT", "LoadedModel", "ModelCard", "load_model", "model_card", "read_checkpoint", "save_model"]
+
+FORMAT = "lappdeploy.model"
+FORMAT_VERSION = 1
+_ARCH_ATTR = "lappdeploy_arch"  # set on every model built by create_model: {"name", "kwargs"}
+
+
+@dataclass
+class ModelCard:
+    """What a deployer needs besides the weights: how to rebuild the network and feed it."""
+
+    architecture: str
+    kwargs: dict[str, Any]
+    input_shape: tuple[int, int, int]  # C, H, W the model was trained at
+    mean: tuple[float, ...] = ()  # per-channel input normalisation (after scaling pixels to [0, 1])
+    std: tuple[float, ...] = ()
+    dataset: str | None = None
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("input_shape", "mean", "std"):
+            out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        data = dict(data)
+        for key in ("input_shape", "mean", "std"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    card: ModelCard
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_card(model: nn.Module, *, input_shape, mean=(), std=(), dataset=None, class_names=None, **extra) -> ModelCard:
+    arch = getattr(unwrap(model), _ARCH_ATTR, None)
+    if arch is None:
+        raise LappDeployError(
+            f"{type(model).__name__} was not built by lappdeploy.create_model, so it cannot be saved portably; "
+            "register its builder with lappdeploy.register_model and build it with create_model"
+        )
+    return ModelCard(
+        architecture=arch["name"],
+        kwargs=dict(arch["kwargs"]),
+        input_shape=tuple(int(s) for s in input_shape),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        dataset=dataset,
+        class_names=list(class_names) if class_names is not None else None,
+        extra=extra,
+    )
+
+
+def checkpoint_payload(model: nn.Module, card: ModelCard) -> dict[str, Any]:
+    from lappdeploy import __version__
+
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lappdeploy_version": __version__,
+        "card": card.to_dict(),
+        "state_dict": state,
+    }
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) -> None:
+    """Write `model` atomically as a portable checkpoint."""
+    atomic_torch_save(checkpoint_payload(model, card), path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a lappdeploy checkpoint file (model or training state) without building it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LappDeployError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise LappDeployError(f"{path} is a directory, not a checkpoint file") from None
+    except Exception:  # unpickling errors come in many types
+        raise LappDeployError(
+            f"{path} is not a lappdeploy checkpoint: torch.load(weights_only=True) cannot read it (not a torch "
+            "file, corrupt, or a pickled whole model); expected a model.pt or checkpoint.pt written by lappdeploy"
+        ) from None
+    if not isinstance(payload, dict) or "card" not in payload or "state_dict" not in payload:
+        raise LappDeployError(
+            f"{path} is not a lappdeploy checkpoint (no model card); expected a model.pt or checkpoint.pt "
+            "written by lappdeploy"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise LappDeployError(
+            f"{path} was written by a newer lappdeploy ({payload.get('lappdeploy_version')}); upgrade lappdeploy"
+        )
+    return payload
+
+
+def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the architecture named in the checkpoint and load its weights (eval mode)."""
+    from lappdeploy.models import create_model
+
+    payload = read_checkpoint(path)
+    card = ModelCard.from_dict(payload["card"])
+    model = create_model(card.architecture, **card.kwargs)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise LappDeployError(
+            f"weights in {path} do not fit architecture {card.architecture!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    return LoadedModel(model=model.to(map_location).eval(), card=card)

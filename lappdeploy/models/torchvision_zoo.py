@@ -1,0 +1,84 @@
+"""Every torchvision classification CNN, adapted to a dataset's input channels and class count.
+
+Vision transformers (ViT, Swin, MaxViT) are left out: lappdeploy prunes convolution channels.
+Models are built from scratch (`weights=None`): pretrained weights are a download we do not assume.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+__all__ = ["MIN_INPUT_SIZE", "TRANSFORMER_PREFIXES", "build_torchvision_model", "torchvision_cnn_names"]
+
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "swin3d", "maxvit")
+
+# Smallest square input (px) each family forward-passes at, found by a forward-pass search over
+# sizes 1..80 with torchvision 0.29 (tests/unit/test_models.py re-checks every entry). Families not
+# listed accept any size, thanks to adaptive pooling.
+MIN_INPUT_SIZE = {
+    "alexnet": 63,
+    "convnext": 32,
+    "densenet": 29,
+    "googlenet": 15,
+    "inception_v3": 75,
+    "squeezenet1_0": 21,
+    "squeezenet1_1": 17,
+    "vgg": 32,
+}
+
+
+def min_input_size(name: str) -> int:
+    for prefix, size in MIN_INPUT_SIZE.items():
+        if name.startswith(prefix):
+            return size
+    return 1
+
+
+@functools.cache
+def torchvision_cnn_names() -> tuple[str, ...]:
+    import torchvision.models
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return tuple(n for n in names if not n.startswith(TRANSFORMER_PREFIXES))
+
+
+def _replace_stem_input_channels(model: nn.Module, in_channels: int) -> None:
+    """Swap the first registered convolution (the stem) for one that reads `in_channels` channels."""
+    stem_name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if stem_name is None:
+        raise ValueError(f"{type(model).__name__} has no Conv2d to adapt to {in_channels} input channels")
+    parent_name, _, attr = stem_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, attr)
+    if old.groups != 1:
+        raise ValueError(f"stem {stem_name} of {type(model).__name__} is a grouped conv; cannot adapt it")
+    stem = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        old.dilation,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+    )
+    nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
+    if stem.bias is not None:
+        nn.init.zeros_(stem.bias)
+    setattr(parent, attr, stem)
+
+
+def build_torchvision_model(name: str, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    import torchvision.models
+
+    extra = {}
+    if name in ("googlenet", "inception_v3"):
+        # Auxiliary heads change the output type in training mode, and `transform_input` re-normalises
+        # 3-channel ImageNet inputs for ported weights; neither is wanted when training from scratch.
+        extra = {"aux_logits": False, "transform_input": False, "init_weights": True}
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+    if in_channels != 3:
+        _replace_stem_input_channels(model, in_channels)
+    return model
