@@ -1,0 +1,163 @@
+"""CLI plumbing: options generated from config dataclasses, --config YAML defaults, logging, formatting."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from lappdeploy.config import load_yaml_mapping, parse_shape
+from lappdeploy.errors import ConfigError
+
+__all__ = [
+    "config_file_option",
+    "dataclass_options",
+    "format_count",
+    "setup_logging",
+    "stderr_console",
+    "stdout_console",
+]
+
+_consoles: dict[str, Any] = {}
+
+
+_PIPED_WIDTH = 160  # columns when stdout is a file or pipe (rich would assume 80 and truncate tables)
+
+
+def stdout_console():
+    from rich.console import Console
+
+    if "out" not in _consoles:
+        _consoles["out"] = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+    return _consoles["out"]
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return _consoles.setdefault("err", Console(stderr=True))
+
+
+def setup_logging(verbose: bool = False, *, rank: int | None = None) -> None:
+    """Rich log lines on stderr; only rank 0 of a torchrun job logs below WARNING."""
+    from rich.logging import RichHandler
+
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    level = logging.DEBUG if verbose else logging.INFO
+    if rank != 0:
+        level = logging.WARNING
+    root = logging.getLogger("lappdeploy")
+    root.handlers[:] = [RichHandler(console=stderr_console(), show_path=False, show_time=False, markup=False)]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def format_count(n: float | int | None, unit: str = "") -> str:
+    """40813194 -> '40.81M' (SI prefixes, 4 significant digits)."""
+    if n is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.4g}{prefix}{unit}"
+    return f"{n:g}{unit}"
+
+
+class ShapeParam(click.ParamType):
+    name = "CxHxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int, int]:
+        try:
+            return parse_shape(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class IntListParam(click.ParamType):
+    name = "N,N,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [v for v in str(value).replace(" ", "").split(",") if v]
+        try:
+            return tuple(int(v) for v in items)
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+
+
+def _option_specs(cls: type, *, exclude: tuple[str, ...] = ()) -> list[tuple[list[str], dict[str, Any]]]:
+    """(declarations, keyword arguments) of one click option per dataclass field: `--field-name`,
+    with the field's help, type, choices and default."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = [t for t in typing.get_args(hint) if t is not type(None)]
+        base = args[0] if typing.get_origin(hint) is not tuple and args else hint
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "show_default": True, "default": f.default}
+        cli_type = f.metadata.get("cli_type")
+        if cli_type == "shape":
+            kwargs["type"] = ShapeParam()
+            kwargs["default"] = "x".join(map(str, f.default))
+        elif cli_type == "int_list":
+            kwargs["type"] = IntListParam()
+            kwargs["default"] = ",".join(map(str, f.default))
+            kwargs["show_default"] = False
+        elif f.metadata.get("choices"):
+            kwargs["type"] = click.Choice(f.metadata["choices"])
+        elif base is bool:
+            flag = f"{flag}/--no-{flag[2:]}"
+        else:
+            kwargs["type"] = {int: int, float: float, str: str}.get(base, str)
+        if f.default is None:
+            kwargs["show_default"] = False
+        options.append(([flag, f.name], kwargs))
+    return options
+
+
+def dataclass_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Decorator adding the options of `cls`'s fields to a click command, in field order."""
+
+    def decorate(fn: Callable) -> Callable:
+        for decls, kwargs in reversed(_option_specs(cls, exclude=exclude)):
+            fn = click.option(*decls, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager callback: the YAML mapping becomes the command's default_map (flags still win)."""
+    if value is None:
+        return None
+    data = load_yaml_mapping(value)
+    known = [p.name for p in ctx.command.params if p.name not in ("config", "debug")]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(known)}"
+            raise ConfigError(f"unknown option {key!r} in config {value}; {hint}")
+    ctx.default_map = {**(ctx.default_map or {}), **data}
+    return value
+
+
+def config_file_option(fn: Callable) -> Callable:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config_file,
+        help="YAML file of option: value pairs used as defaults (command-line flags override them).",
+    )(fn)

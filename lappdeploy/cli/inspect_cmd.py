@@ -1,0 +1,214 @@
+"""`lappdeploy inspect`: architecture, parameters and MACs per layer of a run, checkpoint or model name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lappdeploy.cli.common import ShapeParam, format_count, stdout_console
+from lappdeploy.errors import LappDeployError
+
+__all__ = ["inspect_command"]
+
+
+def _from_checkpoint(path: Path) -> tuple[Any, dict, dict | None]:
+    """(model, card dict, report or None) of a run directory or checkpoint file."""
+    from lappdeploy.io import read_json
+    from lappdeploy.models import ModelCard, create_model, read_checkpoint
+
+    report = None
+    if path.is_dir():
+        candidates = [path / "model.pt", path / "checkpoint.pt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise LappDeployError(f"{path} holds neither model.pt nor checkpoint.pt; is it a lappdeploy run directory?")
+        if (path / "report.json").is_file():
+            report = read_json(path / "report.json")
+        path = found
+    payload = read_checkpoint(path)
+    if payload.get("card") is None:
+        raise LappDeployError(f"{path} has no model card; it was written without one and cannot be inspected")
+    card = ModelCard.from_dict(payload["card"])
+    model = create_model(card.architecture, **card.kwargs)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise LappDeployError(
+            f"weights in {path} do not fit {card.architecture!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    return model, {**card.to_dict(), "source": str(path)}, report
+
+
+def _from_model_name(name: str, *, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes):
+    """Build registered model `name` for a dataset (resolving the input shape exactly as `train` does)
+    or for an explicit --input-shape."""
+    from lappdeploy.data import DataRequest, locate_dataset
+    from lappdeploy.models import MODELS, create_model, resolve_input_shape
+
+    spec = MODELS.get(name)
+    if dataset is not None:
+        if input_shape is not None:
+            raise LappDeployError("--input-shape is for a model without --dataset; use --image-size with --dataset")
+        request = DataRequest(data_dir=data_dir, synthetic_shape=synthetic_shape or (3, 32, 32))
+        info = locate_dataset(dataset, request)
+        shape = resolve_input_shape(name, info.in_channels, info.image_hw, image_size)
+        classes = info.num_classes
+    else:
+        default = (3, 32, 32) if spec.family in ("cifar", "testing") else (3, 224, 224)
+        channels, height, width = input_shape or default
+        shape = resolve_input_shape(name, channels, (height, width), image_size)
+        if input_shape is not None and shape[1:] != (height, width):
+            raise LappDeployError(
+                f"{name} needs inputs of at least {spec.min_input_size}x{spec.min_input_size} px; "
+                f"--input-shape {'x'.join(map(str, input_shape))} is too small"
+            )
+        classes = 10 if spec.family in ("cifar", "testing") else 1000
+    if num_classes is not None:
+        classes = num_classes
+    model = create_model(name, num_classes=classes, in_channels=shape[0])
+    card = {
+        "architecture": name,
+        "kwargs": model.lappdeploy_arch["kwargs"],
+        "input_shape": list(shape),
+        "dataset": dataset,
+        "source": "registry",
+    }
+    return model, card
+
+
+@click.command("inspect")
+@click.argument("target")
+@click.option(
+    "--dataset", default=None, help="For a model name: take input channels, size and classes from this dataset."
+)
+@click.option("--data-dir", default=None, help="Where --dataset lives (see `lappdeploy train --help`).")
+@click.option(
+    "--synthetic-shape", type=ShapeParam(), default=None, help="With --dataset synthetic: its image shape CxHxW."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --dataset: input resolution (px), as for train.",
+)
+@click.option(
+    "--input-shape", type=ShapeParam(), default=None, help="Without --dataset: input CxHxW [default: 3x224x224]."
+)
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="For a model name: output classes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect_command(
+    target: str, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes, as_json: bool
+) -> None:
+    """Show architecture, parameters and MACs per layer of TARGET: a run directory, a checkpoint file
+    (model.pt / checkpoint.pt) or a registered model name.
+
+    MACs are per image, for conv and linear layers (what pruning removes), counted as torch-pruning counts them.
+
+    \b
+    Examples:
+      lappdeploy inspect runs/r20
+      lappdeploy inspect resnet18 --dataset fashion-mnist
+      lappdeploy inspect inception_v3 --dataset synthetic --synthetic-shape 3x64x64   # raised to 80 px
+      lappdeploy inspect mobilenet_v2 --input-shape 3x224x224 --num-classes 1000 --json
+    """
+    from lappdeploy.models import MODELS, count_macs
+
+    path = Path(target).expanduser()
+    report = None
+    if path.exists():
+        model, card, report = _from_checkpoint(path)
+    elif target in MODELS:
+        model, card = _from_model_name(
+            target,
+            dataset=dataset,
+            data_dir=data_dir,
+            synthetic_shape=synthetic_shape,
+            image_size=image_size,
+            input_shape=input_shape,
+            num_classes=num_classes,
+        )
+    elif "/" in target or target.endswith((".pt", ".pth")):
+        raise LappDeployError(f"{target} does not exist")
+    else:
+        raise LappDeployError(
+            f"{target!r} is neither a run directory, a checkpoint file nor a model name; "
+            + MODELS.unknown_message(target).split("; ", 1)[1]
+        )
+    costs = count_macs(model, card["input_shape"])
+    if as_json:
+        click.echo(json.dumps({**card, **costs.as_dict(), "report": report}, indent=2))
+        return
+    _print_tables(card, costs, report)
+
+
+def _print_tables(card: dict, costs, report: dict | None) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    summary = Table(show_header=False, title=f"{card['architecture']}", title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    kwargs = ", ".join(f"{k}={v}" for k, v in card["kwargs"].items())
+    rows = [
+        ("source", card.get("source", "-")),
+        ("builder kwargs", kwargs),
+        ("input", "x".join(map(str, costs.input_shape))),
+        ("output", "x".join(map(str, costs.output_shape))),
+        ("params", f"{format_count(costs.params)} ({costs.params:,})"),
+        ("MACs / image", f"{format_count(costs.macs)} ({costs.macs:,}; conv + linear)"),
+    ]
+    if report:
+        rows += [
+            ("dataset", str(report.get("dataset"))),
+            (
+                "top-1 / top-5",
+                f"{100 * report['top1']:.2f}% / {100 * report['top5']:.2f}%" if report.get("top1") is not None else "-",
+            ),
+            ("epochs", str(report.get("epochs"))),
+        ]
+    for key, value in rows:
+        summary.add_row(key, value)
+    console.print(summary)
+
+    layers = Table(title="conv and linear layers", title_justify="left")
+    for column, justify in (
+        ("#", "right"),
+        ("layer", "left"),
+        ("type", "left"),
+        ("output", "left"),
+        ("kernel", "left"),
+        ("groups", "right"),
+        ("params", "right"),
+        ("MACs", "right"),
+        ("share", "right"),
+    ):
+        layers.add_column(column, justify=justify, overflow="fold")
+    total = max(costs.macs, 1)
+    for i, layer in enumerate(costs.layers):
+        layers.add_row(
+            str(i),
+            layer.name,
+            layer.kind,
+            "x".join(map(str, layer.output_shape)),
+            "x".join(map(str, layer.kernel)) or "-",
+            str(layer.groups),
+            format_count(layer.params),
+            format_count(layer.macs),
+            f"{100 * layer.macs / total:.1f}%",
+        )
+    layers.add_section()
+    layers.add_row(
+        "",
+        "total",
+        "",
+        "",
+        "",
+        "",
+        format_count(sum(x.params for x in costs.layers)),
+        format_count(costs.macs),
+        "100.0%",
+    )
+    console.print(layers)
