@@ -1,0 +1,51 @@
+"""Shared fixtures: run the real CLI in-process, and small data sets in real on-disk formats."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from lappdeploy.cli import main
+from lappdeploy.testing import write_fashion_mnist
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Call `lappdeploy ARGS...` in this process; returns exit code, stdout and stderr."""
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(int(exc.value.code or 0), captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_dir(tmp_path_factory) -> Path:
+    """Fashion-MNIST-format IDX files: 256 train / 64 val images."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), n_train=256, n_val=64)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_environment(monkeypatch, tmp_path):
+    # Never let a developer's $LAPPDEPLOY_DATA or download cache change what a test sees.
+    monkeypatch.delenv("LAPPDEPLOY_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+PYTHON = sys.executable
