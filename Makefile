@@ -1,0 +1,55 @@
+# The README's two commands:  `make demo`  and  `make test`.
+# Both work on a fresh machine: they create .venv, install lappdeploy with what it needs, and get the data.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= runs/demo
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all lint install data clean
+
+demo: $(STAMP) data
+	$(BIN)/lappdeploy train --config configs/demo.yaml --out $(DEMO_DIR) --force
+	$(BIN)/lappdeploy inspect $(DEMO_DIR)
+
+test: $(STAMP) data lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# includes tests marked slow (the very largest torchvision models)
+test-all: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check lappdeploy tests benchmarks
+	$(BIN)/ruff format --check lappdeploy tests benchmarks
+
+install: $(STAMP)
+
+# torch/torchvision first, as ranges (on a machine with a local wheel cache or pip constraints, pip picks
+# those); then lappdeploy itself, editable, with the ONNX, report and test extras.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'torch>=2.1' 'torchvision>=0.16'
+	$(BIN)/python -m pip install --quiet -e '.[onnx,report,dev]'
+	touch $@
+
+# Real Fashion-MNIST from Debian's package when we can install it; otherwise `lappdeploy train --download`
+# (used by the demo config) fetches it with torchvision, and tests that need it are skipped.
+data:
+	@if [ -d $(FASHION_MNIST_DIR) ] || [ -n "$$LAPPDEPLOY_DATA" ]; then \
+		true; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+		echo "note: could not apt-get install dataset-fashion-mnist; the demo will try --download"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		echo "note: could not apt-get install dataset-fashion-mnist; the demo will try --download"; \
+	else \
+		echo "note: Fashion-MNIST not in $(FASHION_MNIST_DIR); the demo will try --download"; \
+	fi
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
