@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lappdeploy.data import DataRequest, DeviceLoader, create_dataset
-from lappdeploy.environment import versions
+from lappdeploy.environment import cpu_name, versions
 from lappdeploy.io import atomic_write_json
 from lappdeploy.models import create_model
 from lappdeploy.train import resolve_device
@@ -142,9 +141,7 @@ def main() -> None:
     stdout_console().print(table)
 
     environment = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "versions": versions(),

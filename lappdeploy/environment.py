@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-__all__ = ["package_version", "versions"]
+__all__ = ["cpu_name", "package_version", "versions"]
 
 _PACKAGES = ("lappdeploy", "torch", "torchvision", "torch-pruning", "numpy")
 
@@ -16,6 +16,18 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def cpu_name() -> str:
+    """The CPU model ('AMD EPYC 9454 48-Core Processor'), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str | None]:

@@ -28,7 +28,7 @@ __all__ = [
 _consoles: dict[str, Any] = {}
 
 
-_PIPED_WIDTH = 160  # columns when stdout is a file or pipe (rich would assume 80 and truncate tables)
+_PIPED_WIDTH = 160  # columns when output goes to a file or pipe (rich would assume 80 and truncate tables)
 
 
 def stdout_console():
@@ -42,7 +42,9 @@ def stdout_console():
 def stderr_console():
     from rich.console import Console
 
-    return _consoles.setdefault("err", Console(stderr=True))
+    if "err" not in _consoles:
+        _consoles["err"] = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+    return _consoles["err"]
 
 
 def setup_logging(verbose: bool = False, *, rank: int | None = None) -> None:

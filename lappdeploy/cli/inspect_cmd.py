@@ -14,32 +14,16 @@ from lappdeploy.errors import LappDeployError
 __all__ = ["inspect_command"]
 
 
-def _from_checkpoint(path: Path) -> tuple[Any, dict, dict | None]:
+def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
     """(model, card dict, report or None) of a run directory or checkpoint file."""
     from lappdeploy.io import read_json
-    from lappdeploy.models import ModelCard, create_model, read_checkpoint
+    from lappdeploy.models import checkpoint_in, load_model
 
-    report = None
-    if path.is_dir():
-        candidates = [path / "model.pt", path / "checkpoint.pt"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise LappDeployError(f"{path} holds neither model.pt nor checkpoint.pt; is it a lappdeploy run directory?")
-        if (path / "report.json").is_file():
-            report = read_json(path / "report.json")
-        path = found
-    payload = read_checkpoint(path)
-    if payload.get("card") is None:
-        raise LappDeployError(f"{path} has no model card; it was written without one and cannot be inspected")
-    card = ModelCard.from_dict(payload["card"])
-    model = create_model(card.architecture, **card.kwargs)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise LappDeployError(
-            f"weights in {path} do not fit {card.architecture!r}: {str(exc).splitlines()[0]}"
-        ) from None
-    return model, {**card.to_dict(), "source": str(path)}, report
+    path = checkpoint_in(target)
+    report_path = path.parent / "report.json"
+    report = read_json(report_path) if target.is_dir() and report_path.is_file() else None
+    loaded = load_model(path)
+    return loaded.model, {**loaded.card.to_dict(), "source": str(path)}, report
 
 
 def _from_model_name(name: str, *, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes):

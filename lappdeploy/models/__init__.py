@@ -21,6 +21,7 @@ from lappdeploy.models.macs import LayerCost, MacsReport, count_macs
 from lappdeploy.models.portable import (
     LoadedModel,
     ModelCard,
+    checkpoint_in,
     load_model,
     model_card,
     read_checkpoint,
@@ -36,6 +37,7 @@ __all__ = [
     "MacsReport",
     "ModelCard",
     "ModelSpec",
+    "checkpoint_in",
     "count_macs",
     "create_model",
     "list_models",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,16 @@ from torch import nn
 from lappdeploy.errors import LappDeployError
 from lappdeploy.io import atomic_torch_save
 
-__all__ = ["FORMAT", "LoadedModel", "ModelCard", "load_model", "model_card", "read_checkpoint", "save_model"]
+__all__ = [
+    "FORMAT",
+    "LoadedModel",
+    "ModelCard",
+    "checkpoint_in",
+    "load_model",
+    "model_card",
+    "read_checkpoint",
+    "save_model",
+]
 
 FORMAT = "lappdeploy.model"
 FORMAT_VERSION = 1
@@ -129,11 +139,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+def checkpoint_in(target: str | os.PathLike[str]) -> Path:
+    """The checkpoint a RUN_DIR|CHECKPOINT argument names: a file as is; in a run directory the final
+    model.pt, else the training checkpoint.pt of a run still in progress."""
+    target = Path(target)
+    if not target.is_dir():
+        return target
+    for name in ("model.pt", "checkpoint.pt"):
+        if (target / name).is_file():
+            return target / name
+    raise LappDeployError(f"{target} holds neither model.pt nor checkpoint.pt; is it a lappdeploy run directory?")
+
+
 def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the architecture named in the checkpoint and load its weights (eval mode)."""
+    """Rebuild the architecture named in a checkpoint (model.pt or checkpoint.pt, or a run directory
+    holding one) and load its weights; the model is returned in eval mode."""
     from lappdeploy.models import create_model
 
+    path = checkpoint_in(path)
     payload = read_checkpoint(path)
+    if payload["card"] is None:
+        raise LappDeployError(f"{path} has no model card (written by a Trainer without one); it cannot be rebuilt")
     card = ModelCard.from_dict(payload["card"])
     model = create_model(card.architecture, **card.kwargs)
     try:

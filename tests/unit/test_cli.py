@@ -46,7 +46,7 @@ def test_train_writes_the_run_directory_contract(cli, tmp_path):
     assert [m["epoch"] for m in metrics] == [1, 2]
     saved = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
     assert saved.model == "tiny_resnet" and saved.synthetic_shape == (3, 16, 16) and saved.epochs == 2
-    loaded = load_model(out / "model.pt")  # weights_only inside
+    loaded = load_model(out)  # the run directory's model.pt, read with weights_only=True
     assert loaded.card.input_shape == (3, 16, 16)
     assert loaded.model(torch.zeros(1, 3, 16, 16)).shape == (1, 4)
     assert "epoch 2/2" in result.out and "top-1" in result.out and str(out) in result.out
