@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -158,7 +159,9 @@ def _in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = Fals
         raise ConfigError(f"{name} must be in {interval} (got {value})")
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a config class (they are strings under `from __future__ import annotations`)."""
     return typing.get_type_hints(cls)
 
 

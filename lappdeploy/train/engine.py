@@ -32,7 +32,15 @@ from lappdeploy.train.distributed import DistContext
 from lappdeploy.train.hooks import Hook
 from lappdeploy.train.schedule import LRSchedule
 
-__all__ = ["RESUMABLE_CHANGES", "TRAIN_STATE_FORMAT", "TrainState", "Trainer", "TrainingDivergedError", "evaluate"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "TRAIN_STATE_FORMAT",
+    "TrainState",
+    "Trainer",
+    "TrainingDivergedError",
+    "check_device_support",
+    "evaluate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,12 @@ class TrainState:
     step: int = 0  # optimizer steps completed (global; identical on every rank)
     elapsed_s: float = 0.0  # training wall time so far, over all sessions of a resumed run
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_device_support(config: TrainConfig, device: torch.device) -> None:
+    """Raise ConfigError for settings the device cannot run (checked before a run writes anything)."""
+    if config.amp and config.amp_dtype == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on CPU")
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -126,8 +140,7 @@ class Trainer:
         self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
         if self.steps_per_epoch == 0:
             raise ConfigError("the training set yields no batch; use a smaller --batch-size or more data")
-        if config.amp and config.amp_dtype == "fp16" and self.device.type != "cuda":
-            raise ConfigError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on CPU")
+        check_device_support(config, self.device)
         if config.deterministic:
             # cuBLAS needs a fixed workspace for deterministic GEMMs; read when its handle is created.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -28,11 +28,11 @@ import torch
 from lappdeploy.config import TrainConfig
 from lappdeploy.data import DATASETS, DataRequest, DatasetInfo, DeviceLoader, auto_workers, fixed_subset, locate_dataset
 from lappdeploy.environment import versions
-from lappdeploy.errors import ConfigError, RunDirError
+from lappdeploy.errors import RunDirError
 from lappdeploy.io import atomic_write_json, atomic_write_text
 from lappdeploy.models import MODELS, count_macs, create_model, model_card, resolve_input_shape, save_model
 from lappdeploy.train.distributed import DistContext, init_distributed
-from lappdeploy.train.engine import Trainer
+from lappdeploy.train.engine import Trainer, check_device_support
 from lappdeploy.train.hooks import Hook
 
 __all__ = ["RunDir", "check_run_dir", "data_request", "read_config", "run_training"]
@@ -212,8 +212,7 @@ def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, A
     # 1. validate everything (no writes)
     run = check_run_dir(out, force=force, resume=resume)
     MODELS.get(config.model)
-    if config.amp and config.amp_dtype == "fp16" and dist.device.type != "cuda":
-        raise ConfigError("--amp-dtype fp16 needs CUDA; use --amp-dtype bf16 on CPU")
+    check_device_support(config, dist.device)
     if dist.is_main:  # rank 0 first: it may download
         info = locate_dataset(config.dataset, data_request(config))
     dist.barrier()
