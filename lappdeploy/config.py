@@ -19,13 +19,20 @@ from typing import Any, TypeVar
 
 from lappdeploy.errors import ConfigError
 
-__all__ = ["TrainConfig", "config_from_dict", "config_to_dict", "load_yaml_mapping", "parse_shape"]
+__all__ = ["TrainConfig", "config_from_dict", "config_to_dict", "load_yaml_mapping", "parse_int_list", "parse_shape"]
 
 C = TypeVar("C")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
+
+
+def parse_int_list(text: str | list | tuple) -> list:
+    """'1, 2,3' or [1, 2, 3] -> the items, to be converted (separators: commas, 'x', spaces)."""
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    return [v for v in re.split(r"[,x\s]+", str(text).strip()) if v]
 
 
 def parse_shape(text: str | list | tuple) -> tuple[int, int, int]:
@@ -176,7 +183,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return _coerce(name, value, inner)
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in re.split(r"[,x\s]+", value.strip()) if v]
+            value = parse_int_list(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list (got {value!r})")
         item_type = args[0]

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from lappdeploy.config import load_yaml_mapping, parse_shape
+from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape
 from lappdeploy.errors import ConfigError
 
 __all__ = [
@@ -47,13 +47,12 @@ def stderr_console():
     return _consoles["err"]
 
 
-def setup_logging(verbose: bool = False, *, rank: int | None = None) -> None:
+def setup_logging(verbose: bool = False) -> None:
     """Rich log lines on stderr; only rank 0 of a torchrun job logs below WARNING."""
     from rich.logging import RichHandler
 
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     level = logging.DEBUG if verbose else logging.INFO
-    if rank != 0:
+    if int(os.environ.get("RANK", "0")) != 0:
         level = logging.WARNING
     root = logging.getLogger("lappdeploy")
     root.handlers[:] = [RichHandler(console=stderr_console(), show_path=False, show_time=False, markup=False)]
@@ -61,14 +60,14 @@ def setup_logging(verbose: bool = False, *, rank: int | None = None) -> None:
     root.propagate = False
 
 
-def format_count(n: float | int | None, unit: str = "") -> str:
+def format_count(n: float | int | None) -> str:
     """40813194 -> '40.81M' (SI prefixes, 4 significant digits)."""
     if n is None:
         return "-"
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= factor:
-            return f"{n / factor:.4g}{prefix}{unit}"
-    return f"{n:g}{unit}"
+            return f"{n / factor:.4g}{prefix}"
+    return f"{n:g}"
 
 
 class ShapeParam(click.ParamType):
@@ -85,24 +84,18 @@ class IntListParam(click.ParamType):
     name = "N,N,..."
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
-        if isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            items = [v for v in str(value).replace(" ", "").split(",") if v]
         try:
-            return tuple(int(v) for v in items)
+            return tuple(int(v) for v in parse_int_list(value))
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
 
 
-def _option_specs(cls: type, *, exclude: tuple[str, ...] = ()) -> list[tuple[list[str], dict[str, Any]]]:
+def _option_specs(cls: type) -> list[tuple[list[str], dict[str, Any]]]:
     """(declarations, keyword arguments) of one click option per dataclass field: `--field-name`,
     with the field's help, type, choices and default."""
     hints = typing.get_type_hints(cls)
     options = []
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = [t for t in typing.get_args(hint) if t is not type(None)]
@@ -128,11 +121,11 @@ def _option_specs(cls: type, *, exclude: tuple[str, ...] = ()) -> list[tuple[lis
     return options
 
 
-def dataclass_options(cls: type, *, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
     """Decorator adding the options of `cls`'s fields to a click command, in field order."""
 
     def decorate(fn: Callable) -> Callable:
-        for decls, kwargs in reversed(_option_specs(cls, exclude=exclude)):
+        for decls, kwargs in reversed(_option_specs(cls)):
             fn = click.option(*decls, **kwargs)(fn)
         return fn
 

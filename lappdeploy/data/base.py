@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DataBundle", "DataRequest", "DatasetInfo", "DatasetSpec", "candidate_roots", "default_download_root"]
+__all__ = [
+    "DataBundle",
+    "DataRequest",
+    "DatasetInfo",
+    "DatasetSpec",
+    "candidate_roots",
+    "default_download_root",
+    "find_or_download",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,6 @@ class DataBundle:
     train_batch_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
     val_batch_transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
     in_memory: bool = True  # items are cheap views of tensors held in memory (no worker processes needed)
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,3 +93,40 @@ def candidate_roots(request: DataRequest, system_dirs: tuple[str, ...] = ()) -> 
     roots += [(Path(d), "system") for d in system_dirs]
     roots.append((default_download_root(), "download cache"))
     return roots
+
+
+T = TypeVar("T")
+
+
+def find_or_download(
+    request: DataRequest,
+    find: Callable[[Path], T | None],
+    *,
+    download: Callable[[Path], None],
+    name: str,
+    fix: str,
+    system_dirs: tuple[str, ...] = (),
+) -> T:
+    """Return `find(root)` for the first candidate root where it finds the dataset. If none does and
+    --download was given, download into --data-dir (or the cache) and search again; otherwise raise one
+    DataNotFoundError line listing every place searched and `fix`."""
+    from lappdeploy.errors import DataNotFoundError
+
+    def search() -> tuple[T | None, list[str]]:
+        searched = []
+        for root, label in candidate_roots(request, system_dirs):
+            searched.append(f"{root} ({label})")
+            found = find(root)
+            if found is not None:
+                return found, searched
+        return None, searched
+
+    found, searched = search()
+    if found is None and request.download:
+        target = Path(request.data_dir) if request.data_dir else default_download_root()
+        target.mkdir(parents=True, exist_ok=True)
+        download(target)
+        found, searched = search()
+    if found is None:
+        raise DataNotFoundError(f"{name} not found; searched {', '.join(searched)}. Fix: {fix}")
+    return found

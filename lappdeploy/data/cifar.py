@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lappdeploy.data.base import DataBundle, DataRequest, DatasetInfo, candidate_roots, default_download_root
+from lappdeploy.data.base import DataBundle, DataRequest, DatasetInfo, find_or_download
 from lappdeploy.data.tensor_dataset import ImageTensorDataset, in_memory_bundle
 from lappdeploy.errors import DataNotFoundError
 
@@ -37,33 +37,26 @@ class CifarVariant:
     std: tuple[float, float, float]
     torchvision_class: str
 
-    def _find(self, request: DataRequest) -> tuple[Path | None, list[str]]:
-        searched = []
-        for root, label in candidate_roots(request):
-            searched.append(f"{root} ({label})")
-            for directory in (root / self.folder, root):
-                if all((directory / f).is_file() for f in (*self.train_files, self.val_file, self.meta_file)):
-                    return directory, searched
-        return None, searched
+    def _find(self, root: Path) -> Path | None:
+        for directory in (root / self.folder, root):
+            if all((directory / f).is_file() for f in (*self.train_files, self.val_file, self.meta_file)):
+                return directory
+        return None
 
-    def _resolve(self, request: DataRequest) -> Path:
-        directory, searched = self._find(request)
-        if directory is None and request.download:
-            import torchvision
+    def _download(self, root: Path) -> None:
+        import torchvision
 
-            root = Path(request.data_dir) if request.data_dir else default_download_root()
-            root.mkdir(parents=True, exist_ok=True)
-            getattr(torchvision.datasets, self.torchvision_class)(str(root), train=True, download=True)
-            directory, searched = self._find(request)
-        if directory is None:
-            raise DataNotFoundError(
-                f"{self.name} not found; searched " + ", ".join(searched) + f". Fix: add --download (needs "
-                f"internet), or pass --data-dir DIR containing {self.folder}/ from the official python archive"
-            )
-        return directory
+        getattr(torchvision.datasets, self.torchvision_class)(str(root), train=True, download=True)
 
     def locate(self, request: DataRequest) -> DatasetInfo:
-        directory = self._resolve(request)
+        directory = find_or_download(
+            request,
+            self._find,
+            download=self._download,
+            name=self.name,
+            fix=f"add --download (needs internet), or pass --data-dir DIR containing {self.folder}/ from the "
+            "official python archive",
+        )
         meta = _unpickle(directory / self.meta_file)
         names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(self.names_key, ()))
         return DatasetInfo(
@@ -78,7 +71,7 @@ class CifarVariant:
         )
 
     def load(self, info: DatasetInfo, request: DataRequest) -> DataBundle:
-        directory = self._resolve(request)
+        directory = Path(info.location)
         train = ImageTensorDataset(*_read_batches(tuple(directory / f for f in self.train_files), self.label_key))
         val = ImageTensorDataset(*_read_batches((directory / self.val_file,), self.label_key))
         if int(train.labels.max()) >= self.num_classes:

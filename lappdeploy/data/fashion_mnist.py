@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lappdeploy.data.base import DataBundle, DataRequest, DatasetInfo, candidate_roots, default_download_root
+from lappdeploy.data.base import DataBundle, DataRequest, DatasetInfo, find_or_download
 from lappdeploy.data.tensor_dataset import ImageTensorDataset, in_memory_bundle
 from lappdeploy.errors import DataNotFoundError
 
@@ -68,32 +68,16 @@ def _find_files(directory: Path) -> dict[str, Path] | None:
     return None
 
 
-def _search(request: DataRequest) -> tuple[dict[str, Path] | None, list[str]]:
-    searched = []
-    for root, label in candidate_roots(request, (SYSTEM_DIR,)):
-        searched.append(f"{root} ({label})")
-        files = _find_files(root)
-        if files:
-            return files, searched
-    return None, searched
-
-
-def _resolve(request: DataRequest) -> dict[str, Path]:
-    files, searched = _search(request)
-    if files is None and request.download:
-        _download(Path(request.data_dir) if request.data_dir else default_download_root())
-        files, searched = _search(request)
-    if files is None:
-        raise DataNotFoundError(
-            "Fashion-MNIST not found; searched " + ", ".join(searched) + ". Fix: `sudo apt-get install "
-            "dataset-fashion-mnist`, or pass --data-dir DIR holding train-images-idx3-ubyte[.gz] and the "
-            "other three IDX files, or add --download"
-        )
-    return files
-
-
 def locate(request: DataRequest) -> DatasetInfo:
-    files = _resolve(request)
+    files = find_or_download(
+        request,
+        _find_files,
+        download=_download,
+        name="Fashion-MNIST",
+        fix="`sudo apt-get install dataset-fashion-mnist`, or pass --data-dir DIR holding "
+        "train-images-idx3-ubyte[.gz] and the other three IDX files, or add --download",
+        system_dirs=(SYSTEM_DIR,),
+    )
     return DatasetInfo(
         name="fashion-mnist",
         in_channels=1,
@@ -109,7 +93,6 @@ def locate(request: DataRequest) -> DatasetInfo:
 def _download(root: Path) -> None:
     import torchvision
 
-    root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):  # writes root/FashionMNIST/raw/*
         torchvision.datasets.FashionMNIST(str(root), train=train, download=True)
 
@@ -126,7 +109,9 @@ def _read_split(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def load(info: DatasetInfo, request: DataRequest) -> DataBundle:
-    files = _resolve(request)
+    files = _find_files(Path(info.location))
+    if files is None:
+        raise DataNotFoundError(f"Fashion-MNIST files disappeared from {info.location} after it was located")
     train = ImageTensorDataset(*_read_split(files["train_images"], files["train_labels"]))
     val = ImageTensorDataset(*_read_split(files["val_images"], files["val_labels"]))
     return in_memory_bundle(info, train, val, request, crop_padding=CROP_PADDING)

@@ -22,6 +22,7 @@ __all__ = [
     "LoadedModel",
     "ModelCard",
     "checkpoint_in",
+    "cpu_state_dict",
     "load_model",
     "model_card",
     "read_checkpoint",
@@ -96,10 +97,15 @@ def model_card(model: nn.Module, *, input_shape, mean=(), std=(), dataset=None, 
     )
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights and buffers of the user's module (inside any DDP/compile wrapper), copied to the CPU."""
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
 def checkpoint_payload(model: nn.Module, card: ModelCard) -> dict[str, Any]:
     from lappdeploy import __version__
 
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = cpu_state_dict(model)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -27,7 +27,7 @@ from lappdeploy.config import TrainConfig
 from lappdeploy.data.loaders import epoch_seed
 from lappdeploy.errors import ConfigError, LappDeployError
 from lappdeploy.io import atomic_torch_save
-from lappdeploy.models.portable import ModelCard, unwrap
+from lappdeploy.models.portable import ModelCard, cpu_state_dict
 from lappdeploy.train.distributed import DistContext
 from lappdeploy.train.hooks import Hook
 from lappdeploy.train.schedule import LRSchedule
@@ -184,11 +184,6 @@ class Trainer:
         return self.config.epochs
 
     @property
-    def epoch_progress(self) -> float:
-        """Training progress in fractional epochs (e.g. 2.5 = half-way through the third epoch)."""
-        return self.state.step / self.steps_per_epoch
-
-    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -299,7 +294,7 @@ class Trainer:
             "format_version": 1,
             "card": self.card.to_dict() if self.card is not None else None,
             "config": self.config.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in unwrap(self.module).state_dict().items()},
+            "state_dict": cpu_state_dict(self.module),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.state.epoch,

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lappdeploy.config import TrainConfig
+from lappdeploy.config import TrainConfig, load_yaml_mapping
 from lappdeploy.data import DATASETS, DataRequest, DatasetInfo, DeviceLoader, auto_workers, fixed_subset, locate_dataset
 from lappdeploy.environment import versions
 from lappdeploy.errors import RunDirError
@@ -120,8 +120,6 @@ def _create_run_dir(run: RunDir, *, force: bool) -> None:
 
 
 def read_config(run: RunDir) -> TrainConfig:
-    from lappdeploy.config import load_yaml_mapping
-
     return TrainConfig.from_dict(load_yaml_mapping(run.config))
 
 

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from lappdeploy.config import TrainConfig
+from lappdeploy.models.portable import cpu_state_dict
 from lappdeploy.train import Hook, init_distributed, run_training
 
 
@@ -16,9 +17,12 @@ class SaveRankWeights(Hook):
         self.path_template = path_template
 
     def on_train_end(self, trainer, history) -> None:
-        state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
         torch.save(
-            {"state_dict": state, "steps": trainer.state.step, "world": trainer.dist.world_size},
+            {
+                "state_dict": cpu_state_dict(trainer.module),
+                "steps": trainer.state.step,
+                "world": trainer.dist.world_size,
+            },
             self.path_template.format(rank=trainer.dist.rank),
         )
 
