@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-__all__ = ["cpu_name", "package_version", "versions"]
+__all__ = ["cpu_name", "describe_machine", "package_version", "versions"]
 
 _PACKAGES = ("lappdeploy", "torch", "torchvision", "torch-pruning", "numpy")
 
@@ -38,3 +38,18 @@ def versions() -> dict[str, str | None]:
 
         out["lappdeploy"] = __version__
     return out
+
+
+def describe_machine(device) -> dict:
+    """What a benchmark number depends on: device name, thread counts and library versions."""
+    import os
+
+    import torch
+
+    device = torch.device(device)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
+    }

@@ -1,4 +1,5 @@
-"""Portable model checkpoints: architecture name + builder kwargs + input card + state_dict.
+"""Portable model checkpoints: architecture name + builder kwargs + input card + the structural
+surgery steps applied since (bypass, channel plan, folding) + state_dict.
 
 No pickled classes: a file loads with `torch.load(weights_only=True)` in any process that has
 lappdeploy (and the same registered architecture), on any torch version that reads the format.
@@ -7,6 +8,7 @@ lappdeploy (and the same registered architecture), on any torch version that rea
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 FORMAT = "lappdeploy.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds "surgery" (version-1 files, without it, still load)
 _ARCH_ATTR = "lappdeploy_arch"  # set on every model built by create_model: {"name", "kwargs"}
 
 
@@ -98,12 +100,19 @@ def model_card(model: nn.Module, *, input_shape, mean=(), std=(), dataset=None, 
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights and buffers of the user's module (inside any DDP/compile wrapper), copied to the CPU."""
-    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    """The weights and buffers of the user's module (inside any DDP/compile wrapper), copied to the CPU.
+
+    The per-module `_metadata` (state-dict versions) is kept: some modules (torchvision's MNASNet) refuse
+    to load a state dict without it."""
+    state = unwrap(model).state_dict()
+    copied = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    copied._metadata = getattr(state, "_metadata", None)
+    return copied
 
 
 def checkpoint_payload(model: nn.Module, card: ModelCard) -> dict[str, Any]:
     from lappdeploy import __version__
+    from lappdeploy.surgery.history import surgery_steps
 
     state = cpu_state_dict(model)
     return {
@@ -111,6 +120,7 @@ def checkpoint_payload(model: nn.Module, card: ModelCard) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "lappdeploy_version": __version__,
         "card": card.to_dict(),
+        "surgery": surgery_steps(unwrap(model)),
         "state_dict": state,
     }
 
@@ -159,8 +169,10 @@ def checkpoint_in(target: str | os.PathLike[str]) -> Path:
 
 def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the architecture named in a checkpoint (model.pt or checkpoint.pt, or a run directory
-    holding one) and load its weights; the model is returned in eval mode."""
+    holding one), replay its surgery (bypass, channel removal, folding) and load its weights; the model is
+    returned in eval mode."""
     from lappdeploy.models import create_model
+    from lappdeploy.surgery.history import replay_
 
     path = checkpoint_in(path)
     payload = read_checkpoint(path)
@@ -168,6 +180,8 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
         raise LappDeployError(f"{path} has no model card (written by a Trainer without one); it cannot be rebuilt")
     card = ModelCard.from_dict(payload["card"])
     model = create_model(card.architecture, **card.kwargs)
+    if payload.get("surgery"):
+        replay_(model, payload["surgery"], torch.zeros((2, *card.input_shape)))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -1,0 +1,275 @@
+"""Channel plans: which channels each prunable group keeps, and ways to make one.
+
+A plan is the common currency of every pruning method (LAPP, uniform, global, later LAASP/PCP/LDRF):
+methods produce one, surgery applies it, reports describe it. Groups absent from a plan keep all their
+channels. Plans refer to groups by canonical id and to channels by index in the dense model, so a plan
+applies to the dense model, to the same model with bypass blocks, and round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lappdeploy.io import atomic_write_json, read_json
+from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError
+
+__all__ = [
+    "ChannelPlan",
+    "GroupPlan",
+    "channel_scores",
+    "plan_from_scores",
+    "random_plan",
+    "round_plan",
+    "uniform_plan",
+]
+
+PLAN_FORMAT = "lappdeploy.channel_plan"
+
+
+@dataclass
+class GroupPlan:
+    channels: int  # C_g in the dense model
+    keep: list[int]  # sorted indices of the kept channels
+    threshold: float | None = None  # LAPP's learned threshold, for reports
+
+    @property
+    def dropped(self) -> list[int]:
+        kept = set(self.keep)
+        return [c for c in range(self.channels) if c not in kept]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"channels": self.channels, "keep": list(self.keep)}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+
+@dataclass
+class ChannelPlan:
+    groups: dict[str, GroupPlan] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # method, MACs, params ... (free-form, JSON)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "groups": {gid: gp.to_dict() for gid, gp in self.groups.items()},
+            "info": dict(self.info),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), dict):
+            raise SurgeryError("not a channel plan: expected a mapping with a 'groups' mapping")
+        try:
+            groups = {
+                str(gid): GroupPlan(
+                    channels=int(g["channels"]),
+                    keep=sorted(int(c) for c in g["keep"]),
+                    threshold=None if g.get("threshold") is None else float(g["threshold"]),
+                )
+                for gid, g in data["groups"].items()
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SurgeryError(
+                f"malformed channel plan entry ({exc}); each group needs 'channels' and 'keep'"
+            ) from None
+        return cls(groups=groups, info=dict(data.get("info", {})))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ChannelPlan:
+        return cls.from_dict(read_json(path))
+
+    @property
+    def is_empty(self) -> bool:
+        return all(len(gp.keep) == gp.channels for gp in self.groups.values())
+
+    def validate(self, groups: ChannelGroups) -> None:
+        """Raise SurgeryError unless every entry names a prunable group of `groups` and keeps a valid,
+        non-empty channel set that respects grouped convolutions."""
+        for gid, gp in self.groups.items():
+            g = groups.prunable_group(gid)
+            if gp.channels != g.channels:
+                raise SurgeryError(f"plan group {gid!r} has {gp.channels} channels, the model's has {g.channels}")
+            if not gp.keep:
+                raise SurgeryError(f"plan group {gid!r} keeps no channel; a group keeps at least one")
+            if len(set(gp.keep)) != len(gp.keep) or gp.keep[0] < 0 or gp.keep[-1] >= g.channels:
+                raise SurgeryError(
+                    f"plan group {gid!r} keeps invalid channel indices (need distinct 0..{g.channels - 1})"
+                )
+            if g.segments > 1:
+                size = g.segment_size
+                positions = {c % size for c in gp.keep}
+                if len(gp.keep) != len(positions) * g.segments:
+                    raise SurgeryError(
+                        f"plan group {gid!r} feeds a grouped conv ({g.segments} groups): it must keep the same "
+                        f"positions in each block of {size} channels"
+                    )
+
+    def keep_mask(self, groups: ChannelGroups) -> torch.Tensor:
+        """Float 0/1 mask over the global channel vector of `groups` (1 = kept)."""
+        mask = torch.ones(groups.global_channels, dtype=torch.float64)
+        for gid, gp in self.groups.items():
+            g = groups.prunable_group(gid)
+            mask[g.offset : g.offset + g.channels] = 0
+            mask[g.offset + torch.as_tensor(gp.keep, dtype=torch.long)] = 1
+        return mask
+
+    @classmethod
+    def from_keep_mask(cls, groups: ChannelGroups, mask: torch.Tensor, **info: Any) -> ChannelPlan:
+        """The plan keeping the channels where `mask` (over the global channel vector) is > 0.5."""
+        kept = mask.detach().cpu() > 0.5
+        plan = cls(info=info)
+        for g in groups.prunable:
+            keep = torch.nonzero(kept[g.offset : g.offset + g.channels]).flatten().tolist()
+            if len(keep) < g.channels:
+                plan.groups[g.id] = GroupPlan(channels=g.channels, keep=keep)
+        return plan
+
+
+def channel_scores(groups: ChannelGroups, kind: str = "l2") -> torch.Tensor:
+    """Importance of every channel of the global vector (differentiable in the weights).
+
+    `l2`: L2 norm of the channel's weights over all producing conv/linear layers of its group.
+    `bn`: |gamma| averaged over the group's BatchNorms (groups without a BatchNorm fall back to l2).
+    """
+    if kind not in ("l2", "bn"):
+        raise SurgeryError(f"unknown channel score {kind!r}; choose l2 or bn")
+    device = next(groups.model.parameters()).device
+    n = groups.global_channels
+    squares = torch.zeros(n + 1, device=device)  # slot n collects channels no prunable group owns
+    gamma = torch.zeros(n + 1, device=device)
+    bn_count = torch.zeros(n + 1, device=device)
+    for layer in groups.layers.values():
+        if layer.out_map is None:
+            continue
+        index = torch.where(layer.out_map >= 0, layer.out_map, n).to(device)
+        module = layer.module
+        if isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+            squares = squares.index_add(0, index, module.weight.flatten(1).pow(2).sum(1).float())
+        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            gamma = gamma.index_add(0, index, module.weight.abs().float())
+            bn_count = bn_count.index_add(0, index, torch.ones_like(module.weight, dtype=torch.float))
+    l2 = squares[:n].sqrt()
+    if kind == "l2":
+        return l2
+    has_bn = bn_count[:n] > 0
+    return torch.where(has_bn, gamma[:n] / bn_count[:n].clamp(min=1), l2)
+
+
+def _segment_scores(g: ChannelGroup, scores: torch.Tensor) -> torch.Tensor:
+    """Score per decision unit: a channel, or a position across the blocks of a grouped conv."""
+    return scores.detach().float().view(g.segments, g.segment_size).mean(0)
+
+
+def _top_channels(g: ChannelGroup, scores: torch.Tensor, keep: int) -> list[int]:
+    units = keep // g.segments
+    best = torch.topk(_segment_scores(g, scores), units).indices
+    return sorted(int(s * g.segment_size + p) for s in range(g.segments) for p in best)
+
+
+def plan_from_scores(groups: ChannelGroups, scores: torch.Tensor, keep: dict[str, int], **info: Any) -> ChannelPlan:
+    """Keep the `keep[gid]` best-scored channels of each listed group (scores over the global vector).
+
+    Counts are rounded down to a multiple of the group's grouped-conv blocks, and are at least one block.
+    """
+    plan = ChannelPlan(info=info)
+    for gid, count in keep.items():
+        g = groups.prunable_group(gid)
+        count = max(g.segments, min(g.channels, count) // g.segments * g.segments)
+        if count < g.channels:
+            plan.groups[gid] = GroupPlan(g.channels, _top_channels(g, scores[g.offset : g.offset + g.channels], count))
+    return plan
+
+
+def _counts_for_fraction(groups: ChannelGroups, fraction: float) -> dict[str, int]:
+    return {g.id: max(g.segments, math.ceil(fraction * g.channels / g.segments) * g.segments) for g in groups.prunable}
+
+
+def uniform_plan(
+    groups: ChannelGroups, macs_ratio: float, *, scores: torch.Tensor | None = None, **info: Any
+) -> ChannelPlan:
+    """Keep the same fraction of every prunable group, the largest fraction whose deploy MACs are at most
+    `macs_ratio` x the dense deploy MACs; channels chosen by `scores` (default: l2 magnitude)."""
+    from lappdeploy.surgery.cost import plan_cost
+
+    if not 0 < macs_ratio <= 1:
+        raise SurgeryError(f"MACs ratio must be in (0, 1], got {macs_ratio}")
+    scores = channel_scores(groups, "l2") if scores is None else scores
+    budget = macs_ratio * plan_cost(groups, ChannelPlan()).macs
+    low, high = 0.0, 1.0
+    best = plan_from_scores(groups, scores, _counts_for_fraction(groups, 0.0))
+    for _ in range(30):  # bisection on the kept fraction; 30 steps resolve 1e-9
+        mid = (low + high) / 2
+        plan = plan_from_scores(groups, scores, _counts_for_fraction(groups, mid))
+        if plan_cost(groups, plan).macs <= budget:
+            low, best = mid, plan
+        else:
+            high = mid
+    if plan_cost(groups, ChannelPlan()).macs <= budget:
+        best = ChannelPlan()
+    best.info.update(info, method="uniform", keep_fraction=low, macs_ratio=macs_ratio)
+    return best
+
+
+def round_plan(
+    plan: ChannelPlan,
+    groups: ChannelGroups,
+    k: int = 8,
+    *,
+    scores: torch.Tensor | None = None,
+    budget: float | None = None,
+) -> ChannelPlan:
+    """Make every prunable group's kept count a multiple of `k` (8 for FP16 Tensor Cores, 16 for INT8),
+    never below k (or the whole group when it is smaller): first every group rounds down; then, where
+    the deploy MACs `budget` allows, groups round up, adding their best-scored dropped channels, those
+    closest to the next multiple first. Without a budget, counts round to the nearest multiple.
+    A group whose dense width is not a multiple of k may also keep all its channels."""
+    from lappdeploy.surgery.cost import plan_cost
+
+    if k < 1:
+        raise SurgeryError(f"round-to must be >= 1, got {k}")
+    scores = channel_scores(groups, "l2") if scores is None else scores
+    mask = plan.keep_mask(groups)
+    counts, down, up = {}, {}, {}
+    for g in groups.prunable:
+        kept = int(mask[g.offset : g.offset + g.channels].sum())
+        step = math.lcm(k, g.segments)
+        floor = min(g.channels, step)
+        down[g.id] = max(floor, kept // step * step)
+        up[g.id] = min(g.channels, math.ceil(kept / step) * step)
+        counts[g.id] = kept
+    rounded = dict(down)
+    # which dropped channels come back first: a plan's kept channels outrank all its dropped ones
+    ranking = scores.detach().float() + mask.float() * (scores.detach().abs().max() + 1)
+    for gid in sorted(counts, key=lambda gid: (up[gid] - counts[gid]) / max(1, up[gid] - down[gid])):
+        if up[gid] == down[gid]:
+            continue
+        if budget is None:
+            if counts[gid] - down[gid] >= up[gid] - counts[gid]:
+                rounded[gid] = up[gid]
+            continue
+        trial = dict(rounded, **{gid: up[gid]})
+        if plan_cost(groups, plan_from_scores(groups, ranking, trial)).macs <= budget:
+            rounded = trial
+    out = plan_from_scores(groups, ranking, rounded)
+    for gid, gp in out.groups.items():
+        if gid in plan.groups:
+            gp.threshold = plan.groups[gid].threshold
+    out.info = dict(plan.info, round_to=k)
+    return out
+
+
+def random_plan(groups: ChannelGroups, keep_ratio: float = 0.5, *, seed: int = 0) -> ChannelPlan:
+    """Keep a random `keep_ratio` of every prunable group (at least one block): for tests and benchmarks."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(groups.global_channels, generator=generator)
+    counts = {g.id: math.ceil(keep_ratio * g.channels) for g in groups.prunable}
+    return plan_from_scores(groups, scores, counts, method="random", keep_ratio=keep_ratio, seed=seed)
