@@ -10,7 +10,6 @@ step) on real Fashion-MNIST batches after a warm-up, prints a table and writes J
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lappdeploy.data import DataRequest, DeviceLoader, create_dataset
-from lappdeploy.environment import cpu_name, versions
+from lappdeploy.environment import describe_machine
 from lappdeploy.io import atomic_write_json
 from lappdeploy.models import create_model
 from lappdeploy.train import resolve_device
@@ -140,12 +139,7 @@ def main() -> None:
         )
     stdout_console().print(table)
 
-    environment = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions(),
-    }
+    environment = describe_machine(device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(

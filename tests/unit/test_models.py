@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-import torch_pruning as tp
 from torch import nn
 
 import lappdeploy
@@ -22,11 +21,7 @@ from lappdeploy.models import (
     save_model,
 )
 from lappdeploy.models.torchvision_zoo import MIN_INPUT_SIZE
-
-
-def _tp_conv_linear_macs(model: nn.Module, shape) -> int:
-    _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *shape), layer_wise=True)
-    return int(sum(v for m, v in layer_macs.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and v))
+from lappdeploy.testing import torch_pruning_macs
 
 
 def test_cifar_resnet20_matches_the_paper_scale():
@@ -73,7 +68,7 @@ def test_conv_macs_formula_with_groups_stride_and_bias():
 )
 def test_count_macs_equals_torch_pruning_for_conv_and_linear(name, shape):
     model = create_model(name, num_classes=10, in_channels=shape[0])
-    assert count_macs(model, shape).macs == _tp_conv_linear_macs(model, shape)
+    assert count_macs(model, shape).macs == torch_pruning_macs(model, shape)
 
 
 def test_count_macs_restores_training_mode():
