@@ -353,7 +353,7 @@ def test_removal_keeps_frozen_parameters_frozen_and_records_the_plan():
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("resnet20", 32), ("resnet18", 32), ("vgg16_bn_cifar", 32), ("mobilenet_v2", 32)]
+    ("name", "size"), [("resnet20", 32), ("resnet18", 16), ("vgg16_bn_cifar", 16), ("mobilenet_v2", 16)]
 )
 def test_bypass_trains_then_folds_exactly_at_dense_deploy_cost(name, size):
     torch.manual_seed(0)
