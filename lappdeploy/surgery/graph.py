@@ -17,7 +17,6 @@ vector gives each layer's kept channel counts exactly (`cost.py`) and each produ
 from __future__ import annotations
 
 import fnmatch
-import logging
 import math
 import warnings
 from collections.abc import Iterable
@@ -37,8 +36,6 @@ __all__ = [
     "build_dependency_graph",
     "canonical_name",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class SurgeryError(LappDeployError):
@@ -173,9 +170,6 @@ class ChannelGroups:
         if not g.prunable:
             raise SurgeryError(f"channel group {group_id!r} cannot be pruned: {g.excluded}")
         return g
-
-    def modules_named(self) -> dict[str, nn.Module]:
-        return {name: layer.module for name, layer in self.layers.items()}
 
 
 def _terminal_nodes(graph) -> set:
