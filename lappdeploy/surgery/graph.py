@@ -191,7 +191,6 @@ def analyze(
     example_inputs: torch.Tensor,
     *,
     ignore: Iterable[str] = (),
-    graph=None,
 ) -> ChannelGroups:
     """Find the channel groups of `model` and map every layer's channels onto them.
 
@@ -200,7 +199,7 @@ def analyze(
     classifier's classes), groups normalised across channels (LayerNorm/GroupNorm), single channels.
     The network's input channels are never a group (only module outputs are).
     """
-    graph = graph if graph is not None else build_dependency_graph(model, example_inputs)
+    graph = build_dependency_graph(model, example_inputs)
     patterns = list(ignore)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
