@@ -109,6 +109,10 @@ def _option_specs(cls: type) -> list[tuple[list[str], dict[str, Any]]]:
             kwargs["type"] = IntListParam()
             kwargs["default"] = ",".join(map(str, f.default))
             kwargs["show_default"] = False
+        elif cli_type == "str_list":  # the config dataclass splits the text on commas
+            kwargs["type"] = str
+            kwargs["default"] = ",".join(f.default)
+            kwargs["show_default"] = False
         elif f.metadata.get("choices"):
             kwargs["type"] = click.Choice(f.metadata["choices"])
         elif base is bool:

@@ -68,6 +68,15 @@ class TrainingProgress(Hook):
         else:
             self.progress.advance(self._epoch_task)
 
+    def on_log(self, trainer, record: dict[str, Any]) -> None:
+        """Pruning-phase records: show the MACs the masks give now against the budget."""
+        if record.get("type") == "lapp":
+            self.progress.update(
+                self._run_task, info=f"MACs {record['macs']:.3f} of dense, budget {record['budget']:.3f}"
+            )
+        elif "macs" in record:  # the channels were just removed
+            self.progress.update(self._run_task, info=f"pruned to {record['macs']:.3f} of dense MACs")
+
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
         self.console.print(format_epoch_line(metrics, trainer.epochs), highlight=False)
 
@@ -80,5 +89,8 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     ]
     if "val_top1" in m:
         parts.append(f"val loss {m['val_loss']:.4f} top1 {100 * m['val_top1']:5.2f}% top5 {100 * m['val_top5']:5.2f}%")
+    if "macs_ratio" in m:
+        budget = f" (budget {m['budget_ratio']:.3f})" if "budget_ratio" in m and not m.get("pruned") else ""
+        parts.append(f"MACs {m['macs_ratio']:.3f}{budget}{' pruned' if m.get('pruned') else ''}")
     parts.append(f"lr {m['lr']:.4g}  {m['epoch_s']:.1f} s  {m['train_images_per_s']:.0f} img/s")
     return "  |  ".join(parts)

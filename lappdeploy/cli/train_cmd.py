@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import click
 
 from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
-from lappdeploy.config import TrainConfig
+from lappdeploy.config import CompressConfig, TrainConfig
 from lappdeploy.errors import ConfigError
 
-__all__ = ["train_command"]
+__all__ = ["print_report", "resolve_run_configs", "train_command"]
 
 
 @click.command("train")
@@ -38,9 +39,31 @@ def train_command(ctx: click.Context, out: str | None, force: bool, resume: bool
       lappdeploy train --out runs/r20 --resume
       torchrun --nproc_per_node 2 -m lappdeploy train --model resnet20 --out runs/r20-ddp
     """
-    from lappdeploy.train import check_run_dir, read_config, run_training
+    from lappdeploy.train import run_training
+
+    config, _, out = resolve_run_configs(ctx, out, resume, fields, prefix="runs")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not is_main:
+        run_training(config, out, force=force, resume=resume)
+        return
+    from lappdeploy.cli.progress import TrainingProgress
+
+    console = stdout_console()
+    with TrainingProgress(console) as progress:
+        report = run_training(config, out, force=force, resume=resume, hooks=[progress])
+    print_report(report, out)
+
+
+def resolve_run_configs(
+    ctx: click.Context, out: str | None, resume: bool, fields: dict, *, prefix: str, extension_cls=None
+):
+    """(TrainConfig, extension config or None, run directory) from the command's options; on --resume
+    from the run's saved config.yaml, where only where-and-how-to-load options may change."""
+    from lappdeploy.train import check_run_dir, read_config
     from lappdeploy.train.engine import RESUMABLE_CHANGES
 
+    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
+    extension_names = [f.name for f in dataclasses.fields(extension_cls or CompressConfig)]
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR, the run directory to continue")
@@ -53,28 +76,27 @@ def train_command(ctx: click.Context, out: str | None, force: bool, resume: bool
         if from_command_line:
             flags = ", ".join("--" + n.replace("_", "-") for n in from_command_line)
             raise ConfigError(f"--resume continues {out} with its saved config.yaml; drop {flags} (or start a new run)")
-        config = read_config(check_run_dir(out, resume=True))
+        config, saved = read_config(check_run_dir(out, resume=True), extension_keys=extension_names)
         overrides = {
             n: fields[n]
             for n in RESUMABLE_CHANGES
             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
         }
         config = config.replace(**overrides)
+        if extension_cls is not None and not saved:
+            raise ConfigError(
+                f"--resume: {out} is a training run, not a compress run; resume it with `lappdeploy train`"
+            )
+        if extension_cls is None and saved:
+            raise ConfigError(f"--resume: {out} is a compress run; resume it with `lappdeploy compress --resume`")
+        extension = extension_cls.from_dict(saved) if extension_cls is not None else None
     else:
-        config = TrainConfig(**fields)
+        config = TrainConfig(**{n: fields[n] for n in train_names})
+        extension = extension_cls(**{n: fields[n] for n in extension_names}) if extension_cls is not None else None
         if out is None:
-            out = os.path.join("runs", f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if not is_main:
-        run_training(config, out, force=force, resume=resume)
-        return
-    from lappdeploy.cli.progress import TrainingProgress
-
-    console = stdout_console()
-    with TrainingProgress(console) as progress:
-        report = run_training(config, out, force=force, resume=resume, hooks=[progress])
-    print_report(report, out)
+            tag = f"-{extension.method}" if extension is not None else ""
+            out = os.path.join(prefix, f"{config.model}-{config.dataset}{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return config, extension, out
 
 
 def print_report(report: dict, out: str) -> None:

@@ -3,7 +3,7 @@ width rounding and the analytic deploy-cost model. Everything goes through torch
 DependencyGraph API; nothing edits tensor shapes by hand."""
 
 from lappdeploy.surgery.bypass import RepConvBN, add_bypass_, bypass_candidates, fold_bn_, fold_bypass_, has_bypass
-from lappdeploy.surgery.cost import DeployCost, deploy_cost, plan_cost
+from lappdeploy.surgery.cost import CostModel, DeployCost, cost_model, deploy_cost, plan_cost
 from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError, analyze, build_dependency_graph
 from lappdeploy.surgery.history import replay_, surgery_steps
 from lappdeploy.surgery.masking import ChannelMasker
@@ -23,6 +23,7 @@ __all__ = [
     "ChannelGroups",
     "ChannelMasker",
     "ChannelPlan",
+    "CostModel",
     "DeployCost",
     "GroupPlan",
     "RepConvBN",
@@ -32,6 +33,7 @@ __all__ = [
     "build_dependency_graph",
     "bypass_candidates",
     "channel_scores",
+    "cost_model",
     "deploy_cost",
     "fold_bn_",
     "fold_bypass_",

@@ -28,6 +28,7 @@ from lappdeploy.data.loaders import epoch_seed
 from lappdeploy.errors import ConfigError, LappDeployError
 from lappdeploy.io import atomic_torch_save
 from lappdeploy.models.portable import ModelCard, cpu_state_dict
+from lappdeploy.surgery.history import surgery_steps
 from lappdeploy.train.distributed import DistContext
 from lappdeploy.train.hooks import Hook
 from lappdeploy.train.schedule import LRSchedule
@@ -155,9 +156,7 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.module = model  # the user's module (not wrapped)
         self.model: nn.Module = model
-        if self.dist.is_distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.rewrap_()
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=config.lr,
@@ -186,6 +185,18 @@ class Trainer:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def rewrap_(self) -> None:
+        """(Re-)wrap `self.module` for DDP: called at start-up and by hooks that changed its structure
+        (channel removal replaces parameters, which a DDP wrapper built earlier would not see)."""
+        self.model = self.module
+        if self.dist.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Pass a record (e.g. a pruning hook's per-step statistics) to every hook's `on_log`."""
+        self._call("on_log", record)
 
     def _call(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -295,6 +306,8 @@ class Trainer:
             "card": self.card.to_dict() if self.card is not None else None,
             "config": self.config.to_dict(),
             "state_dict": cpu_state_dict(self.module),
+            # structural changes (bypass, removed channels), so `load_model` can rebuild a mid-run checkpoint
+            "surgery": surgery_steps(self.module),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.state.epoch,

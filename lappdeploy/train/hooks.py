@@ -47,6 +47,9 @@ class Hook:
 
     def on_checkpoint(self, trainer: Trainer, path: str) -> None: ...
 
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """A record another hook passed to `trainer.log` (e.g. LAPP's per-step budget and thresholds)."""
+
     def on_train_end(self, trainer: Trainer, history: list[dict[str, Any]]) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,6 +6,9 @@
     DIR/model.pt        portable final model (architecture + kwargs + card + state_dict)
     DIR/report.json     model, dataset, top1, top5, macs, params, epochs, wall_s, ...
 
+A `RunExtension` (e.g. `lappdeploy compress`'s pruning method) adds its settings to config.yaml, hooks
+to the loop, report fields and files of its own (plan.json).
+
 Everything that can be wrong with the input is checked before the first byte is written.
 """
 
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,7 +38,7 @@ from lappdeploy.train.distributed import DistContext, init_distributed
 from lappdeploy.train.engine import Trainer, check_device_support
 from lappdeploy.train.hooks import Hook
 
-__all__ = ["RunDir", "check_run_dir", "data_request", "read_config", "run_training"]
+__all__ = ["RunDir", "RunExtension", "check_run_dir", "data_request", "read_config", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,19 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+
+class RunExtension(Protocol):
+    """What a run can be extended with (all methods are called on every DDP rank)."""
+
+    def config_dict(self) -> dict[str, Any]:
+        """Settings saved in config.yaml next to the TrainConfig's (flat keys, distinct from its)."""
+
+    def prepare_(self, model: torch.nn.Module, example_inputs: torch.Tensor) -> Sequence[Hook]:
+        """Change the fresh model in place if needed (before the optimizer exists); return hooks."""
+
+    def finish_(self, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        """After training, before the model is saved: (report fields, {file name: JSON data})."""
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -119,8 +135,11 @@ def _create_run_dir(run: RunDir, *, force: bool) -> None:
     run.root.mkdir(parents=True, exist_ok=True)
 
 
-def read_config(run: RunDir) -> TrainConfig:
-    return TrainConfig.from_dict(load_yaml_mapping(run.config))
+def read_config(run: RunDir, *, extension_keys: Sequence[str] = ()) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run's TrainConfig, and the values of `extension_keys` saved with it (e.g. compress settings)."""
+    data = load_yaml_mapping(run.config)
+    extra = {k: data.pop(k) for k in list(data) if k in extension_keys}
+    return TrainConfig.from_dict(data), extra
 
 
 def data_request(config: TrainConfig, image_size: int | None = None) -> DataRequest:
@@ -157,8 +176,14 @@ class _MetricsWriter(Hook):
         self.path = path
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self._append(metrics)
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self._append(record)  # per-step records of pruning methods, each with a fractional "epoch"
+
+    def _append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+            handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -175,13 +200,14 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def _config_yaml(config: TrainConfig) -> str:
+def _config_yaml(config: TrainConfig, extension: RunExtension | None = None) -> str:
     import yaml
 
     from lappdeploy import __version__
 
-    header = f"# lappdeploy {__version__}: resolved training config (flags > --config file > defaults)\n"
-    return header + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    header = f"# lappdeploy {__version__}: resolved config (flags > --config file > defaults)\n"
+    data = config.to_dict() | (extension.config_dict() if extension is not None else {})
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def run_training(
@@ -192,6 +218,7 @@ def run_training(
     resume: bool = False,
     hooks: Sequence[Hook] = (),
     dist: DistContext | None = None,
+    extension: RunExtension | None = None,
 ) -> dict[str, Any]:
     """Train `config` into run directory `out` and return the report (also written to report.json).
 
@@ -200,13 +227,13 @@ def run_training(
     own_dist = dist is None
     dist = dist or init_distributed(config.device)
     try:
-        return _run(config, out, force=force, resume=resume, hooks=hooks, dist=dist)
+        return _run(config, out, force=force, resume=resume, hooks=hooks, dist=dist, extension=extension)
     finally:
         if own_dist:
             dist.shutdown()
 
 
-def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, Any]:
+def _run(config, out, *, force, resume, hooks, dist: DistContext, extension: RunExtension | None) -> dict[str, Any]:
     # 1. validate everything (no writes)
     run = check_run_dir(out, force=force, resume=resume)
     MODELS.get(config.model)
@@ -224,7 +251,7 @@ def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, A
     # 2. create the run directory
     if dist.is_main and not resume:
         _create_run_dir(run, force=force)
-        atomic_write_text(run.config, _config_yaml(config))
+        atomic_write_text(run.config, _config_yaml(config, extension))
     dist.barrier()
 
     # 3. data, model, trainer
@@ -259,8 +286,12 @@ def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, A
         dataset=config.dataset,
         class_names=bundle.info.class_names or None,
     )
-    # The writer goes last so that metrics added by other hooks' on_epoch_end are logged too.
-    all_hooks = list(hooks) + ([_MetricsWriter(run.metrics)] if dist.is_main else [])
+    # A fixed generator: preparing the model must not shift the global RNG stream the training draws from.
+    example_inputs = torch.randn((2, *bundle.input_shape), generator=torch.Generator().manual_seed(config.seed))
+    method_hooks = list(extension.prepare_(model, example_inputs)) if extension is not None else []
+    # Method hooks first (the progress display reads what they add to the metrics); the writer goes last
+    # so that metrics added by other hooks' on_epoch_end are logged too.
+    all_hooks = method_hooks + list(hooks) + ([_MetricsWriter(run.metrics)] if dist.is_main else [])
     trainer = Trainer(model, train_loader, val_loader, config=config, hooks=all_hooks, dist=dist, card=card)
     resumed_from = 0
     if resume:
@@ -285,6 +316,7 @@ def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, A
     # 4. train, then write the deploy model and the report
     history = trainer.fit(checkpoint_path=str(run.checkpoint))
     final = history[-1]
+    extra_report, extra_files = extension.finish_(trainer.module) if extension is not None else ({}, {})
     macs = count_macs(trainer.module, bundle.input_shape, device=dist.device)
     report = {
         "model": config.model,
@@ -310,9 +342,12 @@ def _run(config, out, *, force, resume, hooks, dist: DistContext) -> dict[str, A
         "resumed_from_epoch": resumed_from or None,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        **extra_report,
     }
     if dist.is_main:
+        for name, data in extra_files.items():
+            atomic_write_json(run.root / name, data)
         save_model(trainer.module, run.model, card)
-        atomic_write_json(run.report, report)
+        atomic_write_json(run.report, report)  # last: its presence marks the run complete
     dist.barrier()
     return report

@@ -1,0 +1,91 @@
+"""`lappdeploy compress`: train from scratch while pruning to an explicit MACs target."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
+from lappdeploy.cli.train_cmd import print_report, resolve_run_configs
+from lappdeploy.config import CompressConfig, TrainConfig
+
+__all__ = ["compress_command", "print_compress_report"]
+
+
+@click.command("compress")
+@config_file_option
+@dataclass_options(TrainConfig)
+@dataclass_options(CompressConfig)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory to create [default: runs/MODEL-DATASET-METHOD-TIMESTAMP].",
+)
+@click.option("--force", is_flag=True, help="Overwrite --out if it is an existing run directory.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
+@click.pass_context
+def compress_command(ctx: click.Context, out: str | None, force: bool, resume: bool, **fields) -> None:
+    """Train a model from scratch with pruning: LAPP learns one threshold per channel group under a MACs
+    budget that anneals to --target-macs over --prune-epochs, then removes the masked channels and trains
+    the compact model for the remaining epochs. Writes a run directory like `train` plus plan.json;
+    model.pt is the deploy model (channels removed, bypass folded).
+
+    \b
+    Examples:
+      lappdeploy compress --model resnet20 --dataset fashion-mnist --target-macs 0.5 --epochs 8 \\
+          --prune-epochs 3 --out runs/r20-lapp
+      lappdeploy compress --config configs/demo.yaml --out runs/demo
+      lappdeploy compress --method uniform --target-macs 0.5 --out runs/r20-uniform   # baseline
+      lappdeploy compress --out runs/r20-lapp --resume
+    """
+    from lappdeploy.methods.compress import run_compress
+
+    config, compress, out = resolve_run_configs(ctx, out, resume, fields, prefix="runs", extension_cls=CompressConfig)
+    compress.check_against(config)
+    if int(os.environ.get("RANK", "0")) != 0:
+        run_compress(config, compress, out, force=force, resume=resume)
+        return
+    from lappdeploy.cli.progress import TrainingProgress
+
+    console = stdout_console()
+    with TrainingProgress(console) as progress:
+        report = run_compress(config, compress, out, force=force, resume=resume, hooks=[progress])
+    print_compress_report(report, out)
+
+
+def print_compress_report(report: dict, out: str) -> None:
+    """The training summary, then dense vs compressed costs and the kept width of every group."""
+    from rich.table import Table
+
+    print_report(report, out)
+    console = stdout_console()
+    costs = Table(title=f"{report['method']}: target {report['target_macs']:g} of dense MACs", title_justify="left")
+    for column in ("", "dense", "compressed", "ratio"):
+        costs.add_column(column, justify="right" if column else "left")
+    for label, dense, pruned in (
+        ("MACs / image (conv + linear)", report["dense_macs"], report["macs"]),
+        ("deploy MACs (BN folded, bias)", report["dense_deploy_macs"], report["deploy_macs"]),
+        ("params", report["dense_params"], report["params"]),
+    ):
+        costs.add_row(label, format_count(dense), format_count(pruned), f"{pruned / max(dense, 1):.3f}")
+    console.print(costs)
+    console.print(keep_ratio_table(report["layers"]))
+
+
+def keep_ratio_table(layers: list[dict]):
+    """Rich table of kept / total channels per group, with a text bar."""
+    from rich.table import Table
+
+    table = Table(title="kept channels per group", title_justify="left")
+    for column, justify in (("group", "left"), ("kept", "right"), ("total", "right"), ("ratio", "right")):
+        table.add_column(column, justify=justify)
+    table.add_column("", justify="left")
+    bar_width = 20
+    for layer in layers:
+        ratio = layer["kept"] / layer["total"]
+        bar = "█" * round(ratio * bar_width)
+        table.add_row(layer["name"], str(layer["kept"]), str(layer["total"]), f"{ratio:.2f}", bar)
+    return table

@@ -1,0 +1,400 @@
+"""LAPP on tiny models: every invariant of LAPP.md section 9, plus the hooks' schedule, baselines and
+resumption. The Trainer, torch-pruning and the cost model are real."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.errors import ConfigError, UnknownNameError
+from lappdeploy.lapp import ThresholdMask, cubic_budget, plan_within_budget, prepare_
+from lappdeploy.methods import METHODS
+from lappdeploy.models import count_macs, create_model
+from lappdeploy.surgery import (
+    ChannelPlan,
+    RepConvBN,
+    SurgeryError,
+    add_bypass_,
+    analyze,
+    channel_scores,
+    fold_bn_,
+    fold_bypass_,
+    has_bypass,
+    plan_cost,
+)
+from lappdeploy.testing import randomize_norms_
+from lappdeploy.train import Trainer
+
+SIZE = 16  # px
+
+
+def _batches(n: int = 12, batch: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A learnable 4-class task: the label is the quadrant holding the brightest blob."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randn(batch, 3, SIZE, SIZE, generator=g) * 0.3
+        y = torch.randint(0, 4, (batch,), generator=g)
+        for i, label in enumerate(y.tolist()):
+            r, c = divmod(label, 2)
+            x[i, :, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] += 1.0
+        out.append((x, y))
+    return out
+
+
+def _example() -> torch.Tensor:
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+
+def _model(name: str = "tiny_resnet") -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, num_classes=4)
+
+
+def _config(**changes) -> CompressConfig:
+    return CompressConfig(**{"target_macs": 0.5, "prune_epochs": 2, "round_to": 1, "log_every": 1, **changes})
+
+
+def _train_config(**changes) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "lr": 0.05, "device": "cpu", "seed": 0, **changes})
+
+
+class Records:
+    """Collects what the controller passes to `trainer.log`."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def hook(self):
+        from lappdeploy.train import Hook
+
+        outer = self
+
+        class Collect(Hook):
+            def on_log(self, trainer, record):
+                outer.records.append(record)
+
+        return Collect()
+
+
+def _train(model, controller, *, epochs=3, batches=None, records=None):
+    batches = batches if batches is not None else _batches()
+    hooks = [controller] + ([records.hook()] if records is not None else [])
+    trainer = Trainer(model, batches, batches[:2], config=_train_config(epochs=epochs), hooks=hooks)
+    trainer.fit()
+    return trainer
+
+
+# -------------------------------------------------------------------- masks and budget
+def test_straight_through_mask_is_hard_with_the_sigmoid_surrogate_gradient():
+    model = _model()
+    groups = analyze(model, _example())
+    mask = ThresholdMask(groups, tau=0.1)
+    scores = mask.normalise(channel_scores(groups, "l2")).detach().requires_grad_(True)
+    thresholds = torch.full((len(mask.ids),), 1.0, requires_grad=True)
+    m = mask(scores, thresholds)
+    assert set(m.detach().unique().tolist()) <= {0.0, 1.0}
+    owner = mask._owner
+    z = (scores.detach() - 1.0) / 0.1
+    expected_kept = (z > 0) | mask._forced(scores.detach())
+    assert torch.equal(m.detach().bool(), expected_kept)
+    m.sum().backward()
+    sigmoid_prime = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    expected_t = -torch.zeros(len(mask.ids)).index_add(0, owner, sigmoid_prime / 0.1)
+    assert torch.allclose(thresholds.grad, expected_t, rtol=1e-5)
+    assert torch.allclose(scores.grad, sigmoid_prime / 0.1, rtol=1e-5)
+
+
+def test_scores_are_normalised_per_group_and_every_group_keeps_its_minimum():
+    model = _model()
+    randomize_norms_(model)
+    groups = analyze(model, _example())
+    mask = ThresholdMask(groups, tau=0.1, min_channels=3)
+    normalised = mask.normalise(channel_scores(groups, "bn"))
+    for g in groups.prunable:
+        assert normalised[g.offset : g.offset + g.channels].mean().item() == pytest.approx(1.0, rel=1e-5)
+    kept = mask.hard(normalised, torch.full((len(mask.ids),), 1e9))
+    for g, minimum in zip(groups.prunable, mask.min_keep, strict=True):
+        block = kept[g.offset : g.offset + g.channels]
+        assert block.sum().item() == minimum == 3
+        best = normalised[g.offset : g.offset + g.channels].topk(3).indices
+        assert block[best].all()
+
+
+def test_cubic_budget_anneals_from_dense_to_target_then_stays():
+    assert cubic_budget(0, 3, 100.0, 40.0) == 100.0
+    assert cubic_budget(3, 3, 100.0, 40.0) == 40.0
+    assert cubic_budget(5, 3, 100.0, 40.0) == 40.0
+    assert cubic_budget(1.5, 3, 100.0, 40.0) == pytest.approx(40 + 60 * 0.125)
+    values = [cubic_budget(e / 10, 3, 100.0, 40.0) for e in range(31)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+
+
+# -------------------------------------------------------------------- LAPP.md 9: initial state
+@pytest.mark.parametrize("bypass", ["none", "rep"])
+def test_at_init_masks_are_all_ones_and_the_cost_is_dense(bypass):
+    model = _model()
+    reference = copy.deepcopy(model)
+    controller = prepare_(model, _example(), _config(bypass=bypass))
+    assert has_bypass(model) == (bypass == "rep")
+    assert bool(controller.current_mask().all())
+    assert (
+        controller.current_macs()
+        == controller.dense.macs
+        == plan_cost(analyze(reference, _example()), ChannelPlan()).macs
+    )
+    # the masked model computes what the un-wrapped model (with the bypass branch, if any) computes
+    if bypass == "rep":
+        add_bypass_(reference, _example())
+        reference.load_state_dict(model.state_dict())  # the same bypass weights
+    x = _example()
+    model.eval(), reference.eval()
+    assert torch.equal(model(x), reference(x))
+
+
+def test_unreachable_target_is_refused_with_the_floor():
+    with pytest.raises(ConfigError, match="unreachable"):
+        prepare_(_model(), _example(), _config(target_macs=0.01, round_to=8))
+
+
+# -------------------------------------------------------------------- the schedule on the Trainer
+@pytest.fixture(scope="module")
+def lapp_run():
+    """TinyResNet, 3 epochs of 12 steps, pruning phase 2 epochs, target 0.5. So short a phase needs faster
+    thresholds (lr 0.05) and l2 scores (bn scores all start at 1, so masking would begin in one burst)."""
+    model = _model()
+    controller = prepare_(model, _example(), _config(bypass="rep", threshold_lr=0.05, score="l2"))
+    records = Records()
+    trainer = Trainer(
+        model,
+        _batches(),
+        _batches()[:2],
+        config=_train_config(),
+        hooks=[controller, records.hook()],
+    )
+    trainer.fit()
+    return types.SimpleNamespace(model=model, controller=controller, trainer=trainer, records=records.records)
+
+
+def test_macs_follow_the_budget_and_thresholds_move_smoothly(lapp_run):
+    steps = [r for r in lapp_run.records if r["type"] == "lapp"]
+    assert [r["step"] for r in steps] == list(range(1, 25))
+    # the budget of each step: dense at step 0, cubically down to the target
+    assert steps[0]["budget"] == 1.0 and steps[-1]["budget"] == pytest.approx(0.5, abs=1e-3)
+    assert all(a["budget"] > b["budget"] for a, b in itertools.pairwise(steps))
+    # the thresholds rise from 0 under the penalty, each step by at most about one Adam step (lr 0.05)
+    first = steps[0]["thresholds"]
+    last = steps[-1]["thresholds"]
+    assert all(last[g] > first[g] for g in first)
+    for a, b in itertools.pairwise(steps):
+        assert max(abs(b["thresholds"][g] - a["thresholds"][g]) for g in a["thresholds"]) <= 1.5 * 0.05
+    assert all(r["penalty"] >= 0 for r in steps)
+    assert steps[-1]["macs"] < 1.0, "the masks were pruning before the freeze"
+
+
+def test_freeze_meets_the_budget_and_removes_the_masked_channels(lapp_run):
+    controller = lapp_run.controller
+    plan = controller.plan
+    assert plan is not None and not plan.is_empty
+    assert plan.info["macs"] <= 0.5 * 1.005 * controller.dense.macs
+    freeze = [r for r in lapp_run.records if r["type"] == "lapp_freeze"]
+    assert len(freeze) == 1 and freeze[0]["step"] == 24
+    assert controller._masker is None, "the mask hooks are gone after removal"
+    # the model trained on after removal: its parameters are the pruned ones, in the optimizer
+    optimizer_params = {id(p) for group in lapp_run.trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in lapp_run.model.parameters()} <= optimizer_params
+    assert lapp_run.trainer.state.step == 36
+
+
+def test_estimated_macs_equal_measured_macs_of_the_pruned_folded_model(lapp_run):
+    model = copy.deepcopy(lapp_run.model).eval()
+    fold_bypass_(model)
+    fold_bn_(model, _example())
+    assert count_macs(model, (3, SIZE, SIZE)).macs == lapp_run.controller.plan.info["macs"]
+
+
+def test_masked_and_pruned_folded_models_give_the_same_logits():
+    """LAPP.md 9: the masked dense model (eval) and the pruned, folded model agree within 1e-4."""
+    model = _model()
+    randomize_norms_(model)
+    controller = prepare_(model, _example(), _config(bypass="rep"))
+    for m in model.modules():
+        if isinstance(m, RepConvBN):
+            randomize_norms_(m)
+    with torch.no_grad():
+        controller.thresholds.uniform_(0.6, 1.2)  # a non-trivial, group-dependent mask
+    model.eval()
+    x = _example()
+    masked_logits = model(x)
+    assert 0 < controller.current_mask().mean().item() < 1
+    loop = types.SimpleNamespace(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    plan = ChannelPlan.from_keep_mask(controller.groups, controller.current_mask())
+    plan.info["macs"] = plan_cost(controller.groups, plan).macs
+    controller._apply(loop, plan)
+    fold_bypass_(model)
+    fold_bn_(model, x)
+    pruned_logits = model(x)
+    assert ((pruned_logits - masked_logits).abs().max() / masked_logits.abs().max()).item() < 1e-4
+    assert count_macs(model, (3, SIZE, SIZE)).macs == plan.info["macs"]
+
+
+def test_keep_ratios_differ_between_groups(lapp_run):
+    plan = lapp_run.controller.plan
+    ratios = {
+        g.id: (len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels) / g.channels
+        for g in lapp_run.controller.groups.prunable
+    }
+    assert len(set(round(r, 4) for r in ratios.values())) > 1, ratios
+
+
+@pytest.mark.parametrize("target", [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
+    model = _model()
+    randomize_norms_(model)
+    groups = analyze(model, _example())
+    mask = ThresholdMask(groups, tau=0.1, round_to=round_to)
+    normalised = mask.normalise(channel_scores(groups, "bn"))
+    thresholds = torch.rand(len(mask.ids), generator=torch.Generator().manual_seed(round_to)) * 0.5
+    dense = plan_cost(groups, ChannelPlan()).macs
+    limit = target * dense * 1.005
+    from lappdeploy.lapp import minimum_plan
+
+    floor = plan_cost(groups, minimum_plan(groups, mask, channel_scores(groups, "bn"))).macs
+    if floor > limit:  # unreachable: a clear error, never a plan over budget
+        with pytest.raises(SurgeryError, match="minimum widths"):
+            plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
+        return
+    plan, offset = plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
+    assert plan_cost(groups, plan).macs <= limit
+    assert offset >= 0
+    for g in groups.prunable:
+        kept = len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels
+        assert kept % round_to == 0 or kept == g.channels
+
+
+# -------------------------------------------------------------------- any loop; resume; baselines
+def test_hooks_drive_a_hand_written_training_loop():
+    """The controller needs no Trainer: a plain loop with the documented attributes is enough."""
+    model = _model()
+    controller = prepare_(model, _example(), _config(prune_epochs=1))
+    batches = _batches(n=8)
+    loop = types.SimpleNamespace(
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        steps_per_epoch=len(batches),
+        state=types.SimpleNamespace(step=0),
+    )
+    controller.on_train_start(loop)
+    model.train()
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loop.optimizer.zero_grad()
+        loss.backward()
+        controller.after_backward(loop)
+        loop.optimizer.step()
+        loop.state.step += 1
+        controller.on_step_end(loop, loss.detach())
+    assert controller.frozen
+    assert count_macs(model, (3, SIZE, SIZE)).macs < count_macs(_model(), (3, SIZE, SIZE)).macs
+    loss = nn.functional.cross_entropy(model(batches[0][0]), batches[0][1])
+    loss.backward()
+    loop.optimizer.step()  # the optimizer holds the pruned parameters
+
+
+def test_resume_mid_phase_reaches_the_same_plan_and_weights():
+    batches = _batches()
+
+    def fresh():
+        model = _model()
+        return model, prepare_(model, _example(), _config(bypass="rep"))
+
+    model_a, lapp_a = fresh()
+    trainer_a = Trainer(model_a, batches, None, config=_train_config(), hooks=[lapp_a])
+    trainer_a.fit()
+
+    model_b, lapp_b = fresh()
+    trainer_b = Trainer(model_b, batches, None, config=_train_config(epochs=3), hooks=[lapp_b])
+    trainer_b.train_one_epoch(0)  # one epoch of the two-epoch pruning phase, then "killed"
+    trainer_b.state.epoch = 1
+    state = trainer_b.state_dict()
+
+    model_c, lapp_c = fresh()
+    trainer_c = Trainer(model_c, batches, None, config=_train_config(), hooks=[lapp_c])
+    trainer_c.load_state_dict(state)
+    trainer_c.fit()
+    assert lapp_c.plan.to_dict() == lapp_a.plan.to_dict()
+    a, c = model_a.state_dict(), model_c.state_dict()
+    assert a.keys() == c.keys()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_removal_replays_it_before_loading_weights(lapp_run):
+    state = lapp_run.trainer.state_dict()
+    model = _model()
+    controller = prepare_(model, _example(), _config(bypass="rep"))
+    trainer = Trainer(model, _batches(), None, config=_train_config(), hooks=[controller])
+    trainer.load_state_dict(state)
+    assert controller.frozen and controller._masker is None
+    x = _example()
+    model.eval(), lapp_run.model.eval()
+    assert torch.equal(model(x), lapp_run.model(x))
+
+
+@pytest.mark.parametrize("method", ["uniform", "global"])
+def test_baselines_prune_once_at_the_end_of_the_phase_within_budget(method):
+    model = _model()
+    hook = METHODS.get(method).prepare(model, _example(), _config(round_to=4))
+    records = Records()
+    trainer = _train(model, hook, records=records)
+    assert hook.plan is not None and hook.plan.info["method"] == method
+    assert hook.plan.info["macs"] <= 0.5 * 1.005 * hook.dense.macs
+    assert [r["step"] for r in records.records] == [24]
+    assert count_macs(trainer.module, (3, SIZE, SIZE)).macs < count_macs(_model(), (3, SIZE, SIZE)).macs
+    for gp in hook.plan.groups.values():
+        assert len(gp.keep) % 4 == 0
+
+
+def test_global_ranking_differs_from_uniform():
+    model = _model()
+    randomize_norms_(model)
+    block = model.layer1[0]
+    weak = torch.arange(0, block.conv1.out_channels, 2)
+    with torch.no_grad():  # half the channels of one group nearly dead, in every layer the group spans
+        block.conv1.weight[weak] *= 0.01
+        block.bn1.weight[weak] *= 0.01
+        block.conv2.weight[:, weak] *= 0.01
+    example = _example()
+    groups = analyze(model, example)
+    from lappdeploy.methods.baselines import global_plan, uniform_budget_plan
+
+    limit = 0.5 * plan_cost(groups, ChannelPlan()).macs
+    config = _config()
+    uniform, glob = uniform_budget_plan(groups, config, limit), global_plan(groups, config, limit)
+    ratio = lambda plan, g: len(plan.groups[g].keep) / plan.groups[g].channels if g in plan.groups else 1.0  # noqa: E731
+    uniform_ratios = {ratio(uniform, g.id) for g in groups.prunable}
+    assert max(uniform_ratios) - min(uniform_ratios) < 0.3
+    # torch-pruning's global ranking (mean-normalised per group) removes the dead half first
+    assert ratio(glob, "layer1.0.conv1") <= 0.5 < ratio(glob, "layer1.1.conv1")
+    assert set(glob.groups["layer1.0.conv1"].keep).isdisjoint(weak.tolist())
+    assert plan_cost(groups, glob).macs <= limit
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="target_macs"):
+        CompressConfig(target_macs=0)
+    with pytest.raises(ConfigError, match="target_macs"):
+        CompressConfig(target_macs=1.5)
+    with pytest.raises(UnknownNameError, match="unknown method 'lap'; did you mean lapp"):
+        CompressConfig(method="lap")
+    with pytest.raises(ConfigError, match="prune_epochs"):
+        CompressConfig(prune_epochs=3).check_against(TrainConfig(epochs=2))
+    assert CompressConfig(ignore="layer3.*, fc").ignore == ("layer3.*", "fc")
+    assert math.isclose(CompressConfig.from_dict(CompressConfig(tau=0.2).to_dict()).tau, 0.2)
