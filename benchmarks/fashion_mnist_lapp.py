@@ -1,0 +1,174 @@
+"""LAPP vs dense training vs torch-pruning baselines on real Fashion-MNIST, at equal epoch budgets.
+
+Every run trains from scratch for the same number of epochs: `dense` trains unpruned; `lapp` prunes with
+learned thresholds during the first --prune-epochs and trains the compact model on; `uniform` and
+`global` train dense for --prune-epochs, prune once to the same MACs target, and train on (the
+prune-then-finetune baselines). Prints a table (top-1, deploy MACs and params, wall time, wall time
+relative to dense) and writes JSON. Runs whose report.json exists are reused, so the script can be
+stopped and started again; --fresh reruns everything.
+
+    python benchmarks/fashion_mnist_lapp.py                                 # resnet20, R = 0.5 and 0.3
+    python benchmarks/fashion_mnist_lapp.py --model resnet56 --device cuda  # where a GPU is lent
+    python benchmarks/fashion_mnist_lapp.py --ablate-bypass                 # adds lapp with --bypass rep
+    python benchmarks/fashion_mnist_lapp.py --ablate-score                  # adds lapp with --score l2
+    python benchmarks/fashion_mnist_lapp.py --seeds 0,1,2                   # several seeds per setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+from pathlib import Path
+
+from lappdeploy.config import CompressConfig, TrainConfig, parse_int_list
+from lappdeploy.environment import describe_machine
+from lappdeploy.io import atomic_write_json, read_json
+from lappdeploy.methods.compress import run_compress
+from lappdeploy.train import run_training
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _settings(args) -> list[tuple[str, dict]]:
+    """(run name, compress settings or None for dense) of every run, in the order they are trained."""
+    runs: list[tuple[str, dict | None]] = []
+    for seed in args.seeds:
+        runs.append((f"dense-s{seed}", {"seed": seed}))
+        for ratio in args.ratios:
+            for method in args.methods:
+                runs.append((f"{method}-r{ratio}-s{seed}", {"seed": seed, "method": method, "target_macs": ratio}))
+            if args.ablate_bypass:
+                runs.append(
+                    (
+                        f"lapp-rep-r{ratio}-s{seed}",
+                        {"seed": seed, "method": "lapp", "target_macs": ratio, "bypass": "rep"},
+                    )
+                )
+            if args.ablate_score:
+                runs.append(
+                    (f"lapp-l2-r{ratio}-s{seed}", {"seed": seed, "method": "lapp", "target_macs": ratio, "score": "l2"})
+                )
+    return runs
+
+
+def _run(name: str, setting: dict, args, root: Path) -> dict:
+    out = root / name
+    if (out / "report.json").is_file() and not args.fresh:
+        return read_json(out / "report.json")
+    train = TrainConfig(
+        model=args.model,
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_subset=args.train_subset,
+        channels_last=True,
+        device=args.device,
+        seed=setting["seed"],
+    )
+    print(f"--- {name}", flush=True)
+    if "method" not in setting:
+        return run_training(train, out, force=True)
+    compress = CompressConfig(
+        method=setting["method"],
+        target_macs=setting["target_macs"],
+        prune_epochs=args.prune_epochs,
+        round_to=args.round_to,
+        bypass=setting.get("bypass", "none"),
+        score=setting.get("score", "bn"),
+    )
+    return run_compress(train, compress, out, force=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--prune-epochs", type=int, default=3)
+    parser.add_argument("--ratios", default="0.5,0.3", help="MACs targets (fractions of dense)")
+    parser.add_argument("--methods", default="lapp,uniform,global")
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--train-subset", type=int, default=None, help="train on N images (quick runs)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--ablate-bypass", action="store_true")
+    parser.add_argument("--ablate-score", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="retrain runs that already have a report")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_lapp")
+    args = parser.parse_args()
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.seeds = [int(s) for s in parse_int_list(args.seeds)]
+    root = args.out / f"{args.model}-e{args.epochs}-p{args.prune_epochs}"
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+
+    rows = []
+    for name, setting in _settings(args):
+        report = _run(name, setting, args, root)
+        rows.append({"run": name, **{k: v for k, v in setting.items()}, "report": report})
+
+    dense_wall = {r["seed"]: r["report"]["wall_s"] for r in rows if "method" not in r}
+    table = []
+    for r in rows:
+        rep = r["report"]
+        table.append(
+            {
+                "run": r["run"],
+                "method": r.get("method", "dense"),
+                "target": r.get("target_macs", 1.0),
+                "bypass": r.get("bypass", "none"),
+                "score": r.get("score", "bn" if r.get("method") == "lapp" else None),
+                "seed": r["seed"],
+                "top1": rep["top1"],
+                "macs": rep["macs"],
+                "macs_ratio": rep.get("macs_ratio", 1.0),
+                "params": rep["params"],
+                "wall_s": rep["wall_s"],
+                "wall_vs_dense": rep["wall_s"] / dense_wall[r["seed"]],
+                "layers": rep.get("layers"),
+            }
+        )
+    print()
+    header = f"{'run':<22} {'top-1':>7} {'MACs':>9} {'ratio':>6} {'params':>8} {'wall s':>7} {'vs dense':>8}"
+    print(header)
+    print("-" * len(header))
+    for t in table:
+        print(
+            f"{t['run']:<22} {100 * t['top1']:6.2f}% {t['macs'] / 1e6:8.2f}M {t['macs_ratio']:6.3f} "
+            f"{t['params'] / 1e3:7.1f}K {t['wall_s']:7.0f} {t['wall_vs_dense']:8.2f}"
+        )
+    summary = {}
+    for method in sorted({t["method"] for t in table}):
+        for target in sorted({t["target"] for t in table if t["method"] == method}):
+            for bypass in ("none", "rep"):
+                tops = [t["top1"] for t in table if (t["method"], t["target"], t["bypass"]) == (method, target, bypass)]
+                if tops:
+                    summary[f"{method}/{target}/{bypass}"] = {
+                        "top1_mean": statistics.mean(tops),
+                        "top1_std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
+                        "runs": len(tops),
+                    }
+    result = {
+        "benchmark": "fashion_mnist_lapp",
+        "model": args.model,
+        "epochs": args.epochs,
+        "prune_epochs": args.prune_epochs,
+        "round_to": args.round_to,
+        "train_subset": args.train_subset,
+        "machine": describe_machine(args.device if args.device != "auto" else "cpu"),
+        "runs": table,
+        "summary": summary,
+    }
+    path = RESULTS / f"fashion_mnist_lapp-{args.model}.json"
+    atomic_write_json(path, result)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
