@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-all lint install data clean
 
 demo: $(STAMP) data
-	$(BIN)/lappdeploy train --config configs/demo.yaml --out $(DEMO_DIR) --force
+	$(BIN)/lappdeploy compress --config configs/demo.yaml --out $(DEMO_DIR) --force
 	$(BIN)/lappdeploy inspect $(DEMO_DIR)
 
+# -n 2: two pytest workers (pytest-xdist), one per core of a CI machine
 test: $(STAMP) data lint
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2
 
 # includes tests marked slow (the very largest torchvision models)
 test-all: $(STAMP) data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,22 @@ def cli(capsys):
     return run
 
 
+@pytest.fixture
+def cli_process():
+    """Start `python -m lappdeploy ARGS...` as a separate process (one thread, unbuffered, stderr piped)."""
+
+    def start(*args) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lappdeploy", *map(str, args)],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def fake_fashion_dir(tmp_path_factory) -> Path:
     """Fashion-MNIST-format IDX files: 256 train / 64 val images."""
@@ -45,7 +63,13 @@ def _isolate_environment(monkeypatch, tmp_path):
     # Never let a developer's $LAPPDEPLOY_DATA or download cache change what a test sees.
     monkeypatch.delenv("LAPPDEPLOY_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(_THREADS)
+
+
+# Under pytest-xdist the workers share the cores: more threads than cores makes OpenMP spin-wait and
+# slows every worker down many times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 
 
 PYTHON = sys.executable

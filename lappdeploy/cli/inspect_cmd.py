@@ -83,8 +83,24 @@ def _from_model_name(name: str, *, dataset, data_dir, synthetic_shape, image_siz
 )
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="For a model name: output classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Compress runs: where to write the kept-channels bar chart [default: RUN_DIR/keep_ratios.png].",
+)
+@click.option("--no-plot", is_flag=True, help="Compress runs: do not write the bar chart.")
 def inspect_command(
-    target: str, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes, as_json: bool
+    target: str,
+    dataset,
+    data_dir,
+    synthetic_shape,
+    image_size,
+    input_shape,
+    num_classes,
+    as_json: bool,
+    plot: str | None,
+    no_plot: bool,
 ) -> None:
     """Show architecture, parameters and MACs per layer of TARGET: a run directory, a checkpoint file
     (model.pt / checkpoint.pt) or a registered model name.
@@ -94,6 +110,7 @@ def inspect_command(
     \b
     Examples:
       lappdeploy inspect runs/r20
+      lappdeploy inspect runs/r20-lapp          # a compress run: also kept channels per group + bar chart
       lappdeploy inspect resnet18 --dataset fashion-mnist
       lappdeploy inspect inception_v3 --dataset synthetic --synthetic-shape 3x64x64   # raised to 80 px
       lappdeploy inspect mobilenet_v2 --input-shape 3x224x224 --num-classes 1000 --json
@@ -126,6 +143,22 @@ def inspect_command(
         click.echo(json.dumps({**card, **costs.as_dict(), "report": report}, indent=2))
         return
     _print_tables(card, costs, report)
+    if report and report.get("layers"):
+        _print_keep_ratios(report, path, plot, no_plot)
+
+
+def _print_keep_ratios(report: dict, target: Path, plot: str | None, no_plot: bool) -> None:
+    from lappdeploy.cli.compress_cmd import keep_ratio_table
+
+    console = stdout_console()
+    console.print(keep_ratio_table(report["layers"]))
+    if no_plot:
+        return
+    from lappdeploy.report import keep_ratio_chart
+
+    out = Path(plot) if plot else target / "keep_ratios.png"
+    title = f"{report['model']} {report['method']}: {report['macs_ratio']:.3f} of dense deploy MACs"
+    console.print(f"bar chart: {keep_ratio_chart(report['layers'], out, title=title)}")
 
 
 def _print_tables(card: dict, costs, report: dict | None) -> None:

@@ -1,4 +1,4 @@
-"""`lappdeploy list models|datasets`."""
+"""`lappdeploy list models|datasets|methods`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["list_command"]
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["models", "datasets"]))
+@click.argument("what", type=click.Choice(["models", "datasets", "methods"]))
 @click.option(
     "--family",
     type=click.Choice(["cifar", "torchvision", "testing", "user"]),
@@ -18,7 +18,7 @@ __all__ = ["list_command"]
     help="Models of one family only.",
 )
 def list_command(what: str, family: str | None) -> None:
-    """List the registered models or datasets."""
+    """List the registered models, datasets or pruning methods."""
     from rich.table import Table
 
     table = Table()
@@ -31,6 +31,13 @@ def list_command(what: str, family: str | None) -> None:
             spec = MODELS.get(name)
             if family is None or spec.family == family:
                 table.add_row(name, spec.family, str(spec.min_input_size), spec.description)
+    elif what == "methods":
+        from lappdeploy.methods import METHODS
+
+        table.add_column("method")
+        table.add_column("description")
+        for name in METHODS.names():
+            table.add_row(name, METHODS.get(name).summary)
     else:
         from lappdeploy.data import DATASETS
 

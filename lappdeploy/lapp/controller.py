@@ -234,6 +234,12 @@ class LappController(Hook):
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the MACs budget", offset)
         self._apply(loop, plan)
+        log.info(
+            "pruning phase over: removed %d channels; deploy MACs %.3f of dense (target %.3f)",
+            sum(len(gp.dropped) for gp in plan.groups.values()),
+            cost.macs / self.dense.macs,
+            self.config.target_macs,
+        )
         self._log(
             loop,
             {"type": "lapp_freeze", "step": loop.state.step, "epoch": round(loop.state.step / loop.steps_per_epoch, 4)}

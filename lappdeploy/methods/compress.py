@@ -58,8 +58,9 @@ class CompressExtension:
         if has_bypass(model):
             fold_bypass_(model.eval())  # the deploy model: one plain conv per bypass block
         thresholds = plan.info.get("thresholds", {})
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         layers = []
-        for g in hook.groups.prunable:
+        for g in sorted(hook.groups.prunable, key=lambda g: order.get(g.id, len(order))):
             gp = plan.groups.get(g.id)
             layers.append(
                 {

@@ -114,5 +114,5 @@ def remove_channels_(
         _carry_optimizer_state(optimizer, old_params, new_params, kept)
     record_step(model, "remove_channels", plan=plan.to_dict())
     removed = sum(len(gp.dropped) for gp in plan.groups.values())
-    log.info("removed %d channels from %d groups", removed, len(plan.groups))
+    log.debug("removed %d channels from %d groups", removed, len(plan.groups))
     return model

@@ -1,5 +1,6 @@
-"""Run by tests/integration/test_ddp.py under torchrun: trains with the library API and saves each
-rank's final weights, so the test can check that every rank ends identical."""
+"""Run by tests/integration/test_ddp.py (and test_compress.py, with the argument `lapp`) under torchrun:
+trains (or compresses) with the library API and saves each rank's final weights (and LAPP thresholds and
+plan), so the test can check that every rank ends identical."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 
 import torch
 
-from lappdeploy.config import TrainConfig
+from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.methods.compress import run_compress
 from lappdeploy.models.portable import cpu_state_dict
 from lappdeploy.train import Hook, init_distributed, run_training
 
@@ -17,11 +19,14 @@ class SaveRankWeights(Hook):
         self.path_template = path_template
 
     def on_train_end(self, trainer, history) -> None:
+        lapp = next((h for h in trainer.hooks if h.name == "LappController"), None)
         torch.save(
             {
                 "state_dict": cpu_state_dict(trainer.module),
                 "steps": trainer.state.step,
                 "world": trainer.dist.world_size,
+                "thresholds": lapp.thresholds.detach().cpu() if lapp is not None else None,
+                "plan": lapp.plan.to_dict() if lapp is not None else None,
             },
             self.path_template.format(rank=trainer.dist.rank),
         )
@@ -41,8 +46,13 @@ def main() -> None:
         device="cpu",
     )
     dist = init_distributed("cpu")
+    hooks = [SaveRankWeights(out + "-rank{rank}.pt")]
     try:
-        run_training(config, out, hooks=[SaveRankWeights(out + "-rank{rank}.pt")], dist=dist)
+        if sys.argv[2:] == ["lapp"]:
+            compress = CompressConfig(target_macs=0.5, prune_epochs=1, round_to=1, threshold_lr=0.05, log_every=1)
+            run_compress(config, compress, out, hooks=hooks, dist=dist)
+        else:
+            run_training(config, out, hooks=hooks, dist=dist)
     finally:
         dist.shutdown()
 

@@ -4,10 +4,7 @@ ends with exactly the weights of an uninterrupted run (CPU, deterministic)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import torch
@@ -32,22 +29,11 @@ FLAGS = [
     "--seed",
     "7",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _train(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lappdeploy", "train", *args],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def test_sigkill_after_first_checkpoint_then_resume(tmp_path):
+def test_sigkill_after_first_checkpoint_then_resume(tmp_path, cli_process):
     killed = tmp_path / "killed"
-    process = _train(*FLAGS, "--out", str(killed))
+    process = cli_process("train", *FLAGS, "--out", str(killed))
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint.pt").exists():
         assert process.poll() is None, process.stderr.read()
@@ -60,8 +46,8 @@ def test_sigkill_after_first_checkpoint_then_resume(tmp_path):
     completed_before_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= completed_before_kill < 4
 
-    resumed = _train("--out", str(killed), "--resume")
-    straight = _train(*FLAGS, "--out", str(tmp_path / "straight"))
+    resumed = cli_process("train", "--out", str(killed), "--resume")
+    straight = cli_process("train", *FLAGS, "--out", str(tmp_path / "straight"))
     for p in (resumed, straight):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
