@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY_EXPORTS = {
     "LappDeployError": "lappdeploy.errors",
     "TrainConfig": "lappdeploy.config",
+    "CompressConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",
     "list_models": "lappdeploy.models",
     "register_model": "lappdeploy.models",
@@ -27,6 +28,7 @@ _LAZY_EXPORTS = {
     "Trainer": "lappdeploy.train",
     "Hook": "lappdeploy.train",
     "run_training": "lappdeploy.train",
+    "run_compress": "lappdeploy.methods.compress",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]
