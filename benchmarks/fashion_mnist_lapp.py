@@ -12,6 +12,11 @@ stopped and started again; --fresh reruns everything.
     python benchmarks/fashion_mnist_lapp.py --ablate-bypass                 # adds lapp with --bypass rep
     python benchmarks/fashion_mnist_lapp.py --ablate-score                  # adds lapp with --score l2
     python benchmarks/fashion_mnist_lapp.py --seeds 0,1,2                   # several seeds per setting
+
+Wall times of separate runs drift with whatever else the machine does, so the training-time cost is
+also measured directly: training steps of the dense model, the masked model of LAPP's pruning phase and
+the compact model after removal, interleaved step by step (medians), giving the estimated cost of a
+whole LAPP run relative to dense training: (P * t_masked + (E - P) * t_compact) / (E * t_dense).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import time
 from pathlib import Path
+
+import torch
 
 from lappdeploy.config import CompressConfig, TrainConfig, parse_int_list
 from lappdeploy.environment import describe_machine
@@ -82,6 +90,55 @@ def _run(name: str, setting: dict, args, root: Path) -> dict:
     return run_compress(train, compress, out, force=True)
 
 
+def _step_seconds(model, optimizer, batch, before_step=None) -> float:
+    images, labels = batch
+    started = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+def measure_step_times(args, lapp_run: Path, steps: int = 30) -> dict:
+    """Median seconds per training step (batch --batch-size) of dense, masked (LAPP phase) and compact
+    models, measured interleaved on the same batch."""
+    from types import SimpleNamespace
+
+    from lappdeploy.lapp import prepare_
+    from lappdeploy.models import create_model, load_model
+
+    torch.manual_seed(0)
+    shape = tuple(read_json(lapp_run / "report.json")["input_shape"])
+    batch = (torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,)))
+    dense = create_model(args.model, num_classes=10, in_channels=shape[0])
+    masked = create_model(args.model, num_classes=10, in_channels=shape[0])
+    controller = prepare_(masked, batch[0][:2], CompressConfig(target_macs=0.5))
+    compact = load_model(lapp_run / "model.pt").model
+    timings = {"dense": [], "masked": [], "compact": []}
+    loops = {}
+    for name, model in (("dense", dense), ("masked", masked), ("compact", compact)):
+        model.train().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loops[name] = SimpleNamespace(
+            module=model, optimizer=optimizer, steps_per_epoch=1000, state=SimpleNamespace(step=0)
+        )
+    controller.on_train_start(loops["masked"])
+    for i in range(steps + 3):  # the first 3 rounds warm up
+        for name, loop in loops.items():
+            hook = (lambda loop=loop: controller.after_backward(loop)) if name == "masked" else None
+            seconds = _step_seconds(loop.module, loop.optimizer, batch, hook)
+            if i >= 3:
+                timings[name].append(seconds)
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    estimate = (args.prune_epochs * medians["masked"] + (args.epochs - args.prune_epochs) * medians["compact"]) / (
+        args.epochs * medians["dense"]
+    )
+    return {"step_s": medians, "estimated_run_cost_vs_dense": estimate, "lapp_run": lapp_run.name}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
@@ -99,6 +156,7 @@ def main() -> None:
     parser.add_argument("--ablate-bypass", action="store_true")
     parser.add_argument("--ablate-score", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already have a report")
+    parser.add_argument("--no-step-times", action="store_true", help="skip the interleaved step-time measurement")
     parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_lapp")
     args = parser.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")]
@@ -154,6 +212,16 @@ def main() -> None:
                         "top1_std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
                         "runs": len(tops),
                     }
+    step_times = None
+    lapp_runs = [r for r in rows if r.get("method") == "lapp" and "bypass" not in r and "score" not in r]
+    if lapp_runs and not args.no_step_times:
+        step_times = measure_step_times(args, root / lapp_runs[0]["run"])
+        s_ = step_times["step_s"]
+        print(
+            f"\ntraining step (batch {args.batch_size}), interleaved medians: dense {s_['dense'] * 1e3:.0f} ms, "
+            f"LAPP masked {s_['masked'] * 1e3:.0f} ms, compact ({lapp_runs[0]['run']}) {s_['compact'] * 1e3:.0f} ms; "
+            f"estimated LAPP run / dense run: {step_times['estimated_run_cost_vs_dense']:.2f}"
+        )
     result = {
         "benchmark": "fashion_mnist_lapp",
         "model": args.model,
@@ -164,6 +232,7 @@ def main() -> None:
         "machine": describe_machine(args.device if args.device != "auto" else "cpu"),
         "runs": table,
         "summary": summary,
+        "step_times": step_times,
     }
     path = RESULTS / f"fashion_mnist_lapp-{args.model}.json"
     atomic_write_json(path, result)
