@@ -67,6 +67,6 @@ def test_pruned_model_exports_with_both_exporters(name, tmp_path):
         record = to_onnx(model, x, path, exporter=exporter)
         assert record.exporter == exporter
         assert max(row["relative_error"] for row in record.parity) <= 1e-3
+        # exact, up to the adds of biases that are still exactly zero at init (SE and Linear layers)
         assert record.macs == record.torch_macs - record.zero_bias_adds_dropped
-        assert record.zero_bias_adds_dropped == 0, "randomized norms: no folded bias is exactly zero"
         assert path.stat().st_size == record.file_bytes

@@ -12,23 +12,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from onnx import numpy_helper
 from torch import nn
 
-from lappdeploy.config import ExportConfig, TrainConfig
+from lappdeploy.config import ExportConfig
 from lappdeploy.errors import ConfigError, ExportError
 from lappdeploy.export import check_onnx, count_onnx_macs, deploy_copy, to_onnx
 from lappdeploy.export.onnx_export import ort_session
 from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
 from lappdeploy.export.tensorrt import EngineProfile, build_engine, trt_family
 from lappdeploy.export.trtexec import trtexec_args, trtexec_script
-from lappdeploy.models import count_macs, create_model, model_card, save_model
+from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import add_bypass_, analyze, has_bypass, random_plan, remove_channels_
 from lappdeploy.testing import randomize_norms_
 from lappdeploy.testing.fake_tensorrt import FAKE_ENGINE_BYTES, fake_tensorrt
 
-SHAPE = (3, 16, 16)
+SHAPE = (3, 16, 16)  # of the tiny_run fixture too
 
 
 def _example(batch: int = 2) -> torch.Tensor:
@@ -332,19 +331,6 @@ def test_trtexec_script_is_valid_bash(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # the command
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run directory as `lappdeploy train` leaves it (model.pt + config.yaml), without training."""
-    run = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    config = TrainConfig(model="tiny_resnet", dataset="synthetic", synthetic_shape=SHAPE, synthetic_samples=64)
-    model = randomize_norms_(create_model("tiny_resnet", num_classes=10))
-    card = model_card(model, input_shape=SHAPE, mean=(0.5,) * 3, std=(0.25,) * 3, dataset="synthetic")
-    save_model(model, run / "model.pt", card)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    return run
 
 
 def test_export_command_writes_checked_onnx_and_report(cli, tiny_run, tmp_path):
