@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from lappdeploy.environment import describe_machine
+from lappdeploy.environment import write_benchmark
 from lappdeploy.export import to_onnx
-from lappdeploy.io import atomic_write_json
 from lappdeploy.models import create_model
 from lappdeploy.surgery import analyze, fold_bn_, remove_channels_, uniform_plan
 
@@ -90,10 +89,7 @@ def main() -> None:
             f"{r['parity']:.1e}",
         )
     stdout_console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, {"benchmark": "export_speed", "environment": describe_machine("cpu"), "results": rows})
-    print(f"wrote {out}")
+    write_benchmark("export_speed", rows, args.out)
 
 
 if __name__ == "__main__":
