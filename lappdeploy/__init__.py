@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY_EXPORTS = {
     "LappDeployError": "lappdeploy.errors",
     "TrainConfig": "lappdeploy.config",
+    "ExportConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",
     "list_models": "lappdeploy.models",
     "register_model": "lappdeploy.models",
@@ -27,6 +28,8 @@ _LAZY_EXPORTS = {
     "Trainer": "lappdeploy.train",
     "Hook": "lappdeploy.train",
     "run_training": "lappdeploy.train",
+    "to_onnx": "lappdeploy.export",
+    "export_run": "lappdeploy.export",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]
