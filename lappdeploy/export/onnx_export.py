@@ -87,7 +87,7 @@ def deploy_copy(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     """An eval-mode copy of `model` with every bypass block and conv->BN pair folded (the caller's model
     is untouched). BN folding is skipped when the model records it was already folded."""
     from lappdeploy.models import unwrap
-    from lappdeploy.surgery import fold_bn_, fold_bypass_, has_bypass, surgery_steps
+    from lappdeploy.surgery import SurgeryError, fold_bn_, fold_bypass_, has_bypass, surgery_steps
 
     deploy = copy.deepcopy(unwrap(model)).eval()
     if has_bypass(deploy):
@@ -95,7 +95,20 @@ def deploy_copy(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     already_folded = any(step["op"] == "fold_bn" for step in surgery_steps(deploy))
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in deploy.modules())
     if has_bn and not already_folded:
-        fold_bn_(deploy, example_inputs)  # finds conv->BN pairs by tracing; needs autograd enabled
+        try:
+            fold_bn_(deploy, example_inputs)  # finds conv->BN pairs by tracing; needs autograd enabled
+        except SurgeryError as exc:
+            # torch-pruning cannot trace a few architectures (ShuffleNetV2's channel shuffle); torch.fx
+            # finds the same conv->BN pairs where the model is symbolically traceable
+            from torch.fx.experimental.optimization import fuse
+
+            try:
+                deploy = fuse(deploy)
+            except Exception as fx_exc:
+                raise ExportError(
+                    f"cannot fold the BatchNorms of {type(deploy).__name__}: {exc}; torch.fx: {fx_exc}"
+                ) from None
+            log.debug("BN folded with torch.fx (%s)", exc)
     return deploy.eval()
 
 
@@ -115,7 +128,6 @@ def _run_exporter(model, example, path: Path, *, exporter: str, opset: int, dyna
     if exporter == "dynamo":
         kwargs["external_data"] = False  # weights inside the one .onnx file
         kwargs["verbose"] = False
-        kwargs["optimize"] = False
         if dynamic_batch:
             batch = torch.export.Dim("batch", min=1, max=_MAX_DYNAMIC_BATCH)
             kwargs["dynamic_shapes"] = {_forward_arg_name(model): {0: batch}}
