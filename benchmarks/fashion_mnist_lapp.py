@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from lappdeploy.config import CompressConfig, TrainConfig, parse_int_list
-from lappdeploy.environment import describe_machine
-from lappdeploy.io import atomic_write_json, read_json
+from lappdeploy.environment import write_benchmark
+from lappdeploy.io import read_json
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.train import run_training
 
@@ -222,21 +222,19 @@ def main() -> None:
             f"LAPP masked {s_['masked'] * 1e3:.0f} ms, compact ({lapp_runs[0]['run']}) {s_['compact'] * 1e3:.0f} ms; "
             f"estimated LAPP run / dense run: {step_times['estimated_run_cost_vs_dense']:.2f}"
         )
-    result = {
-        "benchmark": "fashion_mnist_lapp",
-        "model": args.model,
-        "epochs": args.epochs,
-        "prune_epochs": args.prune_epochs,
-        "round_to": args.round_to,
-        "train_subset": args.train_subset,
-        "machine": describe_machine(args.device if args.device != "auto" else "cpu"),
-        "runs": table,
-        "summary": summary,
-        "step_times": step_times,
-    }
-    path = RESULTS / f"fashion_mnist_lapp-{args.model}.json"
-    atomic_write_json(path, result)
-    print(f"\nwrote {path}")
+    write_benchmark(
+        "fashion_mnist_lapp",
+        table,
+        RESULTS / f"fashion_mnist_lapp-{args.model}.json",
+        device=args.device if args.device != "auto" else "cpu",
+        model=args.model,
+        epochs=args.epochs,
+        prune_epochs=args.prune_epochs,
+        round_to=args.round_to,
+        train_subset=args.train_subset,
+        summary=summary,
+        step_times=step_times,
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
-from lappdeploy.environment import describe_machine
-from lappdeploy.io import atomic_write_json
+from lappdeploy.environment import write_benchmark
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import ChannelPlan, analyze, fold_bn_, plan_cost, remove_channels_, uniform_plan
 
@@ -80,10 +78,7 @@ def main() -> None:
             f"{r['pruned_macs'] / 1e9:.3f}",
         )
     stdout_console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, {"benchmark": "surgery_speed", "environment": describe_machine("cpu"), "results": rows})
-    print(f"wrote {out}")
+    write_benchmark("surgery_speed", rows, args.out)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from lappdeploy.data import DataRequest, DeviceLoader, create_dataset
-from lappdeploy.environment import describe_machine
-from lappdeploy.io import atomic_write_json
+from lappdeploy.environment import write_benchmark
 from lappdeploy.models import create_model
 from lappdeploy.train import resolve_device
 
@@ -139,13 +137,7 @@ def main() -> None:
         )
     stdout_console().print(table)
 
-    environment = describe_machine(device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out, {"benchmark": "train_throughput", "dataset": args.dataset, "environment": environment, "results": rows}
-    )
-    print(f"wrote {out}")
+    write_benchmark("train_throughput", rows, args.out, device=device, dataset=args.dataset)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ _LAZY_EXPORTS = {
     "LappDeployError": "lappdeploy.errors",
     "TrainConfig": "lappdeploy.config",
     "CompressConfig": "lappdeploy.config",
+    "ExportConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",
     "list_models": "lappdeploy.models",
     "register_model": "lappdeploy.models",
@@ -29,6 +30,8 @@ _LAZY_EXPORTS = {
     "Hook": "lappdeploy.train",
     "run_training": "lappdeploy.train",
     "run_compress": "lappdeploy.methods.compress",
+    "to_onnx": "lappdeploy.export",
+    "export_run": "lappdeploy.export",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

@@ -20,13 +20,17 @@ from typing import Any, TypeVar
 from lappdeploy.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_OPSET",
+    "EXPORTERS",
     "CompressConfig",
+    "ExportConfig",
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
     "load_yaml_mapping",
     "parse_int_list",
     "parse_shape",
+    "resolve_opset",
 ]
 
 C = TypeVar("C")
@@ -134,10 +138,7 @@ class TrainConfig:
                 f"lr_milestones must be increasing epochs inside (0, {self.epochs}) (got {list(milestones)})"
             )
         object.__setattr__(self, "lr_milestones", milestones)
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {getattr(self, f.name)!r})")
+        _check_choices(self)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.nesterov and self.momentum == 0:
@@ -152,6 +153,98 @@ class TrainConfig:
         return config_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+EXPORTERS = ("legacy", "dynamo")
+# legacy: the TorchScript exporter at opset 17, what TensorRT 8.5/8.6 (older JetPack) parses;
+# dynamo: torch.export-based, needs opset >= 18 (18 is the most widely parsed of those).
+DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
+MIN_OPSET = {"legacy": 9, "dynamo": 18}
+MAX_OPSET = 20
+
+
+def resolve_opset(exporter: str, opset: int | None) -> int:
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)} (got {exporter!r})")
+    if opset is None:
+        return DEFAULT_OPSET[exporter]
+    if not MIN_OPSET[exporter] <= opset <= MAX_OPSET:
+        raise ConfigError(
+            f"the {exporter} exporter supports opset {MIN_OPSET[exporter]}..{MAX_OPSET} (got {opset})"
+            + ("; use --exporter legacy for older opsets" if exporter == "dynamo" else "")
+        )
+    return opset
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `lappdeploy export` produces from a trained or pruned model (not where the files go)."""
+
+    onnx: bool = _opt(
+        True, "Export the ONNX model (--no-onnx: reuse OUT/model.onnx of an earlier export, e.g. for --trt)."
+    )
+    trt: bool = _opt(
+        False, "Build a TensorRT engine too; without the tensorrt package, write trtexec.sh and exit with code 3."
+    )
+    precision: str = _opt("fp32", "TensorRT precision.", choices=("fp32", "fp16", "int8"))
+    batch: tuple[int, ...] = _opt(
+        (1, 8, 32),
+        "Batch sizes min,opt,max of the dynamic batch dimension (TensorRT profile; ONNX parity runs at min and max).",
+        cli_type="int_list",
+    )
+    opset: int | None = _opt(None, "ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")
+    exporter: str = _opt(
+        "legacy",
+        "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6) or dynamo (torch.export).",
+        choices=("legacy", "dynamo"),
+    )
+    fallback: bool = _opt(False, "If the dynamo exporter fails, export with the legacy one (recorded in export.json).")
+    simplify: bool = _opt(True, "Simplify the graph with onnxslim.")
+    calib_images: int = _opt(
+        512, "INT8: calibration images from the run's training set (fixed shuffle, no augmentation)."
+    )
+    data_dir: str | None = _opt(None, "INT8: dataset directory (default: the run's config, then the usual places).")
+    workspace_mib: int = _opt(1024, "TensorRT builder workspace limit (MiB).")
+    opt_level: int = _opt(3, "TensorRT builder optimization level 0-5 (TensorRT's default: 3).")
+    trt_version: str | None = _opt(
+        None,
+        "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.6, 10 or 11 [default: 10].",
+        choices=("8.6", "10", "11"),
+    )
+    timing_cache_dir: str | None = _opt(
+        None, "Directory of the per-device TensorRT timing caches [default: ~/.cache/lappdeploy/tensorrt]."
+    )
+    seed: int = _opt(0, "Seed of the random parity inputs.")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choices(self)
+        batch = tuple(sorted(self.batch))
+        if not 1 <= len(batch) <= 3 or batch[0] < 1 or len(set(batch)) != len(batch):
+            raise ConfigError(f"batch must be 1 to 3 distinct sizes >= 1, e.g. 1,8,32 (got {list(self.batch)})")
+        object.__setattr__(self, "batch", batch)
+        _at_least(self, "calib_images", 1)
+        _at_least(self, "workspace_mib", 1)
+        _in_range(self, "opt_level", 0, 5)
+        resolve_opset(self.exporter, self.opset)
+        if self.fallback and self.exporter != "dynamo":
+            raise ConfigError("fallback replaces a failed dynamo export by a legacy one; it needs --exporter dynamo")
+        if not self.onnx and not self.trt:
+            raise ConfigError("--no-onnx reuses an earlier ONNX to build an engine; it needs --trt")
+
+    @property
+    def resolved_opset(self) -> int:
+        return resolve_opset(self.exporter, self.opset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
+        return config_from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> ExportConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -199,10 +292,7 @@ class CompressConfig:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.penalty < 0:
             raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {getattr(self, f.name)!r})")
+        _check_choices(self)
 
     def check_against(self, train: TrainConfig) -> None:
         """Raise ConfigError for combinations with the training config that cannot work."""
@@ -225,6 +315,14 @@ class CompressConfig:
 
 # --------------------------------------------------------------------------------------------------
 # generic helpers shared by every stage's config
+
+
+def _check_choices(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
 
 
 def _at_least(cfg: Any, name: str, low: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-__all__ = ["cpu_name", "describe_machine", "package_version", "versions"]
+__all__ = ["cpu_name", "describe_machine", "package_version", "versions", "write_benchmark"]
 
 _PACKAGES = ("lappdeploy", "torch", "torchvision", "torch-pruning", "numpy")
 
@@ -53,3 +53,15 @@ def describe_machine(device) -> dict:
         "cpu_count": os.cpu_count(),
         "versions": versions(),
     }
+
+
+def write_benchmark(name: str, rows: list[dict], out, *, device="cpu", **extra) -> None:
+    """Write a benchmark's result rows with the machine they were measured on to JSON file `out`."""
+    from pathlib import Path
+
+    from lappdeploy.io import atomic_write_json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, {"benchmark": name, **extra, "environment": describe_machine(device), "results": rows})
+    print(f"wrote {out}")

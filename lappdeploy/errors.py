@@ -5,9 +5,11 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataNotFoundError",
+    "ExportError",
     "LappDeployError",
     "MissingDependencyError",
     "RunDirError",
+    "TensorRTUnavailableError",
     "UnknownNameError",
 ]
 
@@ -39,3 +41,16 @@ class RunDirError(LappDeployError):
 
 class MissingDependencyError(LappDeployError, ImportError):
     """An optional dependency is not installed."""
+
+
+class ExportError(LappDeployError):
+    """A model cannot be exported, or its export does not pass the checks (checker, parity, MACs)."""
+
+
+class TensorRTUnavailableError(LappDeployError):
+    """--trt without the TensorRT Python package: the ONNX and a trtexec.sh were written instead.
+
+    Exit code 3, distinct from bad input (2): the export itself succeeded; the engine must be built on
+    the target."""
+
+    exit_code = 3

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = [
+    "atomic_open",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "can_create_in",
+    "give_default_permissions",
+    "nearest_existing",
+    "read_json",
+]
 
 
 @contextlib.contextmanager
@@ -32,6 +41,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def give_default_permissions(path: str | os.PathLike[str]) -> None:
+    """chmod a file or directory made by mkstemp/mkdtemp (0600/0700) to what open()/mkdir() would give."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def _umask() -> int:
@@ -59,3 +73,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """`path` itself or its closest existing ancestor (where a new directory would be created)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def can_create_in(directory: str | os.PathLike[str]) -> bool:
+    """Probe by creating and removing an empty directory: permission bits do not tell (root, read-only
+    mounts, /proc)."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".lappdeploy-write-probe-", dir=directory)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True

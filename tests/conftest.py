@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lappdeploy.cli import main
-from lappdeploy.testing import write_fashion_mnist
+from lappdeploy.testing import write_fashion_mnist, write_tiny_run
 
 
 @dataclass
@@ -56,6 +56,12 @@ def cli_process():
 def fake_fashion_dir(tmp_path_factory) -> Path:
     """Fashion-MNIST-format IDX files: 256 train / 64 val images."""
     return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), n_train=256, n_val=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory (untrained tiny_resnet on 3x16x16 synthetic data: model.pt + config.yaml)."""
+    return write_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(autouse=True)

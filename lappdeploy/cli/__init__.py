@@ -12,6 +12,7 @@ import click
 from lappdeploy import __version__
 from lappdeploy.cli.common import setup_logging
 from lappdeploy.cli.compress_cmd import compress_command
+from lappdeploy.cli.export_cmd import export_command
 from lappdeploy.cli.inspect_cmd import inspect_command
 from lappdeploy.cli.list_cmd import list_command
 from lappdeploy.cli.train_cmd import train_command
@@ -32,6 +33,7 @@ def cli(debug: bool, verbose: bool) -> None:
 cli.add_command(train_command)
 cli.add_command(compress_command)
 cli.add_command(inspect_command)
+cli.add_command(export_command)
 cli.add_command(list_command)
 
 

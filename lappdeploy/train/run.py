@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from lappdeploy.config import TrainConfig, load_yaml_mapping
 from lappdeploy.data import DATASETS, DataRequest, DatasetInfo, DeviceLoader, auto_workers, fixed_subset, locate_dataset
 from lappdeploy.environment import versions
 from lappdeploy.errors import RunDirError
-from lappdeploy.io import atomic_write_json, atomic_write_text
+from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, nearest_existing
 from lappdeploy.models import MODELS, count_macs, create_model, model_card, resolve_input_shape, save_model
 from lappdeploy.train.distributed import DistContext, init_distributed
 from lappdeploy.train.engine import Trainer, check_device_support
@@ -81,13 +80,6 @@ class RunExtension(Protocol):
         """After training, before the model is saved: (report fields, {file name: JSON data})."""
 
 
-def _nearest_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_run_dir(out: str | os.PathLike[str], *, force: bool = False, resume: bool = False) -> RunDir:
     """Validate `out` for a new run (or for --resume) without touching the file system."""
     run = RunDir(Path(out).expanduser())
@@ -112,21 +104,10 @@ def check_run_dir(out: str | os.PathLike[str], *, force: bool = False, resume: b
                     f"{root} is not empty and not a lappdeploy run directory (no config.yaml); "
                     "refusing to delete it even with --force; choose another --out"
                 )
-    anchor = _nearest_existing(root)
-    if not anchor.is_dir() or not _can_create_in(anchor):
+    anchor = nearest_existing(root)
+    if not anchor.is_dir() or not can_create_in(anchor):
         raise RunDirError(f"cannot write to {root}: {anchor} is not a writable directory; choose another --out")
     return run
-
-
-def _can_create_in(directory: Path) -> bool:
-    """Probe by creating and removing an empty directory: permission bits do not tell (root, read-only
-    mounts, /proc)."""
-    try:
-        probe = tempfile.mkdtemp(prefix=".lappdeploy-write-probe-", dir=directory)
-    except OSError:
-        return False
-    os.rmdir(probe)
-    return True
 
 
 def _create_run_dir(run: RunDir, *, force: bool) -> None:

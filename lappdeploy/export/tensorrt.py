@@ -1,0 +1,449 @@
+"""TensorRT engines from a checked ONNX with the real TensorRT Python API, for TensorRT 8.6, 10.x and 11.x.
+
+The module imports without TensorRT; `tensorrt` is imported when an engine is built (or passed in as
+`trt`, which is how the tests drive the version branches through `lappdeploy.testing.fake_tensorrt`).
+What differs between the families (see DEPLOY.md):
+
+    family  network flags         fp16                         int8
+    8.6     EXPLICIT_BATCH        BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
+    10      0 (explicit batch)    BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
+    11      0 (strongly typed)    an FP16 ONNX, fp32 I/O       a Q/DQ ONNX calibrated on the same images
+
+Every build sets a dynamic-batch optimization profile (min/opt/max), the workspace limit, the builder
+optimization level and a timing cache kept per device and TensorRT version, saves the engine
+inspector's layer information as JSON, and (where CUDA is present) compares the engine with ONNX
+Runtime on the parity inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lappdeploy.errors import ExportError
+from lappdeploy.io import atomic_open, atomic_write_text
+from lappdeploy.optional import require
+
+__all__ = [
+    "FAMILIES",
+    "PRECISIONS",
+    "TOLERANCE",
+    "EngineBuild",
+    "EngineProfile",
+    "build_engine",
+    "check_precision",
+    "engine_parity",
+    "import_tensorrt",
+    "run_engine",
+    "timing_cache_path",
+    "trt_family",
+]
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("8.6", "10", "11")
+PRECISIONS = ("fp32", "fp16", "int8")
+# max |TensorRT - ONNX Runtime fp32| / max |logits| accepted after a build. fp32 builds clear TF32.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 2.5e-1}
+# smallest compute capability with fast FP16 / INT8 kernels (used where TensorRT no longer says: 11.x)
+_MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1)}
+_INPUT_NAME = "input"
+_OUTPUT_NAME = "logits"
+
+
+def import_tensorrt():
+    return require("tensorrt", purpose="building TensorRT engines")
+
+
+def trt_family(version: str) -> str:
+    """'8.6.1' -> '8.6', '10.3.0' -> '10', '11.1.0' -> '11'; other versions raise ExportError."""
+    match = re.match(r"(\d+)\.(\d+)", str(version))
+    if match:
+        major, minor = int(match.group(1)), int(match.group(2))
+        if major == 8 and minor >= 6:
+            return "8.6"
+        if major in (10, 11):
+            return str(major)
+    raise ExportError(
+        f"TensorRT {version} is not supported; lappdeploy builds engines with TensorRT 8.6, 10.x or 11.x "
+        "(on older JetPack, build with trtexec: run without the tensorrt package to get trtexec.sh)"
+    )
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """The optimization profile of the batch dimension (images per call)."""
+
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def from_batches(cls, batches: Sequence[int]) -> EngineProfile:
+        """--batch 1,8,32 -> min 1, opt 8, max 32; two values: opt = max; one value: a fixed batch."""
+        values = sorted(int(b) for b in batches)
+        if not values or values[0] < 1:
+            raise ExportError(f"batch sizes must be >= 1 (got {list(batches)})")
+        middle = values[1] if len(values) == 3 else values[-1]
+        return cls(values[0], middle, values[-1])
+
+    def shapes(self, input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+        return tuple((b, *input_shape) for b in (self.min, self.opt, self.max))
+
+
+@dataclass
+class EngineBuild:
+    """One engine build, as recorded in export.json."""
+
+    engine: str  # file name in the export directory
+    trt_version: str
+    family: str
+    precision: str
+    precision_mode: str  # how the precision was obtained (builder flag, calibrator, FP16 ONNX, Q/DQ ONNX)
+    onnx: str  # the ONNX the parser read
+    profile: dict[str, int]
+    input_shape: list[int]
+    workspace_mib: int
+    opt_level: int
+    device: str
+    timing_cache: str
+    timing_cache_hit: bool  # the cache existed before this build
+    layer_info: str
+    engine_bytes: int
+    build_s: float
+    calibration_images: int | None = None
+    calibration_cache: str | None = None
+    parity: list[dict[str, float]] = field(default_factory=list)
+    parity_tolerance: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timing_cache_path(cache_dir: str | os.PathLike[str], device: str, trt_version: str) -> Path:
+    """One timing cache per GPU model and TensorRT version: kernels timed on one never mislead another."""
+    tag = re.sub(r"[^A-Za-z0-9.]+", "-", device).strip("-").lower() or "gpu"
+    return Path(cache_dir).expanduser() / f"{tag}-trt{trt_version}.timing-cache"
+
+
+def default_timing_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lappdeploy" / "tensorrt"
+
+
+def cuda_device_name() -> tuple[str, tuple[int, int] | None]:
+    """(GPU name with compute capability, capability) of CUDA device 0, or ('no CUDA device', None)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device", None
+    capability = torch.cuda.get_device_capability(0)
+    return f"{torch.cuda.get_device_name(0)} sm{capability[0]}{capability[1]}", capability
+
+
+def check_precision(trt, precision: str, *, capability: tuple[int, int] | None = None, builder=None) -> str:
+    """Raise ExportError unless the installed TensorRT (and GPU) can build `precision`; returns the family."""
+    family = trt_family(trt.__version__)
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "fp32":
+        return family
+    if family in ("8.6", "10"):
+        builder = builder or trt.Builder(trt.Logger(trt.Logger.WARNING))
+        fast = builder.platform_has_fast_fp16 if precision == "fp16" else builder.platform_has_fast_int8
+        if not fast:
+            raise ExportError(
+                f"TensorRT {trt.__version__} reports no fast {precision.upper()} on this GPU "
+                f"(platform_has_fast_{precision} is False); use --precision fp32"
+                + (" or fp16" if precision == "int8" else "")
+            )
+    elif capability is not None and capability < _MIN_CAPABILITY[precision]:
+        need = ".".join(map(str, _MIN_CAPABILITY[precision]))
+        raise ExportError(
+            f"{precision.upper()} needs a GPU of compute capability >= {need} "
+            f"(this one is {capability[0]}.{capability[1]}); use --precision fp32"
+        )
+    return family
+
+
+class _TensorRTLogger:
+    """Route TensorRT's builder messages to the `lappdeploy.export.tensorrt` logger."""
+
+    @staticmethod
+    def create(trt):
+        class Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg) -> None:
+                level = {
+                    trt.ILogger.INTERNAL_ERROR: logging.ERROR,
+                    trt.ILogger.ERROR: logging.ERROR,
+                    trt.ILogger.WARNING: logging.WARNING,
+                    trt.ILogger.INFO: logging.DEBUG,
+                }.get(severity, logging.DEBUG)
+                log.log(level, "TensorRT: %s", msg)
+
+        return Logger()
+
+
+def _entropy_calibrator(trt, batches: list[np.ndarray], cache_path: Path, device: str):
+    """An IInt8EntropyCalibrator2 serving `batches` (float32, equal batch sizes) from `device` memory and
+    keeping its scales in `cache_path` (a cache that exists is used instead of calibrating again)."""
+    import torch
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._pending = iter(batches)
+            self._current = None  # keeps the served batch alive while TensorRT reads it
+            self.served = 0
+
+        def get_batch_size(self) -> int:
+            return int(batches[0].shape[0])
+
+        def get_batch(self, names, *args):
+            batch = next(self._pending, None)
+            if batch is None:
+                return None
+            self._current = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+            self.served += int(batch.shape[0])
+            return [int(self._current.data_ptr())]
+
+        def read_calibration_cache(self, *args):
+            return cache_path.read_bytes() if cache_path.is_file() else None
+
+        def write_calibration_cache(self, cache, *args) -> None:
+            with atomic_open(cache_path, "wb") as handle:
+                handle.write(bytes(cache))
+
+    return EntropyCalibrator()
+
+
+def _parse(trt, network, logger_obj, onnx_path: Path) -> None:
+    parser = trt.OnnxParser(network, logger_obj)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors or 'no details'}")
+    network_input = network.get_input(0)
+    if network.num_inputs != 1 or network_input.name != _INPUT_NAME:
+        raise ExportError(f"{onnx_path.name} must have one input named {_INPUT_NAME!r}")
+
+
+def _calibration_batches(calibration: Iterable[np.ndarray] | None) -> list[np.ndarray]:
+    """Materialise calibration batches of one batch size (a smaller last batch is dropped)."""
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in (calibration or ())]
+    if not batches:
+        raise ExportError("INT8 needs calibration images; give --calib-images N and a run with a dataset")
+    size = batches[0].shape[0]
+    kept = [b for b in batches if b.shape[0] == size]
+    if len(kept) < len(batches):
+        log.debug("calibration: dropped a last batch of %d images (TensorRT wants equal batches)", batches[-1].shape[0])
+    return kept
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    precision: str = "fp32",
+    batches: Sequence[int] = (1, 8, 32),
+    input_shape: Sequence[int],
+    workspace_mib: int = 1024,
+    opt_level: int = 3,
+    calibration: Iterable[np.ndarray] | None = None,
+    timing_cache_dir: str | os.PathLike[str] | None = None,
+    trt=None,
+    device: str | None = None,
+    capability: tuple[int, int] | None = None,
+    calibration_device: str = "cuda",
+) -> EngineBuild:
+    """Build `model_<precision>.engine` (+ `layers_<precision>.json`) in `out_dir` from the fp32 ONNX at
+    `onnx_path`. INT8 reads float32 `calibration` batches (normalised images). `trt`, `device`,
+    `capability` and `calibration_device` default to the installed TensorRT and CUDA device 0."""
+    from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
+
+    trt = trt or import_tensorrt()
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if device is None:
+        device, capability = cuda_device_name()
+    family = check_precision(trt, precision, capability=capability)
+    profile = EngineProfile.from_batches(batches)
+    start = time.perf_counter()
+    calibration_images = calibration_cache = None
+
+    # 11.x is strongly typed: the precision lives in the ONNX
+    source, mode = onnx_path, "fp32 (TF32 off)"
+    if family == "11" and precision == "fp16":
+        source, mode = to_fp16_onnx(onnx_path, out_dir / "model_fp16.onnx"), "strongly typed: FP16 ONNX, fp32 I/O"
+    elif family == "11" and precision == "int8":
+        source = out_dir / "model_int8_qdq.onnx"
+        calibration_images = to_int8_qdq_onnx(onnx_path, source, _calibration_batches(calibration))
+        mode = "strongly typed: Q/DQ ONNX (entropy calibration)"
+
+    logger_obj = _TensorRTLogger.create(trt)
+    builder = trt.Builder(logger_obj)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if family == "8.6" else 0
+    network = builder.create_network(flags)
+    _parse(trt, network, logger_obj, source)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)  # MiB -> bytes
+    config.builder_optimization_level = int(opt_level)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, precisions, tactics
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 would cost ~1e-3 relative accuracy
+    shapes = profile.shapes(input_shape)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(_INPUT_NAME, *shapes)
+    config.add_optimization_profile(opt_profile)
+
+    if family in ("8.6", "10") and precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        mode = "BuilderFlag.FP16"
+    elif family in ("8.6", "10") and precision == "int8":
+        calib = _calibration_batches(calibration)
+        calibration_cache = "calibration.cache"
+        calibrator = _entropy_calibrator(trt, calib, out_dir / calibration_cache, calibration_device)
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
+        calib_profile = builder.create_optimization_profile()  # calibration runs at its own fixed batch
+        calib_shape = (calib[0].shape[0], *input_shape)
+        calib_profile.set_shape(_INPUT_NAME, calib_shape, calib_shape, calib_shape)
+        config.set_calibration_profile(calib_profile)
+        calibration_images = sum(int(b.shape[0]) for b in calib)
+        mode = "BuilderFlag.INT8 + IInt8EntropyCalibrator2"
+
+    cache_file = timing_cache_path(timing_cache_dir or default_timing_cache_dir(), device, trt.__version__)
+    cache_hit = cache_file.is_file()
+    timing_cache = config.create_timing_cache(cache_file.read_bytes() if cache_hit else b"")
+    config.set_timing_cache(timing_cache, False)  # False: refuse a cache from another device
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not build a {precision} engine from {source.name} "
+            "(re-run with -v for the builder log)"
+        )
+    engine_bytes = bytes(serialized)
+    engine_name = f"model_{precision}.engine"
+    with atomic_open(out_dir / engine_name, "wb") as handle:
+        handle.write(engine_bytes)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(cache_file, "wb") as handle:
+        handle.write(bytes(config.get_timing_cache().serialize()))
+
+    runtime = trt.Runtime(logger_obj)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    layer_info = f"layers_{precision}.json"
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    atomic_write_text(out_dir / layer_info, json.dumps(json.loads(info), indent=1) + "\n")
+
+    build = EngineBuild(
+        engine=engine_name,
+        trt_version=str(trt.__version__),
+        family=family,
+        precision=precision,
+        precision_mode=mode,
+        onnx=source.name,
+        profile=asdict(profile),
+        input_shape=list(input_shape),
+        workspace_mib=int(workspace_mib),
+        opt_level=int(opt_level),
+        device=device,
+        timing_cache=str(cache_file),
+        timing_cache_hit=cache_hit,
+        layer_info=layer_info,
+        engine_bytes=len(engine_bytes),
+        build_s=round(time.perf_counter() - start, 3),
+        calibration_images=calibration_images,
+        calibration_cache=calibration_cache,
+    )
+    log.info(
+        "built %s with TensorRT %s (%s) in %.1f s: %.1f MB",
+        engine_name,
+        trt.__version__,
+        mode,
+        build.build_s,
+        len(engine_bytes) / 1e6,
+    )
+    return build
+
+
+def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray], *, trt=None) -> list[np.ndarray]:
+    """Run a serialized engine on CUDA device 0 for each float32 input batch (name-based I/O,
+    execute_async_v3 on a non-default stream; the API of 8.6, 10 and 11)."""
+    import torch
+
+    trt = trt or import_tensorrt()
+    if not torch.cuda.is_available():
+        raise ExportError("running a TensorRT engine needs a CUDA GPU")
+    logger_obj = _TensorRTLogger.create(trt)
+    engine = trt.Runtime(logger_obj).deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise ExportError(f"{engine_path} is not an engine this TensorRT ({trt.__version__}) and GPU can load")
+    context = engine.create_execution_context()
+    stream = torch.cuda.Stream()
+    outputs = []
+    for batch in inputs:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        context.set_input_shape(_INPUT_NAME, tuple(x.shape))
+        y = torch.empty(tuple(context.get_tensor_shape(_OUTPUT_NAME)), dtype=torch.float32, device="cuda")
+        context.set_tensor_address(_INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(_OUTPUT_NAME, y.data_ptr())
+        stream.wait_stream(torch.cuda.current_stream())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise ExportError(f"TensorRT failed to run {engine_path} at batch {x.shape[0]}")
+        stream.synchronize()
+        outputs.append(y.cpu().numpy())
+    return outputs
+
+
+def engine_parity(
+    engine_path: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    batches: Sequence[int],
+    precision: str,
+    *,
+    seed: int = 0,
+    trt=None,
+    runner: Callable[..., list[np.ndarray]] = run_engine,
+) -> list[dict[str, float]]:
+    """Compare the engine with ONNX Runtime (CPU, fp32 ONNX) on random inputs at each batch size; raise
+    ExportError above the precision's tolerance. Records top-1 agreement too (informative for INT8)."""
+    from lappdeploy.export.onnx_export import ort_session
+
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal((b, *input_shape), dtype=np.float32) for b in batches]
+    session = ort_session(onnx_path)
+    expected = [session.run([_OUTPUT_NAME], {_INPUT_NAME: x})[0] for x in inputs]
+    got = runner(engine_path, inputs, trt=trt)
+    rows = []
+    for batch, ref, out in zip(batches, expected, got, strict=True):
+        error = float(np.abs(out - ref).max())
+        scale = float(np.abs(ref).max()) or 1.0
+        rows.append(
+            {
+                "batch": int(batch),
+                "max_abs_error": error,
+                "logit_scale": scale,
+                "relative_error": error / scale,
+                "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+            }
+        )
+    worst = max(r["relative_error"] for r in rows)
+    if worst > TOLERANCE[precision]:
+        raise ExportError(
+            f"the {precision} TensorRT engine disagrees with ONNX Runtime: max error {worst:.2e} of the logit "
+            f"scale (tolerance {TOLERANCE[precision]:g})"
+        )
+    return rows

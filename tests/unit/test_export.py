@@ -1,0 +1,429 @@
+"""Export: to_onnx and its checks, the ONNX MACs counter, FP16 / Q-DQ graphs, the TensorRT version
+branches (through the clearly named fake in lappdeploy.testing.fake_tensorrt), trtexec.sh, and the
+`lappdeploy export` command with its error paths. onnx, onnxruntime and torch-pruning are real."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from lappdeploy.config import ExportConfig
+from lappdeploy.errors import ConfigError, ExportError
+from lappdeploy.export import check_onnx, count_onnx_macs, deploy_copy, to_onnx
+from lappdeploy.export.onnx_export import ort_session
+from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
+from lappdeploy.export.tensorrt import EngineProfile, build_engine, trt_family
+from lappdeploy.export.trtexec import trtexec_args, trtexec_script
+from lappdeploy.models import count_macs, create_model
+from lappdeploy.surgery import add_bypass_, analyze, has_bypass, random_plan, remove_channels_
+from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing.fake_tensorrt import FAKE_ENGINE_BYTES, fake_tensorrt
+
+SHAPE = (3, 16, 16)  # of the tiny_run fixture too
+
+
+def _example(batch: int = 2) -> torch.Tensor:
+    return torch.randn((batch, *SHAPE), generator=torch.Generator().manual_seed(0))
+
+
+def _ops(path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.fixture(scope="module")
+def pruned_bypass_resnet():
+    """tiny_resnet with LAPP's bypass blocks, a random plan removed, random BN statistics: the caller's
+    model keeps its bypass (export folds a copy)."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_resnet", num_classes=10))
+    x = _example()
+    add_bypass_(model, x)
+    randomize_norms_(model, seed=1)
+    plan = random_plan(analyze(model, x), 0.5, seed=3)
+    remove_channels_(model, plan, x)
+    return model.eval(), plan
+
+
+def test_plan_pruned_graph_has_exactly_the_pruned_channels(pruned_bypass_resnet, tmp_path):
+    model, _plan = pruned_bypass_resnet
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record = to_onnx(model, _example(), tmp_path / "model.onnx")
+
+    assert has_bypass(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert "BatchNormalization" not in _ops(tmp_path / "model.onnx")
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    conv_shapes = [tuple(weights[n.input[1]].shape) for n in graph.node if n.op_type == "Conv"]
+    deploy = deploy_copy(model, _example())
+    convs = [m for m in deploy.modules() if isinstance(m, nn.Conv2d)]
+    # one Conv per pruned conv of the deploy model (bypass branches folded in), with its exact channels
+    assert sorted(conv_shapes) == sorted(tuple(m.weight.shape) for m in convs)
+    assert sorted(s[0] for s in conv_shapes) != sorted(
+        m.out_channels for m in create_model("tiny_resnet").modules() if isinstance(m, nn.Conv2d)
+    )
+    assert record.macs == record.torch_macs == count_macs(deploy, SHAPE).macs
+    assert record.params == record.torch_params
+    assert record.zero_bias_adds_dropped == 0
+    assert max(row["relative_error"] for row in record.parity) < 1e-4
+    assert [row["batch"] for row in record.parity] == [1, 3]
+    session = ort_session(tmp_path / "model.onnx")
+    assert [i.name for i in session.get_inputs()] == ["input"] and session.get_outputs()[0].name == "logits"
+    assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch
+
+
+def test_dynamo_exporter_and_checks(pruned_bypass_resnet, tmp_path):
+    model, _ = pruned_bypass_resnet
+    record = to_onnx(model, _example(1), tmp_path / "model.onnx", exporter="dynamo", parity_batches=(2, 5))
+    assert (record.exporter, record.opset, record.fallback_reason) == ("dynamo", 18, None)
+    assert [row["batch"] for row in record.parity] == [2, 5]
+    assert not list(tmp_path.glob("*.data")), "weights must be embedded in the one .onnx file"
+    # dynamo's graph optimizer drops the classifier's still-zero bias (10 adds per image); all else is exact
+    assert record.torch_macs - record.macs == record.zero_bias_adds_dropped == 10
+    with pytest.raises(ConfigError, match=r"opset 18..20"):
+        to_onnx(model, _example(), tmp_path / "m.onnx", exporter="dynamo", opset=17)
+
+
+class DataDependent(nn.Module):
+    """A branch on a tensor value: torch.export refuses it; the legacy tracer records the branch taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.mean() > -1e9:
+            y = y.relu()
+        return self.fc(y.mean((2, 3)))
+
+
+def test_dynamo_failure_falls_back_to_legacy_only_when_asked(tmp_path):
+    model = DataDependent().eval()
+    with pytest.raises(ExportError, match=r"dynamo ONNX exporter failed.*--exporter legacy"):
+        to_onnx(model, _example(), tmp_path / "model.onnx", exporter="dynamo")
+    assert list(tmp_path.iterdir()) == [], "a failed export leaves nothing behind"
+    record = to_onnx(model, _example(), tmp_path / "model.onnx", exporter="dynamo", fallback=True)
+    assert (record.requested_exporter, record.exporter, record.opset) == ("dynamo", "legacy", 17)
+    assert record.fallback_reason
+
+
+class ChannelsLastLinear(nn.Module):
+    """A Linear on an (N, H, W, C) tensor, as in ConvNeXt: exported as MatMul + Add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix = nn.Linear(8, 12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mix(self.conv(x).permute(0, 2, 3, 1))
+        return self.head(y.mean((1, 2)))
+
+
+def test_onnx_macs_counter_matches_pytorch_and_reports_dropped_zero_biases(tmp_path):
+    model = ChannelsLastLinear().eval()
+    record = to_onnx(model, _example(), tmp_path / "model.onnx")
+    assert "MatMul" in _ops(tmp_path / "model.onnx")
+    cost = count_onnx_macs(tmp_path / "model.onnx")
+    assert cost.macs == record.macs == count_macs(model, SHAPE).macs
+    assert cost.params == sum(p.numel() for p in model.parameters())
+
+    with torch.no_grad():
+        model.mix.bias.zero_()  # an all-zero bias: simplification drops its Add as a no-op
+    record = to_onnx(model, _example(), tmp_path / "zero.onnx")
+    assert record.torch_macs - record.macs == record.zero_bias_adds_dropped == 8 * 8 * 12
+
+
+def test_corrupt_onnx_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ExportError, match="is not a valid ONNX model"):
+        check_onnx(bad)
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    torch.manual_seed(0)
+    to_onnx(randomize_norms_(create_model("tiny_resnet")), _example(), path)
+    return path
+
+
+def _calibration(count: int = 4, batch: int = 8):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((batch, *SHAPE), dtype=np.float32) for _ in range(count)]
+
+
+def test_fp16_onnx_keeps_fp32_io_and_agrees_with_fp32(fp32_onnx, tmp_path):
+    to_fp16_onnx(fp32_onnx, tmp_path / "model_fp16.onnx")
+    graph = onnx.load(str(tmp_path / "model_fp16.onnx")).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in graph.initializer if i.dims} == {onnx.TensorProto.FLOAT16}
+    x = _calibration(1, 4)[0]
+    ref = ort_session(fp32_onnx).run(None, {"input": x})[0]
+    got = ort_session(tmp_path / "model_fp16.onnx").run(None, {"input": x})[0]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-2
+
+
+def test_int8_qdq_onnx_is_symmetric_and_close(fp32_onnx, tmp_path):
+    used = to_int8_qdq_onnx(fp32_onnx, tmp_path / "model_int8_qdq.onnx", _calibration())
+    assert used == 32
+    model = onnx.load(str(tmp_path / "model_int8_qdq.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(not zp.any() and zp.dtype == np.int8 for zp in zero_points)  # TensorRT: symmetric
+    x = _calibration(1, 4)[0]
+    ref = ort_session(fp32_onnx).run(None, {"input": x})[0]
+    got = ort_session(tmp_path / "model_int8_qdq.onnx").run(None, {"input": x})[0]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.25
+
+
+# ---------------------------------------------------------------------------------------------------
+# TensorRT version branches, through the FAKE TensorRT API
+
+
+@pytest.mark.parametrize(
+    ("version", "family"), [("8.6.1", "8.6"), ("10.3.0", "10"), ("10.13.3", "10"), ("11.1.0", "11")]
+)
+def test_trt_family(version, family):
+    assert trt_family(version) == family
+
+
+@pytest.mark.parametrize("version", ["8.5.2", "9.2.0", "12.0.0", "garbage"])
+def test_unsupported_trt_versions_are_refused(version):
+    with pytest.raises(ExportError, match=r"8.6, 10.x or 11.x"):
+        trt_family(version)
+
+
+def _fake_build(fp32_onnx, tmp_path, version, precision, **kwargs):
+    trt = fake_tensorrt(version)
+    build = build_engine(
+        fp32_onnx,
+        tmp_path,
+        precision=precision,
+        batches=(1, 8, 32),
+        input_shape=SHAPE,
+        workspace_mib=256,
+        opt_level=4,
+        calibration=_calibration(3, 8),
+        timing_cache_dir=tmp_path / "cache",
+        trt=trt,
+        device="Fake GPU sm90",
+        capability=(9, 0),
+        calibration_device="cpu",
+        **kwargs,
+    )
+    calls = dict(trt.calls)
+    return build, calls
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.1.0"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precision):
+    build, calls = _fake_build(fp32_onnx, tmp_path, version, precision)
+    family = trt_family(version)
+    built = calls["build"]
+    # common to every family
+    assert calls["create_network"] == (1 if family == "8.6" else 0)  # EXPLICIT_BATCH only on 8.6
+    assert built["workspace"] == 256 << 20 and built["opt_level"] == 4 and built["verbosity"] == "DETAILED"
+    assert built["profiles"] == [{"input": ((1, *SHAPE), (8, *SHAPE), (32, *SHAPE))}]
+    assert ("TF32" in built["flags"]) == (precision != "fp32")
+    assert (tmp_path / f"model_{precision}.engine").read_bytes() == FAKE_ENGINE_BYTES
+    assert json.loads((tmp_path / f"layers_{precision}.json").read_text())["Layers"]
+    assert build.timing_cache.endswith("fake-gpu-sm90-trt" + version + ".timing-cache")
+    assert (tmp_path / "cache" / build.timing_cache.rsplit("/", 1)[1]).read_bytes() == b"fake-timing-cache"
+    assert build.family == family and build.precision == precision
+    parsed = calls["parse"]
+    if family in ("8.6", "10"):
+        # weakly typed: the fp32 graph plus builder flags; INT8 through the entropy calibrator and its cache
+        assert parsed["initializer_types"] == [onnx.TensorProto.FLOAT]
+        assert ("FP16" in built["flags"]) == (precision == "fp16")
+        assert ("INT8" in built["flags"]) == (precision == "int8")
+        if precision == "int8":
+            assert built["calibrated_images"] == 24 == build.calibration_images
+            assert built["calibration_profile"] == {"input": ((8, *SHAPE),) * 3}
+            assert (tmp_path / "calibration.cache").read_bytes() == b"fake-calibration-cache"
+    else:
+        # strongly typed: the precision is in the ONNX the parser reads, and there are no flags to set
+        assert built["flags"] in ([], ["TF32"])
+        assert parsed["input_types"] == parsed["output_types"] == [onnx.TensorProto.FLOAT]
+        if precision == "fp16":
+            assert build.onnx == "model_fp16.onnx" and onnx.TensorProto.FLOAT16 in parsed["initializer_types"]
+        if precision == "int8":
+            assert build.onnx == "model_int8_qdq.onnx" and "QuantizeLinear" in parsed["ops"]
+            assert build.calibration_images == 24
+
+
+def test_int8_calibration_cache_is_reused(fp32_onnx, tmp_path):
+    (tmp_path / "calibration.cache").write_bytes(b"scales from an earlier build")
+    _, calls = _fake_build(fp32_onnx, tmp_path, "10.3.0", "int8")
+    assert calls["build"]["calibrated_images"] == 0
+
+
+def test_timing_cache_is_read_back_on_the_next_build(fp32_onnx, tmp_path):
+    first, _ = _fake_build(fp32_onnx, tmp_path, "10.3.0", "fp32")
+    second, calls = _fake_build(fp32_onnx, tmp_path, "10.3.0", "fp32")
+    assert (first.timing_cache_hit, second.timing_cache_hit) == (False, True)
+    assert calls["build"]["timing_cache_in"] == b"fake-timing-cache"
+
+
+def test_precision_the_platform_lacks_is_refused(fp32_onnx, tmp_path):
+    trt = fake_tensorrt("8.6.1", fast_int8=False)
+    with pytest.raises(ExportError, match="no fast INT8"):
+        build_engine(fp32_onnx, tmp_path, precision="int8", input_shape=SHAPE, trt=trt, device="gpu")
+    with pytest.raises(ExportError, match=r"compute capability >= 6.1"):
+        build_engine(
+            fp32_onnx, tmp_path, precision="int8", input_shape=SHAPE, trt=fake_tensorrt("11.1.0"), device="old gpu",
+            capability=(5, 2),
+        )  # fmt: skip
+    assert not list(tmp_path.glob("*.engine"))
+
+
+def test_engine_profile_from_batches():
+    assert EngineProfile.from_batches((32, 1, 8)) == EngineProfile(1, 8, 32)
+    assert EngineProfile.from_batches((4, 16)) == EngineProfile(4, 16, 16)
+    assert EngineProfile.from_batches((8,)) == EngineProfile(8, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# trtexec.sh
+
+
+@pytest.mark.parametrize("family", ["8.6", "10", "11"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_trtexec_flags_per_family(family, precision):
+    args = trtexec_args(family, precision, input_shape=SHAPE, batches=(1, 8, 32), workspace_mib=512, opt_level=5)
+    assert "--minShapes=input:1x3x16x16" in args and "--maxShapes=input:32x3x16x16" in args
+    assert "--optShapes=input:8x3x16x16" in args and "--memPoolSize=workspace:512M" in args
+    assert "--builderOptimizationLevel=5" in args and any(a.startswith("--timingCacheFile=") for a in args)
+    for export in ("--exportTimes=", "--exportLayerInfo=", "--exportProfile="):
+        assert any(a.startswith(export) for a in args)
+    legacy_defaults = {"--useCudaGraph", "--noDataTransfers", "--useSpinWait", "--separateProfileRun"}
+    if family == "11":  # precision flags are gone; the precision comes with the ONNX
+        assert not {"--fp16", "--int8"} & set(args) and not legacy_defaults & set(args)
+        expected_onnx = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8_qdq.onnx"}
+    else:
+        assert legacy_defaults <= set(args)
+        assert ("--fp16" in args) == (precision == "fp16") and ("--int8" in args) == (precision == "int8")
+        expected_onnx = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_int8_qdq.onnx"}
+    assert f"--onnx={expected_onnx[precision]}" in args
+    assert ("--noTF32" in args) == (precision == "fp32")
+
+
+def test_trtexec_script_is_valid_bash(tmp_path):
+    script = tmp_path / "trtexec.sh"
+    script.write_text(trtexec_script("10", "fp16", input_shape=SHAPE, batches=(1, 8, 32), model="tiny_resnet"))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert "--fp16" in script.read_text() and "/usr/src/tensorrt/bin/trtexec" in script.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command
+
+
+def test_export_command_writes_checked_onnx_and_report(cli, tiny_run, tmp_path):
+    out = tmp_path / "export"
+    result = cli("export", tiny_run, "--out", out, "--batch", "2,4")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
+    report = json.loads((out / "export.json").read_text())
+    assert report["model"] == "tiny_resnet" and report["input_shape"] == list(SHAPE)
+    assert report["onnx"]["exporter"] == "legacy" and report["onnx"]["opset"] == 17
+    assert report["onnx"]["macs"] == report["onnx"]["torch_macs"]
+    assert [row["batch"] for row in report["onnx"]["parity"]] == [2, 4]
+    assert report["versions"]["onnxruntime"] and report["tensorrt"] is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left"
+    assert cli("export", tiny_run, "--out", out).code == 2  # exists: needs --force
+    assert cli("export", tiny_run, "--out", out, "--force", "--no-simplify").code == 0
+
+
+def test_trt_without_tensorrt_writes_trtexec_script_and_exits_3(cli, tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # absent, also where TensorRT is installed
+    out = tmp_path / "export"
+    result = cli("export", tiny_run, "--out", out, "--trt", "--precision", "int8", "--calib-images", "32")
+    assert result.code == 3, result.err
+    lines = result.err.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and "trtexec.sh" in lines[-1] and "TensorRT 10 family" in lines[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model_int8_qdq.onnx", "trtexec.sh"]
+    report = json.loads((out / "export.json").read_text())
+    assert report["tensorrt"]["family"] == "10" and report["tensorrt"]["calibration_images"] == 32
+    subprocess.run(["bash", "-n", str(out / "trtexec.sh")], check=True)
+    result = cli("export", tiny_run, "--out", out, "--force", "--trt", "--precision", "fp16", "--trt-version", "11")
+    assert result.code == 3 and (out / "model_fp16.onnx").is_file()
+    assert "--fp16" not in (out / "trtexec.sh").read_text()
+
+
+def test_unsupported_precision_of_installed_tensorrt_is_exit_2(cli, tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0", fast_int8=False))
+    result = cli("export", tiny_run, "--out", tmp_path / "export", "--trt", "--precision", "int8")
+    assert result.code == 2 and "no fast INT8" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bad_export_inputs(tmp_path, tiny_run):
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    (tmp_path / "a_file").write_text("x")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    return {
+        "not a checkpoint": ([tmp_path / "foreign.pt"], "is not a lappdeploy checkpoint"),
+        "checkpoint not ours": ([tmp_path / "other.pt"], "is not a lappdeploy checkpoint (no model card)"),
+        "missing target": ([tmp_path / "nowhere"], "does not exist"),
+        "corrupt onnx": ([tiny_run, "--no-onnx", "--trt", "--out", corrupt], "is not a valid ONNX model"),
+        "unwritable out": ([tiny_run, "--out", tmp_path / "a_file" / "export"], "is not a writable directory"),
+        "no-onnx without trt": ([tiny_run, "--no-onnx"], "needs --trt"),
+        "bad batch": ([tiny_run, "--batch", "1,2,3,4"], "batch must be 1 to 3 distinct sizes"),
+        "dynamo opset": ([tiny_run, "--exporter", "dynamo", "--opset", "17"], "opset 18..20"),
+        "bad precision": ([tiny_run, "--precision", "int4"], "'int4' is not one of"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not a checkpoint",
+        "checkpoint not ours",
+        "missing target",
+        "corrupt onnx",
+        "unwritable out",
+        "no-onnx without trt",
+        "bad batch",
+        "dynamo opset",
+        "bad precision",
+    ],
+)
+def test_bad_export_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, tiny_run, case):
+    args, message = _bad_export_inputs(tmp_path, tiny_run)[case]
+    if "--out" not in args:
+        args = [*args, "--out", tmp_path / "export"]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = cli("export", *args)
+    assert result.code == 2, (case, result)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "nothing may be written"
+
+
+def test_export_config_round_trips_and_validates():
+    config = ExportConfig(batch="32,1,8", exporter="dynamo", fallback=True, precision="int8")
+    assert config.batch == (1, 8, 32) and config.resolved_opset == 18
+    assert ExportConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="needs --exporter dynamo"):
+        ExportConfig(fallback=True)
+    with pytest.raises(ConfigError, match="trt_version must be one of"):
+        ExportConfig(trt_version="9")
