@@ -85,7 +85,7 @@ def calibration_batches(
     run = RunDir(target) if target.is_dir() else None
     image_size = int(card.input_shape[1])
     if run is not None and run.config.is_file():
-        train_config = read_config(run)
+        train_config, _ = read_config(run)  # compress settings, if any, do not matter here
         if data_dir is not None:
             train_config = train_config.replace(data_dir=data_dir)
         dataset = train_config.dataset

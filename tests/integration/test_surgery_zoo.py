@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -116,7 +117,13 @@ def test_pruned_checkpoints_load_in_a_fresh_process(saved_dir):
         "print(json.dumps(worst))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(saved_dir), *names], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(saved_dir), *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        # the same thread count as the process that computed the expected logits: bit-equality needs the
+        # same reduction order
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     worst = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(worst) == set(names)

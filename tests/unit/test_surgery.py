@@ -374,7 +374,9 @@ def test_bypass_trains_then_folds_exactly_at_dense_deploy_cost(name, size):
         loss.backward()
         optimizer.step()
     assert model.get_submodule(wrapped[0]).bypass_conv.weight.grad.abs().sum() > 0  # the bypass trained
-    model.eval()
+    # float64: the fold is exact algebra; in float32 rounding differences grow through 50 layers
+    model.eval().double()
+    x = x.double()
     with torch.no_grad():
         logits = model(x)
     fold_bypass_(model)
@@ -383,6 +385,7 @@ def test_bypass_trains_then_folds_exactly_at_dense_deploy_cost(name, size):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     with torch.no_grad():
         assert _relative_error(model(x), logits) < 1e-5
+    model.float()
     assert count_macs(model, x.shape[1:]).macs == dense_cost.macs
     assert sum(p.numel() for p in model.parameters()) == dense_cost.params
 
