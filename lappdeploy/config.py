@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "field_names",
     "load_yaml_mapping",
     "parse_int_list",
     "parse_shape",
@@ -404,10 +405,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def field_names(cls: type) -> list[str]:
+    """The option names of a config dataclass, in declaration order."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if not isinstance(data, dict):
         raise ConfigError(f"a {cls.__name__} must be a mapping of option names to values (got {type(data).__name__})")
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = field_names(cls)
     unknown = [k for k in data if k not in names]
     if unknown:
         key = unknown[0]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import click
 
 from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.config import CompressConfig, TrainConfig, field_names
 from lappdeploy.errors import ConfigError
 
 __all__ = ["print_report", "resolve_run_configs", "train_command"]
@@ -62,8 +61,8 @@ def resolve_run_configs(
     from lappdeploy.train import check_run_dir, read_config
     from lappdeploy.train.engine import RESUMABLE_CHANGES
 
-    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
-    extension_names = [f.name for f in dataclasses.fields(extension_cls or CompressConfig)]
+    train_names = field_names(TrainConfig)
+    extension_names = field_names(extension_cls or CompressConfig)
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR, the run directory to continue")

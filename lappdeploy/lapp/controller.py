@@ -28,13 +28,13 @@ from torch import nn
 from lappdeploy.config import CompressConfig
 from lappdeploy.errors import ConfigError
 from lappdeploy.lapp.budget import cubic_budget
-from lappdeploy.lapp.freeze import BUDGET_TOLERANCE, apply_plan_, plan_within_budget
+from lappdeploy.lapp.freeze import BUDGET_TOLERANCE, apply_plan_, log_to, plan_within_budget
 from lappdeploy.lapp.masks import ThresholdMask
 from lappdeploy.surgery.bypass import add_bypass_, has_bypass
 from lappdeploy.surgery.cost import cost_model, plan_cost
 from lappdeploy.surgery.graph import ChannelGroups, SurgeryError, analyze
 from lappdeploy.surgery.masking import ChannelMasker
-from lappdeploy.surgery.plan import ChannelPlan, GroupPlan, channel_scores
+from lappdeploy.surgery.plan import ChannelPlan, channel_scores
 from lappdeploy.train.hooks import Hook
 
 __all__ = ["LappController", "minimum_plan", "prepare_"]
@@ -44,13 +44,7 @@ log = logging.getLogger(__name__)
 
 def minimum_plan(groups: ChannelGroups, mask: ThresholdMask, scores: torch.Tensor) -> ChannelPlan:
     """Every prunable group at its minimum width (best-scored channels): the cheapest reachable plan."""
-    plan = ChannelPlan()
-    kept = mask.hard(mask.normalise(scores), torch.full((len(mask.ids),), math.inf))
-    for g in groups.prunable:
-        keep = torch.nonzero(kept[g.offset : g.offset + g.channels]).flatten().tolist()
-        if len(keep) < g.channels:
-            plan.groups[g.id] = GroupPlan(g.channels, keep)
-    return plan
+    return ChannelPlan.from_keep_mask(groups, mask.hard(mask.normalise(scores), torch.full((len(mask.ids),), math.inf)))
 
 
 def prepare_(model: nn.Module, example_inputs: torch.Tensor, config: CompressConfig | None = None) -> LappController:
@@ -96,7 +90,6 @@ class LappController(Hook):
         self._pre_hook = model.register_forward_pre_hook(self._set_masks)
         self._normalised: torch.Tensor | None = None  # this step's normalised scores (detached)
         self._last: dict[str, torch.Tensor | float] = {}  # this step's MACs, budget, penalty (for logs)
-        self._steps_per_epoch: int | None = None
 
     def __deepcopy__(self, memo: dict) -> LappController:
         # A deep copy of the prepared model (EMA, snapshots) copies its forward pre-hook, a bound method of
@@ -135,12 +128,14 @@ class LappController(Hook):
         """Forward pre-hook: this forward's masks from the current scores and thresholds."""
         if self._masker is None:
             return
-        scores = self.normalised_scores() if module.training else self.normalised_scores().detach()
-        self._normalised = scores.detach()
         if module.training and torch.is_grad_enabled():
+            scores = self.normalised_scores()
             self._masker.set(self.mask(scores, self.thresholds))
-        else:
+        else:  # evaluation: hard masks, no graph
+            with torch.no_grad():
+                scores = self.normalised_scores()
             self._masker.set(self.mask.hard(scores, self.thresholds.detach()))
+        self._normalised = scores.detach()
 
     def _move_to(self, device: torch.device) -> None:
         if self.thresholds.device != device:
@@ -152,7 +147,6 @@ class LappController(Hook):
 
     def on_train_start(self, loop) -> None:
         self._move_to(getattr(loop, "device", self.thresholds.device))
-        self._steps_per_epoch = loop.steps_per_epoch
 
     def after_backward(self, loop) -> None:
         """Thresholds' update: task-loss gradient (through the masks) + MACs penalty gradient, then Adam."""
@@ -185,7 +179,7 @@ class LappController(Hook):
         step = loop.state.step
         done = step >= self.phase_steps(loop)
         if self._last and (step % self.config.log_every == 0 or done):
-            self._log(loop, self.step_record(step, loop.steps_per_epoch))
+            log_to(loop, self.step_record(step, loop.steps_per_epoch))
         if done:
             self.freeze_(loop)
 
@@ -206,8 +200,7 @@ class LappController(Hook):
 
     def on_epoch_end(self, loop, metrics: dict[str, Any]) -> None:
         metrics["macs_ratio"] = round(self.current_macs() / self.dense.macs, 5)
-        steps_per_epoch = self._steps_per_epoch or loop.steps_per_epoch
-        metrics["budget_ratio"] = round(self.budget_macs(loop.state.step, steps_per_epoch) / self.dense.macs, 5)
+        metrics["budget_ratio"] = round(self.budget_macs(loop.state.step, loop.steps_per_epoch) / self.dense.macs, 5)
         metrics["pruned"] = self.frozen
 
     def freeze_(self, loop) -> ChannelPlan:
@@ -240,10 +233,15 @@ class LappController(Hook):
             cost.macs / self.dense.macs,
             self.config.target_macs,
         )
-        self._log(
+        log_to(
             loop,
-            {"type": "lapp_freeze", "step": loop.state.step, "epoch": round(loop.state.step / loop.steps_per_epoch, 4)}
-            | {"macs": cost.macs / self.dense.macs, "threshold_offset": offset},
+            {
+                "type": "lapp_freeze",
+                "step": loop.state.step,
+                "epoch": round(loop.state.step / loop.steps_per_epoch, 4),
+                "macs": cost.macs / self.dense.macs,
+                "threshold_offset": offset,
+            },
         )
         return plan
 
@@ -252,7 +250,7 @@ class LappController(Hook):
         self.detach_hooks()
         apply_plan_(loop, plan, self.example_inputs, groups=self.groups)
         self.plan = plan
-        self.final_macs = int(plan.info.get("macs", plan_cost(self.groups, plan).macs))
+        self.final_macs = int(plan.info["macs"])
         self.thresholds.grad = None
 
     def detach_hooks(self) -> None:
@@ -261,11 +259,6 @@ class LappController(Hook):
             self._masker.remove()
             self._masker = None
             self._pre_hook.remove()
-
-    def _log(self, loop, record: dict[str, Any]) -> None:
-        logger = getattr(loop, "log", None)
-        if logger is not None:
-            logger(record)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

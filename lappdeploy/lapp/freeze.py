@@ -13,7 +13,7 @@ from lappdeploy.surgery.graph import ChannelGroups, SurgeryError
 from lappdeploy.surgery.plan import ChannelPlan, round_plan
 from lappdeploy.surgery.remove import remove_channels_
 
-__all__ = ["BUDGET_TOLERANCE", "apply_plan_", "plan_within_budget"]
+__all__ = ["BUDGET_TOLERANCE", "apply_plan_", "log_to", "plan_within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +82,10 @@ def apply_plan_(loop, plan: ChannelPlan, example_inputs: torch.Tensor, groups: C
         rewrap()
     elif getattr(getattr(loop, "dist", None), "is_distributed", False):
         raise SurgeryError("channels were removed under DDP but the training loop has no rewrap_() to re-wrap it")
+
+
+def log_to(loop, record: dict) -> None:
+    """Pass a record to the loop's `log` (our Trainer writes it to metrics.jsonl); loops without one skip it."""
+    log_record = getattr(loop, "log", None)
+    if log_record is not None:
+        log_record(record)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lappdeploy.config import CompressConfig
-from lappdeploy.lapp.freeze import BUDGET_TOLERANCE, apply_plan_, plan_within_budget
+from lappdeploy.lapp.freeze import BUDGET_TOLERANCE, apply_plan_, log_to, plan_within_budget
 from lappdeploy.lapp.masks import ThresholdMask
 from lappdeploy.surgery.bypass import add_bypass_, has_bypass
 from lappdeploy.surgery.cost import plan_cost
@@ -100,9 +100,7 @@ class OneShotPruning(Hook):
                 round_to=self.config.round_to,
             )
             self._apply(loop, plan)
-            log_record = getattr(loop, "log", None)
-            if log_record is not None:
-                log_record({"type": "prune", "step": loop.state.step, "macs": cost.macs / self.dense.macs})
+            log_to(loop, {"type": "prune", "step": loop.state.step, "macs": cost.macs / self.dense.macs})
 
     def _apply(self, loop, plan: ChannelPlan) -> None:
         apply_plan_(loop, plan, self.example_inputs, groups=self.groups)

@@ -10,7 +10,6 @@ costs, the method, the target and a per-group table.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +27,7 @@ from lappdeploy.train.distributed import DistContext
 from lappdeploy.train.hooks import Hook
 from lappdeploy.train.run import run_training
 
-__all__ = ["COMPRESS_KEYS", "CompressExtension", "run_compress"]
-
-COMPRESS_KEYS = tuple(f.name for f in dataclasses.fields(CompressConfig))
+__all__ = ["CompressExtension", "run_compress"]
 
 
 class CompressExtension:

@@ -15,7 +15,6 @@ Everything that can be wrong with the input is checked before the first byte is 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from lappdeploy.config import CompressConfig, TrainConfig, load_yaml_mapping
+from lappdeploy.config import CompressConfig, TrainConfig, field_names, load_yaml_mapping
 from lappdeploy.data import DATASETS, DataRequest, DatasetInfo, DeviceLoader, auto_workers, fixed_subset, locate_dataset
 from lappdeploy.environment import versions
 from lappdeploy.errors import RunDirError
@@ -121,7 +120,7 @@ def read_config(run: RunDir, *, extension_keys: Sequence[str] | None = None) -> 
     """The run's TrainConfig, and the values of `extension_keys` saved with it (default: the compress
     settings of a `lappdeploy compress` run; empty for a `train` run)."""
     if extension_keys is None:
-        extension_keys = [f.name for f in dataclasses.fields(CompressConfig)]
+        extension_keys = field_names(CompressConfig)
     data = load_yaml_mapping(run.config)
     extra = {k: data.pop(k) for k in list(data) if k in extension_keys}
     return TrainConfig.from_dict(data), extra
