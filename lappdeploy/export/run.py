@@ -144,6 +144,14 @@ def _versions(trt_version: str | None) -> dict[str, str | None]:
     }
 
 
+def _method_of(run_dir: Path) -> str | None:
+    """The pruning method of a compress run (None for other runs): shown by `lappdeploy bench`."""
+    report = run_dir / "report.json"
+    with contextlib.suppress(OSError, ValueError):
+        return read_json(report).get("method") if report.is_file() else None
+    return None
+
+
 def export_run(
     target: str | os.PathLike[str],
     config: ExportConfig,
@@ -169,6 +177,8 @@ def export_run(
     )
     from lappdeploy.export.trtexec import DEFAULT_FAMILY, trtexec_args, trtexec_script
     from lappdeploy.models import checkpoint_in, load_model
+    from lappdeploy.surgery.history import recorded_plans
+    from lappdeploy.surgery.plan import plan_id
 
     # 1. validate everything (no writes)
     target = Path(target).expanduser()
@@ -290,6 +300,8 @@ def export_run(
             "format": EXPORT_FORMAT,
             "source": str(checkpoint),
             "model": card.architecture,
+            "plan_id": plan_id(recorded_plans(loaded.model)),
+            "method": _method_of(checkpoint.parent),
             "dataset": card.dataset,
             "input_shape": list(input_shape),
             "mean": list(card.mean),

@@ -9,13 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SURGERY_ATTR", "record_step", "replay_", "surgery_steps"]
+__all__ = ["SURGERY_ATTR", "record_step", "recorded_plans", "replay_", "surgery_steps"]
 
 SURGERY_ATTR = "lappdeploy_surgery"  # list of {"op": str, **arguments}, JSON-compatible, in order
 
 
 def surgery_steps(model: nn.Module) -> list[dict[str, Any]]:
     return list(getattr(model, SURGERY_ATTR, []))
+
+
+def recorded_plans(model: nn.Module) -> list[dict[str, Any]]:
+    """The channel plans (as dicts) of the remove_channels steps recorded on `model`, in order."""
+    return [step["plan"] for step in surgery_steps(model) if step.get("op") == "remove_channels"]
 
 
 def record_step(model: nn.Module, op: str, **arguments: Any) -> None:

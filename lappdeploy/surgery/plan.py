@@ -8,6 +8,8 @@ applies to the dense model, to the same model with bypass blocks, and round-trip
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ __all__ = [
     "GroupPlan",
     "channel_scores",
     "plan_from_scores",
+    "plan_id",
     "random_plan",
     "round_plan",
     "uniform_plan",
@@ -273,3 +276,20 @@ def random_plan(groups: ChannelGroups, keep_ratio: float = 0.5, *, seed: int = 0
     scores = torch.rand(groups.global_channels, generator=generator)
     counts = {g.id: math.ceil(keep_ratio * g.channels) for g in groups.prunable}
     return plan_from_scores(groups, scores, counts, method="random", keep_ratio=keep_ratio, seed=seed)
+
+
+def plan_id(plans: list[dict[str, Any]]) -> str:
+    """'dense' when the channel plans (as saved: {"groups": {id: {"channels", "keep"}}}) remove nothing,
+    else the first 10 hex digits of a SHA-1 of what they keep (same plans, same id)."""
+    kept = [
+        {
+            gid: sorted(g["keep"])
+            for gid, g in sorted((plan.get("groups") or {}).items())
+            if len(g["keep"]) < g["channels"]
+        }
+        for plan in plans
+    ]
+    kept = [k for k in kept if k]
+    if not kept:
+        return "dense"
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
