@@ -17,6 +17,7 @@ _LAZY_EXPORTS = {
     "TrainConfig": "lappdeploy.config",
     "CompressConfig": "lappdeploy.config",
     "ExportConfig": "lappdeploy.config",
+    "BenchConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",
     "list_models": "lappdeploy.models",
     "register_model": "lappdeploy.models",
@@ -32,6 +33,7 @@ _LAZY_EXPORTS = {
     "run_compress": "lappdeploy.methods.compress",
     "to_onnx": "lappdeploy.export",
     "export_run": "lappdeploy.export",
+    "bench_runs": "lappdeploy.bench",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

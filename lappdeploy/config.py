@@ -22,6 +22,7 @@ from lappdeploy.errors import ConfigError
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
+    "BenchConfig",
     "CompressConfig",
     "ExportConfig",
     "TrainConfig",
@@ -311,6 +312,92 @@ class CompressConfig:
         return config_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> CompressConfig:
+        return dataclasses.replace(self, **changes)
+
+
+RUNTIMES = ("torch", "ort", "trt", "trtexec")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How `lappdeploy bench` measures latency (not what it measures or where the records go).
+
+    The timing defaults follow DEPLOY.md "Measuring latency honestly": warm up by time after every
+    build or shape change, then sample until both a minimum count and a minimum duration are reached.
+    """
+
+    runtime: str = _opt(
+        "ort",
+        "torch (eager, optionally compiled), ort (ONNX Runtime), trt (a TensorRT engine) or trtexec "
+        "(read the JSON trtexec wrote on the target).",
+        choices=RUNTIMES,
+    )
+    device: str = _opt(
+        "auto",
+        "cpu or cuda; auto: cuda for trt/trtexec, else cuda when the runtime can use it here, else cpu.",
+        choices=("auto", "cpu", "cuda"),
+    )
+    ort_provider: str | None = _opt(
+        None,
+        "ONNX Runtime execution provider: cpu, cuda or tensorrt [default: from --device]. A provider that "
+        "falls back to the CPU is refused.",
+        choices=("cpu", "cuda", "tensorrt"),
+    )
+    precision: str = _opt(
+        "fp32",
+        "fp32; fp16 (CUDA for torch; an FP16 graph for ort; the engine for trt); int8 (trt/trtexec engines, "
+        "or the Q/DQ ONNX of `lappdeploy export --precision int8` for ort).",
+        choices=("fp32", "fp16", "int8"),
+    )
+    batch: tuple[int, ...] = _opt((1, 8), "Batch sizes to sweep.", cli_type="int_list")
+    min_seconds: float = _opt(10.0, "Measure each model for at least this long per batch size (s).")
+    min_samples: int = _opt(50, "...and for at least this many timed calls per batch size.")
+    warmup_seconds: float = _opt(
+        2.0, "Warm-up after every build or batch-size change: this long (s), or 50 calls if sooner."
+    )
+    threads: int | None = _opt(
+        None, "CPU threads of torch and ONNX Runtime (intra-op) [default: torch's, usually the physical cores]."
+    )
+    channels_last: bool = _opt(False, "torch: channels_last memory format for weights and inputs.")
+    compile: bool = _opt(False, "torch: torch.compile the model (compiled once per batch size, in the warm-up).")
+    vs_dense: bool = _opt(
+        False, "Also time each run's dense architecture (random weights: latency does not depend on them)."
+    )
+    seed: int = _opt(0, "Seed of the random input batches.")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choices(self)
+        batch = tuple(self.batch)
+        if not batch or min(batch) < 1 or len(set(batch)) != len(batch):
+            raise ConfigError(f"batch must be distinct sizes >= 1, e.g. 1,8,32 (got {list(batch)})")
+        object.__setattr__(self, "batch", tuple(sorted(batch)))
+        if not self.min_seconds > 0 or not self.warmup_seconds >= 0:
+            raise ConfigError(
+                f"min_seconds must be > 0 and warmup_seconds >= 0 (got {self.min_seconds}, {self.warmup_seconds})"
+            )
+        _at_least(self, "min_samples", 1)
+        if self.threads is not None:
+            _at_least(self, "threads", 1)
+        if self.ort_provider is not None and self.runtime != "ort":
+            raise ConfigError("ort_provider chooses ONNX Runtime's execution provider; it needs --runtime ort")
+        if self.runtime in ("trt", "trtexec") and self.device == "cpu":
+            raise ConfigError(f"--runtime {self.runtime} runs TensorRT engines on a GPU; drop --device cpu")
+        if self.runtime == "torch" and self.precision == "int8":
+            raise ConfigError("torch eager has no int8 path here; use --runtime trt or ort with an int8 export")
+        if self.runtime == "torch" and self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("torch fp16 on the CPU is emulated and meaningless to time; use --device cuda or fp32")
+        if (self.channels_last or self.compile) and self.runtime != "torch":
+            raise ConfigError("--channels-last and --compile apply to --runtime torch only")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        return config_from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> BenchConfig:
         return dataclasses.replace(self, **changes)
 
 

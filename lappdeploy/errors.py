@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BenchError",
     "ConfigError",
     "DataNotFoundError",
     "ExportError",
@@ -45,6 +46,10 @@ class MissingDependencyError(LappDeployError, ImportError):
 
 class ExportError(LappDeployError):
     """A model cannot be exported, or its export does not pass the checks (checker, parity, MACs)."""
+
+
+class BenchError(LappDeployError):
+    """A model cannot be timed as asked (missing engine, a runtime that fell back to another device...)."""
 
 
 class TensorRTUnavailableError(LappDeployError):

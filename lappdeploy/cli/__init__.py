@@ -10,6 +10,7 @@ import sys
 import click
 
 from lappdeploy import __version__
+from lappdeploy.cli.bench_cmd import bench_command, report_command
 from lappdeploy.cli.common import setup_logging
 from lappdeploy.cli.compress_cmd import compress_command
 from lappdeploy.cli.export_cmd import export_command
@@ -34,6 +35,8 @@ cli.add_command(train_command)
 cli.add_command(compress_command)
 cli.add_command(inspect_command)
 cli.add_command(export_command)
+cli.add_command(bench_command)
+cli.add_command(report_command)
 cli.add_command(list_command)
 
 

@@ -1,4 +1,4 @@
-"""`lappdeploy list models|datasets|methods`."""
+"""`lappdeploy list models|datasets|methods|runtimes`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["list_command"]
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["models", "datasets", "methods"]))
+@click.argument("what", type=click.Choice(["models", "datasets", "methods", "runtimes"]))
 @click.option(
     "--family",
     type=click.Choice(["cifar", "torchvision", "testing", "user"]),
@@ -18,7 +18,7 @@ __all__ = ["list_command"]
     help="Models of one family only.",
 )
 def list_command(what: str, family: str | None) -> None:
-    """List the registered models, datasets or pruning methods."""
+    """List the registered models, datasets, pruning methods or benchmark runtimes."""
     from rich.table import Table
 
     table = Table()
@@ -38,6 +38,16 @@ def list_command(what: str, family: str | None) -> None:
         table.add_column("description")
         for name in METHODS.names():
             table.add_row(name, METHODS.get(name).summary)
+    elif what == "runtimes":
+        from rich.markup import escape
+
+        from lappdeploy.bench.runtimes import RUNTIMES
+
+        for column in ("runtime", "description", "needs"):
+            table.add_column(column)
+        for name in RUNTIMES.names():
+            spec = RUNTIMES.get(name)
+            table.add_row(name, spec.description, escape(spec.needs))
     else:
         from lappdeploy.data import DATASETS
 

@@ -33,6 +33,8 @@ def test_library_and_cli_modules_do_not_pull_optional_dependencies():
     code = (
         "import lappdeploy, lappdeploy.models, lappdeploy.data, lappdeploy.train, lappdeploy.cli, lappdeploy.testing\n"
         "import lappdeploy.export, lappdeploy.export.run, lappdeploy.export.tensorrt, lappdeploy.export.trtexec\n"
+        "import lappdeploy.bench.run, lappdeploy.bench.runtimes, lappdeploy.bench.trtexec_results\n"
+        "import lappdeploy.report.bench_report\n"
         "lappdeploy.create_model('resnet20')\n"
         "lappdeploy.list_models()\n"
     )
