@@ -10,9 +10,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all lint install data clean
 
+# compress -> inspect -> export (checked ONNX) -> bench: the compressed model against its dense
+# architecture on ONNX Runtime CPU, interleaved, batch 1 and 8 (table + runs/demo/bench/*.png)
 demo: $(STAMP) data
 	$(BIN)/lappdeploy compress --config configs/demo.yaml --out $(DEMO_DIR) --force
 	$(BIN)/lappdeploy inspect $(DEMO_DIR)
+	$(BIN)/lappdeploy export $(DEMO_DIR)
+	$(BIN)/lappdeploy bench $(DEMO_DIR) --vs-dense --runtime ort --device cpu --batch 1,8 --min-seconds 5
 
 # -n 2: two pytest workers (pytest-xdist), one per core of a CI machine
 test: $(STAMP) data lint
@@ -23,8 +27,8 @@ test-all: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check lappdeploy tests benchmarks
-	$(BIN)/ruff format --check lappdeploy tests benchmarks
+	$(BIN)/ruff check lappdeploy tests benchmarks tools
+	$(BIN)/ruff format --check lappdeploy tests benchmarks tools
 
 install: $(STAMP)
 
