@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lappdeploy.bench.protocol import TimingPolicy, measure_batch
@@ -152,19 +153,18 @@ def _open_session(target: BenchTarget, config: BenchConfig, device: str, threads
     return TensorRTSession(_engine_for(target, config.precision), seed=config.seed)
 
 
+def _architecture_key(target: BenchTarget) -> tuple:
+    """Targets with equal keys have the same dense architecture (name, constructor arguments, input)."""
+    return (target.architecture, repr(target.card.kwargs if target.card else None), target.input_shape)
+
+
 def _with_twins(targets: list[BenchTarget]) -> list[BenchTarget]:
-    """Dense twins first (one per architecture and input shape), then the runs."""
+    """Dense twins first (one per architecture not already given densely), then the runs."""
+    covered = {_architecture_key(t) for t in targets if t.is_dense}
     twins: dict[tuple, BenchTarget] = {}
     for t in targets:
-        key = (t.architecture, repr(t.card.kwargs if t.card else None), t.input_shape)
-        if (
-            not t.is_dense
-            and key not in twins
-            and not any(
-                o.is_dense and (o.architecture, repr(o.card.kwargs if o.card else None), o.input_shape) == key
-                for o in targets
-            )
-        ):
+        key = _architecture_key(t)
+        if key not in covered and key not in twins:
             twins[key] = dense_twin(t)
     return [*twins.values(), *targets]
 
@@ -253,13 +253,9 @@ def _trtexec_records(targets: list[BenchTarget], config: BenchConfig, common: di
             warmup_s=0.0,
             warmup_calls=0,
         )
-
-        class _Trtexec:
-            provider = f"trtexec-{result.trt_version or 'unknown'}"
-            timing = "trtexec-gpu-compute"
-
+        ran = SimpleNamespace(provider=f"trtexec-{result.trt_version or 'unknown'}", timing="trtexec-gpu-compute")
         fields = dict(common, device_name=result.device_name or "unknown GPU", threads=None)
-        records.append(_record(target, order, timing, _Trtexec, fields, None))
+        records.append(_record(target, order, timing, ran, fields, None))
     return records
 
 
