@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from lappdeploy.config import CompressConfig, TrainConfig, parse_int_list
+from lappdeploy.config import TrainConfig, parse_int_list
 from lappdeploy.environment import write_benchmark
 from lappdeploy.io import read_json
+from lappdeploy.methods import LappConfig, method_config
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.train import run_training
 
@@ -79,14 +80,11 @@ def _run(name: str, setting: dict, args, root: Path) -> dict:
     print(f"--- {name}", flush=True)
     if "method" not in setting:
         return run_training(train, out, force=True)
-    compress = CompressConfig(
-        method=setting["method"],
-        target_macs=setting["target_macs"],
-        prune_epochs=args.prune_epochs,
-        round_to=args.round_to,
-        bypass=setting.get("bypass", "none"),
-        score=setting.get("score", "bn"),
-    )
+    options = {"name": setting["method"], "target_macs": setting["target_macs"], "prune_epochs": args.prune_epochs}
+    options.update(round_to=args.round_to, bypass=setting.get("bypass", "none"))
+    if setting["method"] == "lapp":
+        options["score"] = setting.get("score", "bn")
+    compress = method_config(options)
     return run_compress(train, compress, out, force=True)
 
 
@@ -107,15 +105,16 @@ def measure_step_times(args, lapp_run: Path, steps: int = 30) -> dict:
     models, measured interleaved on the same batch."""
     from types import SimpleNamespace
 
-    from lappdeploy.lapp import prepare_
-    from lappdeploy.models import create_model, load_model
+    from lappdeploy import load_model
+    from lappdeploy.methods.lapp import prepare_
+    from lappdeploy.models import create_model
 
     torch.manual_seed(0)
     shape = tuple(read_json(lapp_run / "report.json")["input_shape"])
     batch = (torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,)))
     dense = create_model(args.model, num_classes=10, in_channels=shape[0])
     masked = create_model(args.model, num_classes=10, in_channels=shape[0])
-    controller = prepare_(masked, batch[0][:2], CompressConfig(target_macs=0.5))
+    controller = prepare_(masked, batch[0][:2], LappConfig(target_macs=0.5))
     compact = load_model(lapp_run / "model.pt").model
     timings = {"dense": [], "masked": [], "compact": []}
     loops = {}

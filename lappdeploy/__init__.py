@@ -9,26 +9,30 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS = {
     "LappDeployError": "lappdeploy.errors",
     "TrainConfig": "lappdeploy.config",
-    "CompressConfig": "lappdeploy.config",
+    "CompressConfig": "lappdeploy.methods",  # deprecated (0.2): a function returning the method's config
+    "PruneConfig": "lappdeploy.methods",
+    "LappConfig": "lappdeploy.methods",
+    "UniformConfig": "lappdeploy.methods",
+    "GlobalConfig": "lappdeploy.methods",
     "ExportConfig": "lappdeploy.config",
     "BenchConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",
     "list_models": "lappdeploy.models",
     "register_model": "lappdeploy.models",
     "count_macs": "lappdeploy.models",
-    "save_model": "lappdeploy.models",
-    "load_model": "lappdeploy.models",
+    "save_model": "lappdeploy.surgery.portable",
+    "load_model": "lappdeploy.surgery.portable",
     "create_dataset": "lappdeploy.data",
     "list_datasets": "lappdeploy.data",
     "register_dataset": "lappdeploy.data",
     "Trainer": "lappdeploy.train",
-    "Hook": "lappdeploy.train",
+    "Hook": "lappdeploy.hooks",
     "run_training": "lappdeploy.train",
     "run_compress": "lappdeploy.methods.compress",
     "to_onnx": "lappdeploy.export",

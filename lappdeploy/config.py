@@ -22,24 +22,43 @@ from lappdeploy.errors import ConfigError
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
+    "RESUMABLE_CHANGES",
     "BenchConfig",
-    "CompressConfig",
     "ExportConfig",
     "TrainConfig",
+    "at_least",
+    "check_choices",
+    "check_types",
     "config_from_dict",
     "config_to_dict",
     "field_names",
+    "in_range",
     "load_yaml_mapping",
+    "option",
     "parse_int_list",
     "parse_shape",
     "resolve_opset",
+    "split_sections",
 ]
 
 C = TypeVar("C")
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with its CLI help; `extra` may give `choices` and a `cli_type` (shape, int_list,
+    str_list) for the option generated from it."""
     return field(default=default, metadata={"help": help, **extra})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CompressConfig":  # moved in 0.2: each pruning method owns its config class
+        # ImportError, not AttributeError: `from lappdeploy.config import CompressConfig` shows this text
+        raise ImportError(
+            "lappdeploy.config.CompressConfig was split into one config class per pruning method: use "
+            "lappdeploy.methods.LappConfig / UniformConfig / GlobalConfig (lappdeploy.CompressConfig is a "
+            "deprecated alias)"
+        )
+    raise AttributeError(f"module 'lappdeploy.config' has no attribute {name!r}")
 
 
 def parse_int_list(text: str | list | tuple) -> list:
@@ -69,66 +88,68 @@ class TrainConfig:
     """Everything that determines a training run (and nothing about where its files go)."""
 
     # what to train
-    model: str = _opt("resnet20", "Architecture name (`lappdeploy list models`).")
-    dataset: str = _opt("fashion-mnist", "Dataset name (`lappdeploy list datasets`).")
+    model: str = option("resnet20", "Architecture name (`lappdeploy list models`).")
+    dataset: str = option("fashion-mnist", "Dataset name (`lappdeploy list datasets`).")
     # data
-    data_dir: str | None = _opt(
+    data_dir: str | None = option(
         None, "Dataset directory (searched first; then $LAPPDEPLOY_DATA, then the system location)."
     )
-    download: bool = _opt(False, "Download the dataset with torchvision if it is not found locally.")
-    image_size: int | None = _opt(
+    download: bool = option(False, "Download the dataset with torchvision if it is not found locally.")
+    image_size: int | None = option(
         None, "Input resolution in pixels (default: the dataset's own, raised to the model's minimum)."
     )
-    augment: bool = _opt(True, "Standard training augmentation of the dataset (crop, flip).")
-    train_subset: int | None = _opt(None, "Train on the first N images of a fixed shuffle (quick runs).")
-    val_subset: int | None = _opt(None, "Evaluate on the first N validation images of a fixed shuffle.")
-    synthetic_shape: tuple[int, int, int] = _opt((3, 32, 32), "Synthetic dataset: image shape CxHxW.", cli_type="shape")
-    synthetic_classes: int = _opt(10, "Synthetic dataset: number of classes.")
-    synthetic_samples: int = _opt(2048, "Synthetic dataset: training images (validation gets a quarter).")
+    augment: bool = option(True, "Standard training augmentation of the dataset (crop, flip).")
+    train_subset: int | None = option(None, "Train on the first N images of a fixed shuffle (quick runs).")
+    val_subset: int | None = option(None, "Evaluate on the first N validation images of a fixed shuffle.")
+    synthetic_shape: tuple[int, int, int] = option(
+        (3, 32, 32), "Synthetic dataset: image shape CxHxW.", cli_type="shape"
+    )
+    synthetic_classes: int = option(10, "Synthetic dataset: number of classes.")
+    synthetic_samples: int = option(2048, "Synthetic dataset: training images (validation gets a quarter).")
     # optimisation
-    epochs: int = _opt(2, "Training epochs.")
-    batch_size: int = _opt(128, "Images per step per process (the global batch is this x processes).")
-    lr: float = _opt(0.1, "Peak learning rate of SGD.")
-    momentum: float = _opt(0.9, "SGD momentum.")
-    nesterov: bool = _opt(True, "Nesterov momentum.")
-    weight_decay: float = _opt(5e-4, "L2 weight decay.")
-    lr_schedule: str = _opt("cosine", "Learning-rate schedule: cosine or step.", choices=("cosine", "step"))
-    lr_milestones: tuple[int, ...] = _opt(
+    epochs: int = option(2, "Training epochs.")
+    batch_size: int = option(128, "Images per step per process (the global batch is this x processes).")
+    lr: float = option(0.1, "Peak learning rate of SGD.")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(True, "Nesterov momentum.")
+    weight_decay: float = option(5e-4, "L2 weight decay.")
+    lr_schedule: str = option("cosine", "Learning-rate schedule: cosine or step.", choices=("cosine", "step"))
+    lr_milestones: tuple[int, ...] = option(
         (),
         "Step schedule: epochs at which the LR is multiplied by --lr-gamma (default: 50% and 75%).",
         cli_type="int_list",
     )
-    lr_gamma: float = _opt(0.1, "Step schedule: LR factor at each milestone.")
-    warmup_epochs: float = _opt(0.0, "Linear LR warm-up length in (fractional) epochs.")
-    label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy loss.")
+    lr_gamma: float = option(0.1, "Step schedule: LR factor at each milestone.")
+    warmup_epochs: float = option(0.0, "Linear LR warm-up length in (fractional) epochs.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.")
     # execution
-    amp: bool = _opt(False, "Automatic mixed precision (autocast) for training.")
-    amp_dtype: str = _opt("bf16", "AMP dtype: bf16, or fp16 (CUDA, with gradient scaling).", choices=("bf16", "fp16"))
-    channels_last: bool = _opt(
+    amp: bool = option(False, "Automatic mixed precision (autocast) for training.")
+    amp_dtype: str = option("bf16", "AMP dtype: bf16, or fp16 (CUDA, with gradient scaling).", choices=("bf16", "fp16"))
+    channels_last: bool = option(
         False, "channels_last memory format (often faster, on CPUs too: see benchmarks/train_throughput.py)."
     )
-    sync_bn: bool = _opt(False, "Synchronise BatchNorm statistics across processes (DDP).")
-    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when available).")
-    workers: int | None = _opt(None, "DataLoader worker processes per training process (default: auto).")
-    seed: int = _opt(0, "Random seed: same seed, same machine -> same weights.")
-    deterministic: bool = _opt(False, "Force deterministic kernels (slower on GPU).")
+    sync_bn: bool = option(False, "Synchronise BatchNorm statistics across processes (DDP).")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (CUDA when available).")
+    workers: int | None = option(None, "DataLoader worker processes per training process (default: auto).")
+    seed: int = option(0, "Random seed: same seed, same machine -> same weights.")
+    deterministic: bool = option(False, "Force deterministic kernels (slower on GPU).")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _at_least(self, "epochs", 1)
-        _at_least(self, "batch_size", 1)
-        _at_least(self, "synthetic_classes", 1)
-        _at_least(self, "synthetic_samples", 1)
+        check_types(self)
+        at_least(self, "epochs", 1)
+        at_least(self, "batch_size", 1)
+        at_least(self, "synthetic_classes", 1)
+        at_least(self, "synthetic_samples", 1)
         for name in ("image_size", "train_subset", "val_subset"):
             if getattr(self, name) is not None:
-                _at_least(self, name, 1)
+                at_least(self, name, 1)
         if self.workers is not None:
-            _at_least(self, "workers", 0)
+            at_least(self, "workers", 0)
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (got {self.lr})")
-        _in_range(self, "momentum", 0.0, 1.0, hi_open=True)
-        _in_range(self, "label_smoothing", 0.0, 1.0, hi_open=True)
-        _in_range(self, "lr_gamma", 0.0, 1.0, lo_open=True)
+        in_range(self, "momentum", 0.0, 1.0, hi_open=True)
+        in_range(self, "label_smoothing", 0.0, 1.0, hi_open=True)
+        in_range(self, "lr_gamma", 0.0, 1.0, lo_open=True)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -140,7 +161,7 @@ class TrainConfig:
                 f"lr_milestones must be increasing epochs inside (0, {self.epochs}) (got {list(milestones)})"
             )
         object.__setattr__(self, "lr_milestones", milestones)
-        _check_choices(self)
+        check_choices(self)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.nesterov and self.momentum == 0:
@@ -156,6 +177,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+# TrainConfig fields that may differ between an interrupted and a resumed session (where the data lives,
+# how it is loaded); everything else would change the result.
+RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device"})
 
 
 EXPORTERS = ("legacy", "dynamo")
@@ -183,52 +209,54 @@ def resolve_opset(exporter: str, opset: int | None) -> int:
 class ExportConfig:
     """What `lappdeploy export` produces from a trained or pruned model (not where the files go)."""
 
-    onnx: bool = _opt(
+    onnx: bool = option(
         True, "Export the ONNX model (--no-onnx: reuse OUT/model.onnx of an earlier export, e.g. for --trt)."
     )
-    trt: bool = _opt(
+    trt: bool = option(
         False, "Build a TensorRT engine too; without the tensorrt package, write trtexec.sh and exit with code 3."
     )
-    precision: str = _opt("fp32", "TensorRT precision.", choices=("fp32", "fp16", "int8"))
-    batch: tuple[int, ...] = _opt(
+    precision: str = option("fp32", "TensorRT precision.", choices=("fp32", "fp16", "int8"))
+    batch: tuple[int, ...] = option(
         (1, 8, 32),
         "Batch sizes min,opt,max of the dynamic batch dimension (TensorRT profile; ONNX parity runs at min and max).",
         cli_type="int_list",
     )
-    opset: int | None = _opt(None, "ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")
-    exporter: str = _opt(
+    opset: int | None = option(None, "ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")
+    exporter: str = option(
         "legacy",
         "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6) or dynamo (torch.export).",
         choices=("legacy", "dynamo"),
     )
-    fallback: bool = _opt(False, "If the dynamo exporter fails, export with the legacy one (recorded in export.json).")
-    simplify: bool = _opt(True, "Simplify the graph with onnxslim.")
-    calib_images: int = _opt(
+    fallback: bool = option(
+        False, "If the dynamo exporter fails, export with the legacy one (recorded in export.json)."
+    )
+    simplify: bool = option(True, "Simplify the graph with onnxslim.")
+    calib_images: int = option(
         512, "INT8: calibration images from the run's training set (fixed shuffle, no augmentation)."
     )
-    data_dir: str | None = _opt(None, "INT8: dataset directory (default: the run's config, then the usual places).")
-    workspace_mib: int = _opt(1024, "TensorRT builder workspace limit (MiB).")
-    opt_level: int = _opt(3, "TensorRT builder optimization level 0-5 (TensorRT's default: 3).")
-    trt_version: str | None = _opt(
+    data_dir: str | None = option(None, "INT8: dataset directory (default: the run's config, then the usual places).")
+    workspace_mib: int = option(1024, "TensorRT builder workspace limit (MiB).")
+    opt_level: int = option(3, "TensorRT builder optimization level 0-5 (TensorRT's default: 3).")
+    trt_version: str | None = option(
         None,
         "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.6, 10 or 11 [default: 10].",
         choices=("8.6", "10", "11"),
     )
-    timing_cache_dir: str | None = _opt(
+    timing_cache_dir: str | None = option(
         None, "Directory of the per-device TensorRT timing caches [default: ~/.cache/lappdeploy/tensorrt]."
     )
-    seed: int = _opt(0, "Seed of the random parity inputs.")
+    seed: int = option(0, "Seed of the random parity inputs.")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check_choices(self)
+        check_types(self)
+        check_choices(self)
         batch = tuple(sorted(self.batch))
         if not 1 <= len(batch) <= 3 or batch[0] < 1 or len(set(batch)) != len(batch):
             raise ConfigError(f"batch must be 1 to 3 distinct sizes >= 1, e.g. 1,8,32 (got {list(self.batch)})")
         object.__setattr__(self, "batch", batch)
-        _at_least(self, "calib_images", 1)
-        _at_least(self, "workspace_mib", 1)
-        _in_range(self, "opt_level", 0, 5)
+        at_least(self, "calib_images", 1)
+        at_least(self, "workspace_mib", 1)
+        in_range(self, "opt_level", 0, 5)
         resolve_opset(self.exporter, self.opset)
         if self.fallback and self.exporter != "dynamo":
             raise ConfigError("fallback replaces a failed dynamo export by a legacy one; it needs --exporter dynamo")
@@ -250,71 +278,6 @@ class ExportConfig:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True)
-class CompressConfig:
-    """How `lappdeploy compress` prunes while it trains (the training itself is a TrainConfig).
-
-    The defaults of the LAPP knobs are the settings of LAPP.md section 7b (tau 0.1, lambda 2,
-    threshold learning rate 0.01), measured on ResNet-20 / Fashion-MNIST.
-    """
-
-    method: str = _opt("lapp", "Pruning method (`lappdeploy list methods`): lapp, uniform or global.")
-    target_macs: float = _opt(0.5, "Fraction of the dense deploy MACs to keep, in (0, 1].")
-    prune_epochs: int = _opt(
-        1, "Length of the pruning phase in epochs; channels are removed at its end, training goes on compact."
-    )
-    round_to: int = _opt(8, "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables.")
-    bypass: str = _opt(
-        "none",
-        "rep: train each prunable conv with a foldable 1x1 bypass (LAPP.md section 7; folded away at the end).",
-        choices=("none", "rep"),
-    )
-    score: str = _opt("bn", "Channel importance: bn (|gamma|) or l2 (weight norm).", choices=("bn", "l2"))
-    tau: float = _opt(0.1, "LAPP: temperature of the straight-through sigmoid surrogate.")
-    penalty: float = _opt(2.0, "LAPP: weight lambda of the MACs penalty (log(MACs / budget))^2.")
-    threshold_lr: float = _opt(0.01, "LAPP: Adam learning rate of the per-group thresholds.")
-    min_channels: int = _opt(1, "Fewest channels a group keeps (at least --round-to when rounding).")
-    ignore: tuple[str, ...] = _opt(
-        (), "Never prune groups spanning these modules (comma-separated fnmatch patterns).", cli_type="str_list"
-    )
-    log_every: int = _opt(10, "Log budget, MACs, penalty and thresholds to metrics.jsonl every N steps.")
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        from lappdeploy.methods import METHODS  # the registry validates the name (lazy: methods import torch)
-
-        METHODS.get(self.method)
-        _in_range(self, "target_macs", 0.0, 1.0, lo_open=True)
-        _at_least(self, "prune_epochs", 1)
-        _at_least(self, "round_to", 1)
-        _at_least(self, "min_channels", 1)
-        _at_least(self, "log_every", 1)
-        for name in ("tau", "threshold_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
-        if self.penalty < 0:
-            raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
-        _check_choices(self)
-
-    def check_against(self, train: TrainConfig) -> None:
-        """Raise ConfigError for combinations with the training config that cannot work."""
-        if self.prune_epochs > train.epochs:
-            raise ConfigError(
-                f"prune_epochs ({self.prune_epochs}) must be <= epochs ({train.epochs}); the pruning phase is "
-                "part of the training run"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressConfig:
-        return config_from_dict(cls, data)
-
-    def replace(self, **changes: Any) -> CompressConfig:
-        return dataclasses.replace(self, **changes)
-
-
 RUNTIMES = ("torch", "ort", "trt", "trtexec")
 
 
@@ -326,48 +289,48 @@ class BenchConfig:
     build or shape change, then sample until both a minimum count and a minimum duration are reached.
     """
 
-    runtime: str = _opt(
+    runtime: str = option(
         "ort",
         "torch (eager, optionally compiled), ort (ONNX Runtime), trt (a TensorRT engine) or trtexec "
         "(read the JSON trtexec wrote on the target).",
         choices=RUNTIMES,
     )
-    device: str = _opt(
+    device: str = option(
         "auto",
         "cpu or cuda; auto: cuda for trt/trtexec, else cuda when the runtime can use it here, else cpu.",
         choices=("auto", "cpu", "cuda"),
     )
-    ort_provider: str | None = _opt(
+    ort_provider: str | None = option(
         None,
         "ONNX Runtime execution provider: cpu, cuda or tensorrt [default: from --device]. A provider that "
         "falls back to the CPU is refused.",
         choices=("cpu", "cuda", "tensorrt"),
     )
-    precision: str = _opt(
+    precision: str = option(
         "fp32",
         "fp32; fp16 (CUDA for torch; an FP16 graph for ort; the engine for trt); int8 (trt/trtexec engines, "
         "or the Q/DQ ONNX of `lappdeploy export --precision int8` for ort).",
         choices=("fp32", "fp16", "int8"),
     )
-    batch: tuple[int, ...] = _opt((1, 8), "Batch sizes to sweep.", cli_type="int_list")
-    min_seconds: float = _opt(10.0, "Measure each model for at least this long per batch size (s).")
-    min_samples: int = _opt(50, "...and for at least this many timed calls per batch size.")
-    warmup_seconds: float = _opt(
+    batch: tuple[int, ...] = option((1, 8), "Batch sizes to sweep.", cli_type="int_list")
+    min_seconds: float = option(10.0, "Measure each model for at least this long per batch size (s).")
+    min_samples: int = option(50, "...and for at least this many timed calls per batch size.")
+    warmup_seconds: float = option(
         2.0, "Warm-up after every build or batch-size change: this long (s), or 50 calls if sooner."
     )
-    threads: int | None = _opt(
+    threads: int | None = option(
         None, "CPU threads of torch and ONNX Runtime (intra-op) [default: torch's, usually the physical cores]."
     )
-    channels_last: bool = _opt(False, "torch: channels_last memory format for weights and inputs.")
-    compile: bool = _opt(False, "torch: torch.compile the model (compiled once per batch size, in the warm-up).")
-    vs_dense: bool = _opt(
+    channels_last: bool = option(False, "torch: channels_last memory format for weights and inputs.")
+    compile: bool = option(False, "torch: torch.compile the model (compiled once per batch size, in the warm-up).")
+    vs_dense: bool = option(
         False, "Also time each run's dense architecture (random weights: latency does not depend on them)."
     )
-    seed: int = _opt(0, "Seed of the random input batches.")
+    seed: int = option(0, "Seed of the random input batches.")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check_choices(self)
+        check_types(self)
+        check_choices(self)
         batch = tuple(self.batch)
         if not batch or min(batch) < 1 or len(set(batch)) != len(batch):
             raise ConfigError(f"batch must be distinct sizes >= 1, e.g. 1,8,32 (got {list(batch)})")
@@ -376,9 +339,9 @@ class BenchConfig:
             raise ConfigError(
                 f"min_seconds must be > 0 and warmup_seconds >= 0 (got {self.min_seconds}, {self.warmup_seconds})"
             )
-        _at_least(self, "min_samples", 1)
+        at_least(self, "min_samples", 1)
         if self.threads is not None:
-            _at_least(self, "threads", 1)
+            at_least(self, "threads", 1)
         if self.ort_provider is not None and self.runtime != "ort":
             raise ConfigError("ort_provider chooses ONNX Runtime's execution provider; it needs --runtime ort")
         if self.runtime in ("trt", "trtexec") and self.device == "cpu":
@@ -405,7 +368,7 @@ class BenchConfig:
 # generic helpers shared by every stage's config
 
 
-def _check_choices(cfg: Any) -> None:
+def check_choices(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
@@ -413,13 +376,13 @@ def _check_choices(cfg: Any) -> None:
             raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
 
 
-def _at_least(cfg: Any, name: str, low: int) -> None:
+def at_least(cfg: Any, name: str, low: int) -> None:
     value = getattr(cfg, name)
     if value < low:
         raise ConfigError(f"{name} must be >= {low} (got {value})")
 
 
-def _in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+def in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
     value = getattr(cfg, name)
     ok_lo = value > lo if lo_open else value >= lo
     ok_hi = value < hi if hi_open else value <= hi
@@ -430,8 +393,10 @@ def _in_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = Fals
 
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    """Resolved annotations of a config class (they are strings under `from __future__ import annotations`)."""
-    return typing.get_type_hints(cls)
+    """Resolved annotations of a config class's fields (they are strings under `from __future__ import
+    annotations`); class variables are not fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -479,7 +444,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _check_types(cfg: Any) -> None:
+def check_types(cfg: Any) -> None:
     for name, hint in _field_types(type(cfg)).items():
         object.__setattr__(cfg, name, _coerce(name, getattr(cfg, name), hint))
 
@@ -508,6 +473,30 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
         hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(names)}"
         raise ConfigError(f"unknown option {key!r} in config; {hint}")
     return cls(**data)
+
+
+SECTIONS = ("train", "method")  # the stages of a nested config file (config.yaml of a run)
+
+
+def split_sections(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """(train options, method section or None, legacy) of a config mapping: nested by stage, or the flat
+    layout of earlier versions, whose keys outside TrainConfig were the compress settings."""
+    if "train" in data and isinstance(data["train"], dict):
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]!r} in config; expected train: and method:")
+        method = data.get("method")
+        if method is not None and not isinstance(method, dict):
+            raise ConfigError("the method: section of a config must be a mapping with a name: key")
+        train = {str(k).replace("-", "_"): v for k, v in data["train"].items()}
+        method = {str(k).replace("-", "_"): v for k, v in method.items()} if method is not None else None
+        return train, method, False
+    names = set(field_names(TrainConfig))
+    train = {k: v for k, v in data.items() if k in names}
+    rest = {k: v for k, v in data.items() if k not in names}
+    if not rest:
+        return train, None, True
+    return train, {"name": rest.pop("method", "lapp"), **rest}, True
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

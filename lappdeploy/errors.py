@@ -10,6 +10,7 @@ __all__ = [
     "LappDeployError",
     "MissingDependencyError",
     "RunDirError",
+    "SurgeryError",
     "TensorRTUnavailableError",
     "UnknownNameError",
 ]
@@ -38,6 +39,10 @@ class DataNotFoundError(LappDeployError, FileNotFoundError):
 
 class RunDirError(LappDeployError):
     """A run directory cannot be created, written or resumed."""
+
+
+class SurgeryError(LappDeployError):
+    """A model or plan cannot be operated on as asked."""
 
 
 class MissingDependencyError(LappDeployError, ImportError):

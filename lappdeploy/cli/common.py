@@ -8,18 +8,20 @@ import logging
 import os
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape
+from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape, split_sections
 from lappdeploy.errors import ConfigError
 
 __all__ = [
+    "SectionedCommand",
     "config_file_option",
     "dataclass_options",
     "format_count",
+    "given_options",
     "setup_logging",
     "stderr_console",
     "stdout_console",
@@ -90,12 +92,15 @@ class IntListParam(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
 
 
-def _option_specs(cls: type) -> list[tuple[list[str], dict[str, Any]]]:
-    """(declarations, keyword arguments) of one click option per dataclass field: `--field-name`,
-    with the field's help, type, choices and default."""
+def _option_specs(cls: type, only: Sequence[str] | None, unset_default: bool) -> list[tuple[list[str], dict]]:
+    """(declarations, keyword arguments) of one click option per dataclass field (or per field in
+    `only`): `--field-name`, with the field's help, type, choices and default. With `unset_default` the
+    option defaults to None (the config class applies its own default) and the help shows the default."""
     hints = typing.get_type_hints(cls)
     options = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = [t for t in typing.get_args(hint) if t is not type(None)]
@@ -121,32 +126,73 @@ def _option_specs(cls: type) -> list[tuple[list[str], dict[str, Any]]]:
             kwargs["type"] = {int: int, float: float, str: str}.get(base, str)
         if f.default is None:
             kwargs["show_default"] = False
+        if unset_default:
+            shown = kwargs["default"]
+            kwargs.update(default=None, show_default=False)
+            kwargs["help"] += f"  [default: {shown}]" if shown not in (None, "") else ""
         options.append(([flag, f.name], kwargs))
     return options
 
 
-def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
-    """Decorator adding the options of `cls`'s fields to a click command, in field order."""
+def dataclass_options(
+    cls: type, *, only: Sequence[str] | None = None, unset_default: bool = False
+) -> Callable[[Callable], Callable]:
+    """Decorator adding the options of `cls`'s fields (or of the fields in `only`) to a click command,
+    in field order."""
 
     def decorate(fn: Callable) -> Callable:
-        for decls, kwargs in reversed(_option_specs(cls)):
+        for decls, kwargs in reversed(_option_specs(cls, only, unset_default)):
             fn = click.option(*decls, **kwargs)(fn)
         return fn
 
     return decorate
 
 
+def given_options(ctx: click.Context, names: Sequence[str]) -> list[str]:
+    """The options among `names` the user set: on the command line or in the --config file."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.DEFAULT_MAP)
+    return [name for name in names if ctx.get_parameter_source(name) in given]
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in titled sections (`sections`: title -> option names);
+    options in no section are listed last under "Other options"."""
+
+    def __init__(self, *args: Any, sections: dict[str, Sequence[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed: set[str] = set()
+        for title, names in [*self.sections.items(), ("Other options", list(records))]:
+            rows = [records[n] for n in names if n in records and records[n] and n not in placed]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Eager callback: the YAML mapping becomes the command's default_map (flags still win)."""
+    """Eager callback: the YAML mapping becomes the command's default_map (flags still win). A run's
+    config.yaml (nested in `train:` and `method:` sections) works too."""
     if value is None:
         return None
-    data = load_yaml_mapping(value)
+    train, method, legacy = split_sections(load_yaml_mapping(value))
+    if legacy:  # a flat file: its keys are option names
+        data = load_yaml_mapping(value)
+    else:
+        method = dict(method or {})
+        data = {**train, **({"method": method.pop("name")} if "name" in method else {}), **method}
     known = [p.name for p in ctx.command.params if p.name not in ("config", "debug")]
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(known)}"
             raise ConfigError(f"unknown option {key!r} in config {value}; {hint}")
+    # a YAML list for a comma-separated text option (--ignore): click would turn it into "['a', 'b']"
+    text_options = {p.name for p in ctx.command.params if p.type is click.STRING}
+    data = {k: ",".join(map(str, v)) if k in text_options and isinstance(v, list) else v for k, v in data.items()}
     ctx.default_map = {**(ctx.default_map or {}), **data}
     return value
 

@@ -1,4 +1,4 @@
-"""`lappdeploy compress`: train from scratch while pruning to an explicit MACs target."""
+"""`lappdeploy compress`: train from scratch while a pruning method prunes to an explicit MACs target."""
 
 from __future__ import annotations
 
@@ -6,17 +6,60 @@ import os
 
 import click
 
-from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
-from lappdeploy.cli.train_cmd import print_report, resolve_run_configs
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.cli.common import (
+    SectionedCommand,
+    config_file_option,
+    dataclass_options,
+    format_count,
+    stdout_console,
+)
+from lappdeploy.cli.run_options import METHOD_OPTIONS, resolve_compress
+from lappdeploy.cli.train_cmd import print_report
+from lappdeploy.config import TrainConfig, field_names
+from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
 
 __all__ = ["compress_command", "print_compress_report"]
 
 
-@click.command("compress")
+def _option_sections() -> dict[str, list[str]]:
+    """--help sections: training, the options every method has, then each method's own."""
+    sections = {
+        "Training options": field_names(TrainConfig),
+        "Pruning options (every method)": ["method", *field_names(PruneConfig)],
+    }
+    for name in METHODS.names():
+        own = [n for n in field_names(METHODS.get(name).config) if n in METHOD_OPTIONS]
+        if own:
+            sections[f"{name} options (--method {name})"] = own
+    sections["Run directory"] = ["out", "force", "resume"]
+    return sections
+
+
+def _method_options(fn):
+    """One option per method-specific field, declared by the first method that has it; default None,
+    so the chosen method's config applies its own default."""
+    owner: dict[str, type] = {}
+    for name in METHODS.names():
+        config = METHODS.get(name).config
+        for option in field_names(config):
+            if option in METHOD_OPTIONS:
+                owner.setdefault(option, config)
+    for option in reversed(METHOD_OPTIONS):
+        fn = dataclass_options(owner[option], only=[option], unset_default=True)(fn)
+    return fn
+
+
+@click.command("compress", cls=SectionedCommand, sections=_option_sections())
 @config_file_option
 @dataclass_options(TrainConfig)
-@dataclass_options(CompressConfig)
+@click.option(
+    "--method",
+    default=DEFAULT_METHOD,
+    show_default=True,
+    help=f"Pruning method: {', '.join(METHODS.names())} (`lappdeploy list methods`).",
+)
+@dataclass_options(PruneConfig)
+@_method_options
 @click.option(
     "--out",
     "-o",
@@ -25,13 +68,16 @@ __all__ = ["compress_command", "print_compress_report"]
     help="Run directory to create [default: runs/MODEL-DATASET-METHOD-TIMESTAMP].",
 )
 @click.option("--force", is_flag=True, help="Overwrite --out if it is an existing run directory.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the interrupted run in --out (same options, or none) from its checkpoint."
+)
 @click.pass_context
 def compress_command(ctx: click.Context, out: str | None, force: bool, resume: bool, **fields) -> None:
-    """Train a model from scratch with pruning: LAPP learns one threshold per channel group under a MACs
-    budget that anneals to --target-macs over --prune-epochs, then removes the masked channels and trains
-    the compact model for the remaining epochs. Writes a run directory like `train` plus plan.json;
-    model.pt is the deploy model (channels removed, bypass folded).
+    """Train a model from scratch while a pruning method prunes it to --target-macs of its dense deploy
+    MACs: LAPP (default) learns one threshold per channel group under a budget that anneals over
+    --prune-epochs; the baselines train dense for --prune-epochs, then prune once. The masked channels
+    are removed and the compact model trains for the remaining epochs. Writes a run directory like
+    `train` plus plan.json; model.pt is the deploy model (channels removed, bypass folded).
 
     \b
     Examples:
@@ -43,16 +89,15 @@ def compress_command(ctx: click.Context, out: str | None, force: bool, resume: b
     """
     from lappdeploy.methods.compress import run_compress
 
-    config, compress, out = resolve_run_configs(ctx, out, resume, fields, prefix="runs", extension_cls=CompressConfig)
-    compress.check_against(config)
+    config, method, out = resolve_compress(ctx, out, resume, fields)
+    method.check_against(config)
     if int(os.environ.get("RANK", "0")) != 0:
-        run_compress(config, compress, out, force=force, resume=resume)
+        run_compress(config, method, out, force=force, resume=resume)
         return
     from lappdeploy.cli.progress import TrainingProgress
 
-    console = stdout_console()
-    with TrainingProgress(console) as progress:
-        report = run_compress(config, compress, out, force=force, resume=resume, hooks=[progress])
+    with TrainingProgress(stdout_console()) as progress:
+        report = run_compress(config, method, out, force=force, resume=resume, hooks=[progress])
     print_compress_report(report, out)
 
 

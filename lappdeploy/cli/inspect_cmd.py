@@ -17,7 +17,8 @@ __all__ = ["inspect_command"]
 def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
     """(model, card dict, report or None) of a run directory or checkpoint file."""
     from lappdeploy.io import read_json
-    from lappdeploy.models import checkpoint_in, load_model
+    from lappdeploy.models import checkpoint_in
+    from lappdeploy.surgery import load_model
 
     path = checkpoint_in(target)
     report_path = path.parent / "report.json"

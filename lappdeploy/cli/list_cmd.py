@@ -32,12 +32,7 @@ def list_command(what: str, family: str | None) -> None:
             if family is None or spec.family == family:
                 table.add_row(name, spec.family, str(spec.min_input_size), spec.description)
     elif what == "methods":
-        from lappdeploy.methods import METHODS
-
-        table.add_column("method")
-        table.add_column("description")
-        for name in METHODS.names():
-            table.add_row(name, METHODS.get(name).summary)
+        _methods_table(table)
     elif what == "runtimes":
         from rich.markup import escape
 
@@ -56,3 +51,24 @@ def list_command(what: str, family: str | None) -> None:
         for name in DATASETS.names():
             table.add_row(name, DATASETS.get(name).description)
     stdout_console().print(table)
+
+
+def _methods_table(table) -> None:
+    """Each method, what it does, and its own options with their defaults (the common ones once)."""
+    from rich.markup import escape
+
+    from lappdeploy.config import config_to_dict
+    from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
+
+    def options(config, skip=()) -> str:
+        values = config_to_dict(config())
+        return ", ".join(f"--{k.replace('_', '-')} {escape(str(v))}" for k, v in values.items() if k not in skip)
+
+    for column in ("method", "description", "options (defaults)"):
+        table.add_column(column)
+    common = set(config_to_dict(PruneConfig()))
+    for name in METHODS.names():
+        spec = METHODS.get(name)
+        label = f"{name} (default)" if name == DEFAULT_METHOD else name
+        table.add_row(label, spec.summary, options(spec.config, skip=common) or "-")
+    table.add_row("every method", "", options(PruneConfig))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lappdeploy.train.hooks import Hook
+from lappdeploy.hooks import Hook
 
 __all__ = ["TrainingProgress"]
 

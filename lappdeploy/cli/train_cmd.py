@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 
 import click
 
 from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
-from lappdeploy.config import CompressConfig, TrainConfig, field_names
-from lappdeploy.errors import ConfigError
+from lappdeploy.cli.run_options import resolve_train
+from lappdeploy.config import TrainConfig
 
-__all__ = ["print_report", "resolve_run_configs", "train_command"]
+__all__ = ["print_report", "train_command"]
 
 
 @click.command("train")
@@ -40,7 +39,7 @@ def train_command(ctx: click.Context, out: str | None, force: bool, resume: bool
     """
     from lappdeploy.train import run_training
 
-    config, _, out = resolve_run_configs(ctx, out, resume, fields, prefix="runs")
+    config, out = resolve_train(ctx, out, resume, fields)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not is_main:
         run_training(config, out, force=force, resume=resume)
@@ -51,51 +50,6 @@ def train_command(ctx: click.Context, out: str | None, force: bool, resume: bool
     with TrainingProgress(console) as progress:
         report = run_training(config, out, force=force, resume=resume, hooks=[progress])
     print_report(report, out)
-
-
-def resolve_run_configs(
-    ctx: click.Context, out: str | None, resume: bool, fields: dict, *, prefix: str, extension_cls=None
-):
-    """(TrainConfig, extension config or None, run directory) from the command's options; on --resume
-    from the run's saved config.yaml, where only where-and-how-to-load options may change."""
-    from lappdeploy.train import check_run_dir, read_config
-    from lappdeploy.train.engine import RESUMABLE_CHANGES
-
-    train_names = field_names(TrainConfig)
-    extension_names = field_names(extension_cls or CompressConfig)
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out DIR, the run directory to continue")
-        from_command_line = [
-            name
-            for name in fields
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-            and name not in RESUMABLE_CHANGES
-        ]
-        if from_command_line:
-            flags = ", ".join("--" + n.replace("_", "-") for n in from_command_line)
-            raise ConfigError(f"--resume continues {out} with its saved config.yaml; drop {flags} (or start a new run)")
-        config, saved = read_config(check_run_dir(out, resume=True), extension_keys=extension_names)
-        overrides = {
-            n: fields[n]
-            for n in RESUMABLE_CHANGES
-            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
-        }
-        config = config.replace(**overrides)
-        if extension_cls is not None and not saved:
-            raise ConfigError(
-                f"--resume: {out} is a training run, not a compress run; resume it with `lappdeploy train`"
-            )
-        if extension_cls is None and saved:
-            raise ConfigError(f"--resume: {out} is a compress run; resume it with `lappdeploy compress --resume`")
-        extension = extension_cls.from_dict(saved) if extension_cls is not None else None
-    else:
-        config = TrainConfig(**{n: fields[n] for n in train_names})
-        extension = extension_cls(**{n: fields[n] for n in extension_names}) if extension_cls is not None else None
-        if out is None:
-            tag = f"-{extension.method}" if extension is not None else ""
-            out = os.path.join(prefix, f"{config.model}-{config.dataset}{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return config, extension, out
 
 
 def print_report(report: dict, out: str) -> None:

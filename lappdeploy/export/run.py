@@ -77,44 +77,10 @@ def _check_out(out: Path, *, force: bool, reuse_onnx: bool) -> None:
 def calibration_batches(
     target: Path, card, count: int, *, data_dir: str | None = None, batch_size: int = _CALIBRATION_BATCH
 ) -> list[np.ndarray]:
-    """Up to `count` images of the model's training set (first of a fixed shuffle, no augmentation),
-    normalised and resized exactly as in validation, as float32 batches of `batch_size` images."""
-    from lappdeploy.data import DataRequest, DeviceLoader, create_dataset, fixed_subset
-    from lappdeploy.train.run import RunDir, data_request, read_config
+    """Up to `count` images of the model's training set (see `lappdeploy.rundir.calibration_images`)."""
+    from lappdeploy.rundir import calibration_images
 
-    run = RunDir(target) if target.is_dir() else None
-    image_size = int(card.input_shape[1])
-    if run is not None and run.config.is_file():
-        train_config, _ = read_config(run)  # compress settings, if any, do not matter here
-        if data_dir is not None:
-            train_config = train_config.replace(data_dir=data_dir)
-        dataset = train_config.dataset
-        request = data_request(train_config, image_size)
-    else:
-        if not card.dataset:
-            raise ExportError(
-                "INT8 calibration needs images, but the checkpoint names no dataset; export a run directory"
-            )
-        dataset = card.dataset
-        request = DataRequest(data_dir=data_dir, image_size=image_size)
-    request = DataRequest(**{**request.__dict__, "augment": False, "download": False})
-    bundle = create_dataset(dataset, request)
-    subset = fixed_subset(bundle.train, count)
-    loader = DeviceLoader(
-        subset,
-        batch_size=min(batch_size, len(subset)),
-        train=False,
-        batch_transform=bundle.val_batch_transform,
-        device="cpu",
-    )
-    # equal batch sizes: TensorRT's calibrator has one batch size and ONNX Runtime's entropy calibration
-    # stacks the batches' histograms; a smaller last batch is dropped
-    batches = [images.numpy().astype(np.float32) for images, _ in loader]
-    batches = [b for b in batches if b.shape[0] == batches[0].shape[0]]
-    got = tuple(batches[0].shape[1:]) if batches else None
-    if got != tuple(card.input_shape):
-        raise ExportError(f"calibration images have shape {got}, the model expects {tuple(card.input_shape)}")
-    return batches
+    return calibration_images(target, card, count, data_dir=data_dir, batch_size=batch_size)
 
 
 def _commit(staging: Path, out: Path, *, replace: bool) -> None:

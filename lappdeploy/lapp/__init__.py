@@ -1,9 +1,12 @@
-"""LAPP: layer-adaptive progressive pruning from scratch (LAPP.md), as hooks on any training loop."""
+"""Deprecated location of LAPP (until 0.3): the method now lives in `lappdeploy.methods.lapp`, its shared
+budget tools in `lappdeploy.methods.common`."""
 
-from lappdeploy.lapp.budget import cubic_budget
-from lappdeploy.lapp.controller import LappController, minimum_plan, prepare_
-from lappdeploy.lapp.freeze import BUDGET_TOLERANCE, apply_plan_, plan_within_budget
-from lappdeploy.lapp.masks import ThresholdMask
+import warnings
+
+from lappdeploy.methods.common import BUDGET_TOLERANCE, apply_plan_, minimum_plan, plan_within_budget
+from lappdeploy.methods.lapp.budget import cubic_budget
+from lappdeploy.methods.lapp.controller import LappController, prepare_
+from lappdeploy.methods.lapp.masks import ThresholdMask
 
 __all__ = [
     "BUDGET_TOLERANCE",
@@ -15,3 +18,10 @@ __all__ = [
     "plan_within_budget",
     "prepare_",
 ]
+
+warnings.warn(
+    "lappdeploy.lapp is deprecated and will be removed in 0.3: import from lappdeploy.methods.lapp "
+    "(and lappdeploy.methods.common for the budget tools)",
+    DeprecationWarning,
+    stacklevel=2,
+)

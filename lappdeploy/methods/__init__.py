@@ -1,60 +1,75 @@
-"""Pruning methods: each turns a model (and its training run) into a ChannelPlan applied mid-training.
+"""Pruning methods as typed plug-ins: each turns a model (and its training run) into a ChannelPlan that is
+applied mid-training; everything downstream (surgery, export, bench) is shared.
 
-A method is a function `prepare_(model, example_inputs, config) -> hook`: it may change the model in
-place (bypass blocks), and returns a training Hook that removes channels by the end of the pruning phase
-and then exposes `plan` (the ChannelPlan applied), `dense` (DeployCost of the dense model) and
-`detach_hooks()`. Everything downstream (surgery, export, bench) is shared.
+    config = LappConfig(target_macs=0.5, prune_epochs=3)       # the config's type selects the method
+    hook = spec_for(config).prepare(model, example_inputs, config)
+    Trainer(model, ..., hooks=[hook]).fit(); result = hook.result()
+
+Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md). A new method is one package
+registered with `register_method(name, ConfigClass, handler="module:function", summary=...)` (README,
+"Adding a pruning method"). Importing this package does not import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+import warnings
+from typing import Any
 
-from lappdeploy.registry import Registry
+from lappdeploy.methods import baselines, lapp
+from lappdeploy.methods.base import (
+    DEFAULT_METHOD,
+    METHODS,
+    MethodSpec,
+    PruneConfig,
+    PruningHook,
+    method_config,
+    method_section,
+    option_owners,
+    register_method,
+    spec_for,
+)
+from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
+from lappdeploy.methods.lapp import LappConfig
 
-__all__ = ["METHODS", "MethodSpec", "register_method"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "CompressConfig",
+    "GlobalConfig",
+    "LappConfig",
+    "MethodSpec",
+    "PruneConfig",
+    "PruneResult",
+    "PruningHook",
+    "UniformConfig",
+    "baselines",
+    "lapp",
+    "method_config",
+    "method_section",
+    "option_owners",
+    "register_method",
+    "run_compress",
+    "spec_for",
+]
+
+_LAZY = {"PruneResult": "lappdeploy.methods.common", "run_compress": "lappdeploy.methods.compress"}
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    prepare: Callable  # (model, example_inputs, CompressConfig) -> Hook with .plan / .dense / .detach_hooks()
-    summary: str
-
-
-METHODS: Registry[MethodSpec] = Registry("method")
-
-
-def register_method(name: str, *, summary: str) -> Callable[[Callable], Callable]:
-    def decorate(prepare: Callable) -> Callable:
-        METHODS.add(name, MethodSpec(name=name, prepare=prepare, summary=summary))
-        return prepare
-
-    return decorate
-
-
-def _builtin(registry: Registry[MethodSpec]) -> None:
-    # imported on first use: these import torch and torch-pruning
-    from lappdeploy.lapp import prepare_ as lapp_prepare
-    from lappdeploy.methods.baselines import prepare_global_, prepare_uniform_
-
-    registry.add(
-        "lapp",
-        MethodSpec(
-            "lapp",
-            lapp_prepare,
-            "learned per-group thresholds under a progressive MACs budget, from scratch (LAPP.md)",
-        ),
+def CompressConfig(**options: Any) -> PruneConfig:
+    """Deprecated: the config of `options["method"]` (default lapp); use that method's config class."""
+    warnings.warn(
+        "CompressConfig is deprecated and will be removed in 0.3: use the method's own config class "
+        "(LappConfig, UniformConfig, GlobalConfig) or method_config({'name': method, ...})",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    registry.add(
-        "uniform",
-        MethodSpec("uniform", prepare_uniform_, "prune-then-finetune: same keep ratio for every group, L2 magnitude"),
-    )
-    registry.add(
-        "global",
-        MethodSpec("global", prepare_global_, "prune-then-finetune: torch-pruning group-L2 importance, global ranking"),
-    )
+    return method_config(options)
 
 
-METHODS.add_loader(_builtin)
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lappdeploy.methods' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,9 +1,9 @@
 """`lappdeploy compress` as a library call: a training run extended by a pruning method.
 
-    report = run_compress(TrainConfig(model="resnet20", epochs=8), CompressConfig(target_macs=0.5,
-                          prune_epochs=3), "runs/r20-lapp")
+    report = run_compress(TrainConfig(model="resnet20", epochs=8), LappConfig(target_macs=0.5, prune_epochs=3),
+                          "runs/r20-lapp")
 
-The run directory is the training run's (config.yaml holds both configs, flat) plus plan.json; model.pt
+The run directory is the training run's (config.yaml gets a `method:` section) plus plan.json; model.pt
 is the final deploy model (channels removed, bypass folded); report.json adds the dense and deploy
 costs, the method, the target and a per-group table.
 """
@@ -17,80 +17,67 @@ from typing import Any
 import torch
 from torch import nn
 
-from lappdeploy.config import CompressConfig, TrainConfig
-from lappdeploy.errors import ConfigError
-from lappdeploy.methods import METHODS
+from lappdeploy.config import TrainConfig
+from lappdeploy.hooks import Hook
+from lappdeploy.methods.base import PruneConfig, method_section, spec_for
+from lappdeploy.methods.common import PruneResult, PruningHookBase
 from lappdeploy.models import count_macs
-from lappdeploy.surgery.bypass import fold_bypass_, has_bypass
-from lappdeploy.surgery.graph import SurgeryError
-from lappdeploy.train.distributed import DistContext
-from lappdeploy.train.hooks import Hook
-from lappdeploy.train.run import run_training
+from lappdeploy.surgery import fold_bypass_, has_bypass
+from lappdeploy.train import DistContext, run_training
 
-__all__ = ["CompressExtension", "run_compress"]
+__all__ = ["CompressExtension", "compress_report", "run_compress"]
+
+
+def compress_report(result: PruneResult, config: PruneConfig, dense_counted) -> dict[str, Any]:
+    """The report fields of a compress run (the same keys for every method)."""
+    return {
+        "method": result.method,
+        "target_macs": result.target_macs,
+        "dense_macs": dense_counted.macs,  # counted like `macs`: the trained model's conv + linear MACs
+        "dense_params": dense_counted.params,
+        # the budgeted quantity: conv + linear MACs with BN and bypass folded (bias included)
+        "deploy_macs": result.deploy.macs,
+        "dense_deploy_macs": result.dense.macs,
+        "deploy_params": result.deploy.params,
+        "macs_ratio": result.macs_ratio,
+        "prune_epochs": config.prune_epochs,
+        "round_to": config.round_to,
+        "bypass": config.bypass,
+        "score": None,  # LAPP's importance score; methods report theirs in `extra`
+        **result.extra,
+        "method_options": method_section(config),
+        "layers": result.layers,
+    }
 
 
 class CompressExtension:
-    """The RunExtension that prunes a training run with `config.method`."""
+    """The RunExtension that prunes a training run with the method `config` belongs to."""
 
-    def __init__(self, config: CompressConfig) -> None:
+    def __init__(self, config: PruneConfig) -> None:
         self.config = config
-        self.hook: Hook | None = None
+        self.spec = spec_for(config)
+        self.hook: PruningHookBase | None = None
         self.dense_counted = None  # count_macs of the dense model: MACs / params as `report.json` counts them
 
     def config_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
+        return method_section(self.config)
 
     def prepare_(self, model: nn.Module, example_inputs: torch.Tensor) -> Sequence[Hook]:
         self.dense_counted = count_macs(model, tuple(example_inputs.shape[1:]))
-        self.hook = METHODS.get(self.config.method).prepare(model, example_inputs, self.config)
+        self.hook = self.spec.prepare(model, example_inputs, self.config)
         return [self.hook]
 
     def finish_(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        hook = self.hook
-        hook.detach_hooks()
-        plan = hook.plan
-        if plan is None:  # cannot happen with prune_epochs <= epochs; a loop that stopped early
-            raise SurgeryError("training ended before the pruning phase did; no channel plan was applied")
+        self.hook.detach_hooks()
+        result = self.hook.result()
         if has_bypass(model):
             fold_bypass_(model.eval())  # the deploy model: one plain conv per bypass block
-        thresholds = plan.info.get("thresholds", {})
-        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-        layers = []
-        for g in sorted(hook.groups.prunable, key=lambda g: order.get(g.id, len(order))):
-            gp = plan.groups.get(g.id)
-            layers.append(
-                {
-                    "name": g.id,
-                    "total": g.channels,
-                    "kept": len(gp.keep) if gp is not None else g.channels,
-                    "threshold": (
-                        gp.threshold if gp is not None and gp.threshold is not None else thresholds.get(g.id)
-                    ),
-                }
-            )
-        report = {
-            "method": self.config.method,
-            "target_macs": self.config.target_macs,
-            "dense_macs": self.dense_counted.macs,
-            "dense_params": self.dense_counted.params,
-            # the budgeted quantity: conv + linear MACs with BN and bypass folded (bias included)
-            "deploy_macs": plan.info["macs"],
-            "dense_deploy_macs": plan.info["dense_macs"],
-            "deploy_params": plan.info["params"],
-            "macs_ratio": plan.info["macs"] / plan.info["dense_macs"],
-            "prune_epochs": self.config.prune_epochs,
-            "round_to": self.config.round_to,
-            "bypass": self.config.bypass,
-            "score": self.config.score if self.config.method == "lapp" else None,
-            "layers": layers,
-        }
-        return report, {"plan.json": plan.to_dict()}
+        return compress_report(result, self.config, self.dense_counted), {"plan.json": result.plan.to_dict()}
 
 
 def run_compress(
     train: TrainConfig,
-    compress: CompressConfig,
+    method: PruneConfig,
     out: str | os.PathLike[str],
     *,
     force: bool = False,
@@ -98,10 +85,9 @@ def run_compress(
     hooks: Sequence[Hook] = (),
     dist: DistContext | None = None,
 ) -> dict[str, Any]:
-    """Train `train` from scratch while pruning it with `compress.method`; returns report.json's content."""
-    compress.check_against(train)
-    if train.sync_bn:
-        raise ConfigError("--sync-bn replaces the BatchNorm layers the pruning method tracks; drop --sync-bn")
+    """Train `train` from scratch while pruning it with the method of `method` (its config: LappConfig,
+    UniformConfig, GlobalConfig, ...); returns report.json's content."""
+    method.check_against(train)
     return run_training(
-        train, out, force=force, resume=resume, hooks=hooks, dist=dist, extension=CompressExtension(compress)
+        train, out, force=force, resume=resume, hooks=hooks, dist=dist, extension=CompressExtension(method)
     )

@@ -17,23 +17,14 @@ from typing import Any
 from torch import nn
 
 from lappdeploy.errors import ConfigError
+from lappdeploy.models import cifar, tiny
 from lappdeploy.models.macs import LayerCost, MacsReport, count_macs
-from lappdeploy.models.portable import (
-    LoadedModel,
-    ModelCard,
-    checkpoint_in,
-    load_model,
-    model_card,
-    read_checkpoint,
-    save_model,
-    unwrap,
-)
+from lappdeploy.models.portable import ModelCard, checkpoint_in, model_card, read_checkpoint, unwrap
 from lappdeploy.registry import Registry
 
 __all__ = [
     "MODELS",
     "LayerCost",
-    "LoadedModel",
     "MacsReport",
     "ModelCard",
     "ModelSpec",
@@ -41,14 +32,31 @@ __all__ = [
     "count_macs",
     "create_model",
     "list_models",
-    "load_model",
     "model_card",
     "read_checkpoint",
     "register_model",
     "resolve_input_shape",
-    "save_model",
     "unwrap",
 ]
+
+# Moved to lappdeploy.surgery.portable in 0.2 (rebuilding a pruned model replays surgery, which this
+# package must not import); `lappdeploy.load_model` / `lappdeploy.save_model` are the stable names.
+_MOVED = {"load_model", "save_model", "LoadedModel"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module 'lappdeploy.models' has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    warnings.warn(
+        f"lappdeploy.models.{name} is deprecated and will be removed in 0.3: use lappdeploy.{name} "
+        f"(or lappdeploy.surgery.{name})",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module("lappdeploy.surgery.portable"), name)
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,6 @@ def resolve_input_shape(
 
 
 def _register_builtin(registry: Registry[ModelSpec]) -> None:
-    from lappdeploy.models import cifar
-
     for depth in (20, 32, 44, 56, 110):
         registry.add(
             f"resnet{depth}",
@@ -134,14 +140,10 @@ def _register_builtin(registry: Registry[ModelSpec]) -> None:
         "vgg16_bn_cifar",
         ModelSpec("vgg16_bn_cifar", cifar.vgg16_bn_cifar, "cifar", 16, "CIFAR VGG-16 with BN, global-pool head"),
     )
-    from lappdeploy.testing import tiny_models
-
-    registry.add(
-        "tiny_convnet", ModelSpec("tiny_convnet", tiny_models.tiny_convnet, "testing", 1, "2-conv net for tests")
-    )
+    registry.add("tiny_convnet", ModelSpec("tiny_convnet", tiny.tiny_convnet, "testing", 1, "2-conv net for tests"))
     registry.add(
         "tiny_resnet",
-        ModelSpec("tiny_resnet", tiny_models.tiny_resnet, "testing", 1, "ResNet-8, 8/16/32 channels, for tests"),
+        ModelSpec("tiny_resnet", tiny.tiny_resnet, "testing", 1, "ResNet-8, 8/16/32 channels, for tests"),
     )
 
 

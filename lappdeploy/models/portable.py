@@ -1,8 +1,6 @@
-"""Portable model checkpoints: architecture name + builder kwargs + input card + the structural
-surgery steps applied since (bypass, channel plan, folding) + state_dict.
-
-No pickled classes: a file loads with `torch.load(weights_only=True)` in any process that has
-lappdeploy (and the same registered architecture), on any torch version that reads the format.
+"""The model card and checkpoint files: what a deployer needs besides the weights, and reading a
+checkpoint without building it. Writing and rebuilding a (pruned) model is `lappdeploy.surgery.portable`,
+since it records and replays the surgery steps.
 """
 
 from __future__ import annotations
@@ -17,18 +15,16 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import LappDeployError
-from lappdeploy.io import atomic_torch_save
 
 __all__ = [
     "FORMAT",
-    "LoadedModel",
+    "FORMAT_VERSION",
     "ModelCard",
     "checkpoint_in",
     "cpu_state_dict",
-    "load_model",
     "model_card",
     "read_checkpoint",
-    "save_model",
+    "unwrap",
 ]
 
 FORMAT = "lappdeploy.model"
@@ -61,12 +57,6 @@ class ModelCard:
         for key in ("input_shape", "mean", "std"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    card: ModelCard
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -110,26 +100,6 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return copied
 
 
-def checkpoint_payload(model: nn.Module, card: ModelCard) -> dict[str, Any]:
-    from lappdeploy import __version__
-    from lappdeploy.surgery.history import surgery_steps
-
-    state = cpu_state_dict(model)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "lappdeploy_version": __version__,
-        "card": card.to_dict(),
-        "surgery": surgery_steps(unwrap(model)),
-        "state_dict": state,
-    }
-
-
-def save_model(model: nn.Module, path: str | os.PathLike[str], card: ModelCard) -> None:
-    """Write `model` atomically as a portable checkpoint."""
-    atomic_torch_save(checkpoint_payload(model, card), path)
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a lappdeploy checkpoint file (model or training state) without building it."""
     try:
@@ -165,27 +135,3 @@ def checkpoint_in(target: str | os.PathLike[str]) -> Path:
         if (target / name).is_file():
             return target / name
     raise LappDeployError(f"{target} holds neither model.pt nor checkpoint.pt; is it a lappdeploy run directory?")
-
-
-def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the architecture named in a checkpoint (model.pt or checkpoint.pt, or a run directory
-    holding one), replay its surgery (bypass, channel removal, folding) and load its weights; the model is
-    returned in eval mode."""
-    from lappdeploy.models import create_model
-    from lappdeploy.surgery.history import replay_
-
-    path = checkpoint_in(path)
-    payload = read_checkpoint(path)
-    if payload["card"] is None:
-        raise LappDeployError(f"{path} has no model card (written by a Trainer without one); it cannot be rebuilt")
-    card = ModelCard.from_dict(payload["card"])
-    model = create_model(card.architecture, **card.kwargs)
-    if payload.get("surgery"):
-        replay_(model, payload["surgery"], torch.zeros((2, *card.input_shape)))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise LappDeployError(
-            f"weights in {path} do not fit architecture {card.architecture!r}: {str(exc).splitlines()[0]}"
-        ) from None
-    return LoadedModel(model=model.to(map_location).eval(), card=card)

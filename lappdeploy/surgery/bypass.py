@@ -1,4 +1,4 @@
-"""The re-parameterizable bypass of LAPP (LAPP.md section 7) and BatchNorm folding.
+"""The re-parameterizable bypass of LAPP (docs/lapp.md#bypass) and BatchNorm folding.
 
 `add_bypass_` turns each eligible conv->BN pair into `RepConvBN`: BN(conv_kxk(x)) + BN_b(conv_1x1(x)),
 the 1x1 branch aligned to the kxk kernel's centre tap, and leaves Identity in the old BN slot. It is an
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lappdeploy.surgery.graph import SurgeryError, analyze
-from lappdeploy.surgery.history import record_step
+from lappdeploy.surgery.history import record_step, replays
+from lappdeploy.surgery.repconv import RepConvBN, centre_padding, fuse_conv_bn
 
 __all__ = [
     "RepConvBN",
@@ -26,75 +27,6 @@ __all__ = [
     "fuse_conv_bn",
     "has_bypass",
 ]
-
-
-def _centre_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
-    """Padding of a 1x1 conv that samples the kxk kernel's centre tap, or None when there is no such conv."""
-    padding = []
-    for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation, strict=True):
-        if k % 2 == 0:
-            return None
-        centre = p - d * (k - 1) // 2
-        if centre < 0:
-            return None
-        padding.append(centre)
-    return tuple(padding)
-
-
-class RepConvBN(nn.Module):
-    """BN(conv_kxk(x)) + BN_b(conv_1x1(x)); folds into one kxk conv with bias (`fold_bypass_`)."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-        super().__init__()
-        padding = _centre_padding(conv)
-        if padding is None or conv.groups != 1 or not isinstance(conv.padding, tuple):
-            raise SurgeryError(f"{conv} has no centre-aligned 1x1 bypass (needs odd kernel, groups 1, int padding)")
-        self.conv = conv
-        self.bn = bn
-        self.bypass_conv = nn.Conv2d(
-            conv.in_channels, conv.out_channels, 1, stride=conv.stride, padding=padding, bias=False
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        self.bypass_bn = nn.BatchNorm2d(conv.out_channels, eps=bn.eps, momentum=bn.momentum).to(
-            device=conv.weight.device, dtype=conv.weight.dtype
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)) + self.bypass_bn(self.bypass_conv(x))
-
-    @torch.no_grad()
-    def folded(self) -> nn.Conv2d:
-        """One kxk conv with bias computing this block's eval-mode function."""
-        weight, bias = fuse_conv_bn(self.conv, self.bn)
-        bypass_weight, bypass_bias = fuse_conv_bn(self.bypass_conv, self.bypass_bn)
-        k_h, k_w = self.conv.kernel_size
-        # the 1x1 kernel becomes the centre tap of a kxk kernel
-        weight[:, :, k_h // 2, k_w // 2] += bypass_weight[:, :, 0, 0]
-        conv = nn.Conv2d(
-            self.conv.in_channels,
-            self.conv.out_channels,
-            self.conv.kernel_size,
-            stride=self.conv.stride,
-            padding=self.conv.padding,
-            dilation=self.conv.dilation,
-            bias=True,
-        ).to(device=weight.device, dtype=weight.dtype)
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias + bypass_bias)
-        return conv
-
-
-@torch.no_grad()
-def fuse_conv_bn(
-    conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the conv equal to bn(conv(x)) in eval mode (computed in float64, returned in
-    the conv's dtype)."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shape = (-1,) + (1,) * (conv.weight.dim() - 1)
-    weight = conv.weight.double() * scale.view(shape)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
-    return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -117,7 +49,7 @@ def bypass_candidates(model: nn.Module, example_inputs: torch.Tensor, *, ignore=
             and conv.groups == 1
             and conv.padding_mode == "zeros"
             and isinstance(conv.padding, tuple)
-            and _centre_padding(conv) is not None
+            and centre_padding(conv) is not None
             and prunable
         ):
             pairs.append((conv_name, bn_name))
@@ -171,3 +103,18 @@ def fold_bn_(model: nn.Module, example_inputs: torch.Tensor | None = None, *, pa
         _set(model, bn_name, nn.Identity())
     record_step(model, "fold_bn", pairs=[list(p) for p in pairs])
     return model
+
+
+@replays("add_bypass")
+def _replay_add_bypass(model: nn.Module, step: dict, example_inputs: torch.Tensor) -> None:
+    add_bypass_(model, pairs=[tuple(p) for p in step["pairs"]])
+
+
+@replays("fold_bypass")
+def _replay_fold_bypass(model: nn.Module, step: dict, example_inputs: torch.Tensor) -> None:
+    fold_bypass_(model)
+
+
+@replays("fold_bn")
+def _replay_fold_bn(model: nn.Module, step: dict, example_inputs: torch.Tensor) -> None:
+    fold_bn_(model, pairs=[tuple(p) for p in step["pairs"]])

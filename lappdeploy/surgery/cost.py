@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lappdeploy.surgery.bypass import RepConvBN
-from lappdeploy.surgery.graph import ChannelGroups, _is_depthwise, canonical_name
+from lappdeploy.surgery.graph import ChannelGroups, canonical_name, is_depthwise
+from lappdeploy.surgery.repconv import RepConvBN
 
 __all__ = ["CostModel", "DeployCost", "cost_model", "deploy_cost", "plan_cost"]
 
@@ -77,7 +77,7 @@ class CostModel:
             positions = groups.positions.get(canonical, 0)  # output elements per channel per sample
             if isinstance(module, nn.modules.conv._ConvNd):
                 area = math.prod(module.kernel_size)
-                if _is_depthwise(module):  # one kxk filter per channel: linear in c_out
+                if is_depthwise(module):  # one kxk filter per channel: linear in c_out
                     coeffs = (0, positions * (area + bias), 0, area + bias)
                 else:
                     per_pair = area / module.groups

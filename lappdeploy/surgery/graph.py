@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lappdeploy.errors import LappDeployError
+from lappdeploy.errors import SurgeryError
+from lappdeploy.surgery.repconv import RepConvBN
 
 __all__ = [
     "ChannelGroup",
@@ -35,11 +36,9 @@ __all__ = [
     "analyze",
     "build_dependency_graph",
     "canonical_name",
+    "is_depthwise",
+    "resolve_module",
 ]
-
-
-class SurgeryError(LappDeployError):
-    """A model or plan cannot be operated on as asked."""
 
 
 @dataclass
@@ -76,8 +75,6 @@ class LayerChannels:
 
 def canonical_name(model: nn.Module, name: str) -> str:
     """The name a module has in the dense model: the main conv of a bypass block is named after the block."""
-    from lappdeploy.surgery.bypass import RepConvBN
-
     parent_name, _, leaf = name.rpartition(".")
     if leaf == "conv" and parent_name and isinstance(model.get_submodule(parent_name), RepConvBN):
         return parent_name
@@ -86,8 +83,6 @@ def canonical_name(model: nn.Module, name: str) -> str:
 
 def resolve_module(model: nn.Module, group_id: str) -> nn.Module:
     """The module a canonical group id names (the main conv inside a bypass block, where there is one)."""
-    from lappdeploy.surgery.bypass import RepConvBN
-
     try:
         module = model.get_submodule(group_id)
     except AttributeError:
@@ -125,7 +120,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
             p.requires_grad_(False)
 
 
-def _is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.modules.conv._ConvNd)
         and module.groups > 1
@@ -134,7 +129,7 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 
 def _is_grouped(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not _is_depthwise(module)
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module)
 
 
 @dataclass
@@ -285,7 +280,7 @@ def analyze(
         else:
             layer.in_map = index_map
     for layer in layers.values():
-        if _is_depthwise(layer.module) and layer.in_map is None:
+        if is_depthwise(layer.module) and layer.in_map is None:
             layer.in_map = layer.out_map  # a depthwise conv's input channel i is its output channel i
 
     bn_after_conv = _bn_after_conv(model, graph, names)

@@ -1,17 +1,38 @@
 """The structural steps applied to a model (bypass, channel removal, folding), kept on the model so a
 portable checkpoint can rebuild the same structure from the dense architecture before loading weights.
+
+Each step is recorded by the function that performs it (`record_step`) and replayed by the function that
+module registers for it (`@replays(op)`): one table pairs every recorded op with its replay.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["SURGERY_ATTR", "record_step", "recorded_plans", "replay_", "surgery_steps"]
+from lappdeploy.errors import SurgeryError
+
+__all__ = ["SURGERY_ATTR", "record_step", "recorded_plans", "replay_", "replays", "surgery_steps"]
 
 SURGERY_ATTR = "lappdeploy_surgery"  # list of {"op": str, **arguments}, JSON-compatible, in order
+
+Replay = Callable[[nn.Module, dict[str, Any], torch.Tensor], None]  # (model, recorded step, example inputs)
+_REPLAYS: dict[str, Replay] = {}
+
+
+def replays(op: str) -> Callable[[Replay], Replay]:
+    """Register the function that re-applies recorded steps of kind `op`."""
+
+    def register(replay: Replay) -> Replay:
+        if op in _REPLAYS:
+            raise ValueError(f"surgery step {op!r} already has a replay")
+        _REPLAYS[op] = replay
+        return replay
+
+    return register
 
 
 def surgery_steps(model: nn.Module) -> list[dict[str, Any]]:
@@ -30,21 +51,9 @@ def record_step(model: nn.Module, op: str, **arguments: Any) -> None:
 def replay_(model: nn.Module, steps: list[dict[str, Any]], example_inputs: torch.Tensor) -> nn.Module:
     """Apply recorded `steps` to a freshly built dense `model` (in place): afterwards its structure, and so
     its state_dict keys and shapes, are those of the model the steps were recorded on."""
-    from lappdeploy.surgery.bypass import add_bypass_, fold_bn_, fold_bypass_
-    from lappdeploy.surgery.graph import SurgeryError
-    from lappdeploy.surgery.plan import ChannelPlan
-    from lappdeploy.surgery.remove import remove_channels_
-
     for step in steps:
-        op = step.get("op")
-        if op == "add_bypass":
-            add_bypass_(model, pairs=[tuple(p) for p in step["pairs"]])
-        elif op == "remove_channels":
-            remove_channels_(model, ChannelPlan.from_dict(step["plan"]), example_inputs)
-        elif op == "fold_bypass":
-            fold_bypass_(model)
-        elif op == "fold_bn":
-            fold_bn_(model, pairs=[tuple(p) for p in step["pairs"]])
-        else:
-            raise SurgeryError(f"unknown surgery step {op!r} in the checkpoint; upgrade lappdeploy")
+        replay = _REPLAYS.get(step.get("op"))
+        if replay is None:
+            raise SurgeryError(f"unknown surgery step {step.get('op')!r} in the checkpoint; upgrade lappdeploy")
+        replay(model, step, example_inputs)
     return model

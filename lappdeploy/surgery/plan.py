@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lappdeploy.io import atomic_write_json, read_json
+from lappdeploy.surgery.cost import plan_cost
 from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError
 
 __all__ = [
@@ -201,8 +202,6 @@ def uniform_plan(
 ) -> ChannelPlan:
     """Keep the same fraction of every prunable group, the largest fraction whose deploy MACs are at most
     `macs_ratio` x the dense deploy MACs; channels chosen by `scores` (default: l2 magnitude)."""
-    from lappdeploy.surgery.cost import plan_cost
-
     if not 0 < macs_ratio <= 1:
         raise SurgeryError(f"MACs ratio must be in (0, 1], got {macs_ratio}")
     scores = channel_scores(groups, "l2") if scores is None else scores
@@ -235,8 +234,6 @@ def round_plan(
     the deploy MACs `budget` allows, groups round up, adding their best-scored dropped channels, those
     closest to the next multiple first. Without a budget, counts round to the nearest multiple.
     A group whose dense width is not a multiple of k may also keep all its channels."""
-    from lappdeploy.surgery.cost import plan_cost
-
     if k < 1:
         raise SurgeryError(f"round-to must be >= 1, got {k}")
     scores = channel_scores(groups, "l2") if scores is None else scores

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lappdeploy.surgery.graph import ChannelGroups, SurgeryError, analyze, resolve_module
-from lappdeploy.surgery.history import record_step
+from lappdeploy.surgery.history import record_step, replays
 from lappdeploy.surgery.plan import ChannelPlan
 
 __all__ = ["kept_elements", "remove_channels_"]
@@ -116,3 +116,8 @@ def remove_channels_(
     removed = sum(len(gp.dropped) for gp in plan.groups.values())
     log.debug("removed %d channels from %d groups", removed, len(plan.groups))
     return model
+
+
+@replays("remove_channels")
+def _replay_remove_channels(model: nn.Module, step: dict, example_inputs: torch.Tensor) -> None:
+    remove_channels_(model, ChannelPlan.from_dict(step["plan"]), example_inputs)

@@ -18,7 +18,8 @@ def write_tiny_run(
     import yaml
 
     from lappdeploy.config import TrainConfig
-    from lappdeploy.models import create_model, model_card, save_model
+    from lappdeploy.models import create_model, model_card
+    from lappdeploy.surgery import save_model
     from lappdeploy.testing.reference import randomize_norms_
 
     directory = Path(directory)

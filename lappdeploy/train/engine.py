@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lappdeploy.config import TrainConfig
+from lappdeploy.config import RESUMABLE_CHANGES, TrainConfig
 from lappdeploy.data.loaders import epoch_seed
 from lappdeploy.errors import ConfigError, LappDeployError
+from lappdeploy.hooks import Hook
 from lappdeploy.io import atomic_torch_save
 from lappdeploy.models.portable import ModelCard, cpu_state_dict
 from lappdeploy.surgery.history import surgery_steps
 from lappdeploy.train.distributed import DistContext
-from lappdeploy.train.hooks import Hook
 from lappdeploy.train.schedule import LRSchedule
 
 __all__ = [
@@ -46,11 +46,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TRAIN_STATE_FORMAT = "lappdeploy.train_state"
-
-
-# Config fields that may differ between the interrupted and the resumed session (where the data lives,
-# how it is loaded); everything else would change the result.
-RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device"})
 
 
 class TrainingDivergedError(LappDeployError):

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.config import TrainConfig
 from lappdeploy.io import read_json
+from lappdeploy.methods import LappConfig
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.train import Hook
 
@@ -41,7 +42,7 @@ class ThresholdDevice(Hook):
 )
 def test_compress_on_cuda(tmp_path, options):
     probe = ThresholdDevice()
-    compress = CompressConfig(target_macs=0.5, prune_epochs=2, bypass="rep", threshold_lr=0.05)
+    compress = LappConfig(target_macs=0.5, prune_epochs=2, bypass="rep", threshold_lr=0.05)
     report = run_compress(TrainConfig(**TINY, **options), compress, tmp_path / "run", hooks=[probe])
     assert probe.device.type == "cuda"
     assert report["deploy_macs"] <= 0.5025 * report["dense_deploy_macs"]
@@ -54,7 +55,7 @@ class StopAfterFirstEpoch(Hook):
 
 
 def test_resume_on_cuda_matches_an_uninterrupted_run(tmp_path):
-    compress = CompressConfig(target_macs=0.5, prune_epochs=2, threshold_lr=0.05)
+    compress = LappConfig(target_macs=0.5, prune_epochs=2, threshold_lr=0.05)
     config = TrainConfig(**TINY, deterministic=True)
     run_compress(config, compress, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):

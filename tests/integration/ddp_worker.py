@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.config import TrainConfig
+from lappdeploy.methods import LappConfig
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.models.portable import cpu_state_dict
 from lappdeploy.train import Hook, init_distributed, run_training
@@ -49,7 +50,7 @@ def main() -> None:
     hooks = [SaveRankWeights(out + "-rank{rank}.pt")]
     try:
         if sys.argv[2:] == ["lapp"]:
-            compress = CompressConfig(target_macs=0.5, prune_epochs=1, round_to=1, threshold_lr=0.05, log_every=1)
+            compress = LappConfig(target_macs=0.5, prune_epochs=1, round_to=1, threshold_lr=0.05, log_every=1)
             run_compress(config, compress, out, hooks=hooks, dist=dist)
         else:
             run_training(config, out, hooks=hooks, dist=dist)

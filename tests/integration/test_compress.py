@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.config import TrainConfig
 from lappdeploy.io import read_json
+from lappdeploy.methods import LappConfig
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.train import Hook
 
@@ -43,7 +44,7 @@ def resnet20_run(tmp_path_factory):
     keep = KeepFinalModel()
     report = run_compress(
         TrainConfig(model="resnet20", epochs=2, **SYNTHETIC),
-        CompressConfig(target_macs=0.5, prune_epochs=1, bypass="rep", log_every=2),
+        LappConfig(target_macs=0.5, prune_epochs=1, bypass="rep", log_every=2),
         out,
         hooks=[keep],
     )
@@ -81,7 +82,7 @@ def test_saved_deploy_model_loads_in_a_fresh_process_with_the_same_logits(resnet
         expected = final(x)
     torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
     code = (
-        "import sys, torch; from lappdeploy.models import load_model;"
+        "import sys, torch; from lappdeploy import load_model;"
         "e = torch.load(sys.argv[2], weights_only=True); m = load_model(sys.argv[1]).model;"
         "torch.set_num_threads(1); sys.exit(0 if torch.equal(m(e['x']), e['logits']) else 1)"
     )
@@ -128,7 +129,7 @@ def test_killed_mid_pruning_phase_then_resumed_reaches_the_same_plan(tmp_path, c
     assert state["epoch"] == 1, "killed inside the two-epoch pruning phase"
     assert state["hooks"]["LappController"]["plan"] is None
 
-    resumed = cli_process("compress", "--out", str(killed), "--resume")
+    resumed = cli_process("compress", *COMPRESS_FLAGS, "--out", str(killed), "--resume")  # the same command
     for p in (resumed, straight):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err

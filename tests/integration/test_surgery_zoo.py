@@ -13,9 +13,18 @@ import sys
 import pytest
 import torch
 
-from lappdeploy.models import count_macs, create_model, list_models, load_model, model_card, resolve_input_shape
-from lappdeploy.models.portable import save_model
-from lappdeploy.surgery import ChannelMasker, SurgeryError, analyze, fold_bn_, plan_cost, random_plan, remove_channels_
+from lappdeploy.models import count_macs, create_model, list_models, model_card, resolve_input_shape
+from lappdeploy.surgery import (
+    ChannelMasker,
+    SurgeryError,
+    analyze,
+    fold_bn_,
+    load_model,
+    plan_cost,
+    random_plan,
+    remove_channels_,
+    save_model,
+)
 from lappdeploy.testing import randomize_norms_
 
 # torch-pruning 1.6.1 cannot trace channel_shuffle (view(b, 2, c/2, h, w) -> transpose -> view): its
@@ -107,7 +116,7 @@ def test_pruned_checkpoints_load_in_a_fresh_process(saved_dir):
         pytest.skip("no pruned model was saved (the per-model tests were deselected)")
     script = (
         "import json, sys, torch\n"
-        "from lappdeploy.models import load_model\n"
+        "from lappdeploy import load_model\n"
         "d = sys.argv[1]; worst = {}\n"
         "for name in sys.argv[2:]:\n"
         "    expected = torch.load(f'{d}/{name}.expected', weights_only=True)\n"

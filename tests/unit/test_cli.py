@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
+from lappdeploy import load_model
 from lappdeploy.config import TrainConfig
-from lappdeploy.models import load_model
 
 TINY_FLAGS = [
     "--model",
@@ -44,7 +44,7 @@ def test_train_writes_the_run_directory_contract(cli, tmp_path):
     assert report["model"] == "tiny_resnet" and report["epochs"] == 2 and report["macs"] > 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    saved = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    saved = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text())["train"])
     assert saved.model == "tiny_resnet" and saved.synthetic_shape == (3, 16, 16) and saved.epochs == 2
     loaded = load_model(out)  # the run directory's model.pt, read with weights_only=True
     assert loaded.card.input_shape == (3, 16, 16)
@@ -58,7 +58,7 @@ def test_yaml_config_supplies_defaults_and_flags_win(cli, tmp_path):
     out = tmp_path / "run"
     result = cli("train", "--config", config, *TINY_FLAGS, "--lr", "0.02", "--out", out)
     assert result.code == 0, result.err
-    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert saved["epochs"] == 1 and saved["label_smoothing"] == 0.1
     assert saved["lr"] == 0.02, "a command-line flag overrides the YAML file"
     assert saved["batch_size"] == 32, "TINY_FLAGS passes --batch-size 32 on the command line"

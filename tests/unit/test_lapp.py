@@ -1,4 +1,4 @@
-"""LAPP on tiny models: every invariant of LAPP.md section 9, plus the hooks' schedule, baselines and
+"""LAPP on tiny models: every invariant of docs/lapp.md#invariants, plus the hooks' schedule, baselines and
 resumption. The Trainer, torch-pruning and the cost model are real."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from lappdeploy.config import CompressConfig, TrainConfig
+from lappdeploy.config import TrainConfig
 from lappdeploy.errors import ConfigError, UnknownNameError
-from lappdeploy.lapp import ThresholdMask, cubic_budget, plan_within_budget, prepare_
-from lappdeploy.methods import METHODS
+from lappdeploy.methods import METHODS, LappConfig, method_config
+from lappdeploy.methods.common import plan_within_budget
+from lappdeploy.methods.lapp import ThresholdMask, cubic_budget, prepare_
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import (
     ChannelPlan,
@@ -58,8 +59,10 @@ def _model(name: str = "tiny_resnet") -> nn.Module:
     return create_model(name, num_classes=4)
 
 
-def _config(**changes) -> CompressConfig:
-    return CompressConfig(**{"target_macs": 0.5, "prune_epochs": 2, "round_to": 1, "log_every": 1, **changes})
+def _config(method: str = "lapp", **changes):
+    return method_config(
+        {"name": method, "target_macs": 0.5, "prune_epochs": 2, "round_to": 1, "log_every": 1, **changes}
+    )
 
 
 def _train_config(**changes) -> TrainConfig:
@@ -101,9 +104,9 @@ def test_straight_through_mask_is_hard_with_the_sigmoid_surrogate_gradient():
     thresholds = torch.full((len(mask.ids),), 1.0, requires_grad=True)
     m = mask(scores, thresholds)
     assert set(m.detach().unique().tolist()) <= {0.0, 1.0}
-    owner = mask._owner
+    owner = mask.owner(scores.device)
     z = (scores.detach() - 1.0) / 0.1
-    expected_kept = (z > 0) | mask._forced(scores.detach())
+    expected_kept = (z > 0) | mask.forced(scores.detach())
     assert torch.equal(m.detach().bool(), expected_kept)
     m.sum().backward()
     sigmoid_prime = torch.sigmoid(z) * (1 - torch.sigmoid(z))
@@ -137,7 +140,7 @@ def test_cubic_budget_anneals_from_dense_to_target_then_stays():
     assert all(a > b for a, b in itertools.pairwise(values))
 
 
-# -------------------------------------------------------------------- LAPP.md 9: initial state
+# -------------------------------------------------------------------- invariants: initial state
 @pytest.mark.parametrize("bypass", ["none", "rep"])
 def test_at_init_masks_are_all_ones_and_the_cost_is_dense(bypass):
     model = _model()
@@ -221,7 +224,7 @@ def test_estimated_macs_equal_measured_macs_of_the_pruned_folded_model(lapp_run)
 
 
 def test_masked_and_pruned_folded_models_give_the_same_logits():
-    """LAPP.md 9: the masked dense model (eval) and the pruned, folded model agree within 1e-4."""
+    """The masked dense model (eval) and the pruned, folded model agree within 1e-4."""
     model = _model()
     randomize_norms_(model)
     controller = prepare_(model, _example(), _config(bypass="rep"))
@@ -236,8 +239,7 @@ def test_masked_and_pruned_folded_models_give_the_same_logits():
     assert 0 < controller.current_mask().mean().item() < 1
     loop = types.SimpleNamespace(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     plan = ChannelPlan.from_keep_mask(controller.groups, controller.current_mask())
-    plan.info["macs"] = plan_cost(controller.groups, plan).macs
-    controller._apply(loop, plan)
+    controller.apply_(loop, plan)
     fold_bypass_(model)
     fold_bn_(model, x)
     pruned_logits = model(x)
@@ -265,7 +267,7 @@ def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
     thresholds = torch.rand(len(mask.ids), generator=torch.Generator().manual_seed(round_to)) * 0.5
     dense = plan_cost(groups, ChannelPlan()).macs
     limit = target * dense * 1.005
-    from lappdeploy.lapp import minimum_plan
+    from lappdeploy.methods.common import minimum_plan
 
     floor = plan_cost(groups, minimum_plan(groups, mask, channel_scores(groups, "bn"))).macs
     if floor > limit:  # unreachable: a clear error, never a plan over budget
@@ -351,7 +353,7 @@ def test_resume_after_removal_replays_it_before_loading_weights(lapp_run):
 @pytest.mark.parametrize("method", ["uniform", "global"])
 def test_baselines_prune_once_at_the_end_of_the_phase_within_budget(method):
     model = _model()
-    hook = METHODS.get(method).prepare(model, _example(), _config(round_to=4))
+    hook = METHODS.get(method).prepare(model, _example(), _config(method, round_to=4))
     records = Records()
     trainer = _train(model, hook, records=records)
     assert hook.plan is not None and hook.plan.info["method"] == method
@@ -373,7 +375,7 @@ def test_global_ranking_differs_from_uniform():
         block.conv2.weight[:, weak] *= 0.01
     example = _example()
     groups = analyze(model, example)
-    from lappdeploy.methods.baselines import global_plan, uniform_budget_plan
+    from lappdeploy.methods.baselines.oneshot import global_plan, uniform_budget_plan
 
     limit = 0.5 * plan_cost(groups, ChannelPlan()).macs
     config = _config()
@@ -389,12 +391,44 @@ def test_global_ranking_differs_from_uniform():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="target_macs"):
-        CompressConfig(target_macs=0)
+        LappConfig(target_macs=0)
     with pytest.raises(ConfigError, match="target_macs"):
-        CompressConfig(target_macs=1.5)
+        LappConfig(target_macs=1.5)
     with pytest.raises(UnknownNameError, match="unknown method 'lap'; did you mean lapp"):
-        CompressConfig(method="lap")
+        method_config({"name": "lap"})
     with pytest.raises(ConfigError, match="prune_epochs"):
-        CompressConfig(prune_epochs=3).check_against(TrainConfig(epochs=2))
-    assert CompressConfig(ignore="layer3.*, fc").ignore == ("layer3.*", "fc")
-    assert math.isclose(CompressConfig.from_dict(CompressConfig(tau=0.2).to_dict()).tau, 0.2)
+        LappConfig(prune_epochs=3).check_against(TrainConfig(epochs=2))
+    assert LappConfig(ignore="layer3.*, fc").ignore == ("layer3.*", "fc")
+    assert math.isclose(LappConfig.from_dict(LappConfig(tau=0.2).to_dict()).tau, 0.2)
+
+
+def test_each_method_has_its_own_config_type_and_handler():
+    from lappdeploy.methods import GlobalConfig, UniformConfig, method_section, spec_for
+
+    for config, name in ((LappConfig(), "lapp"), (UniformConfig(), "uniform"), (GlobalConfig(), "global")):
+        assert spec_for(config).name == name and type(config).method == name
+        assert method_config(method_section(config)) == config  # the config.yaml section round-trips
+    assert not hasattr(UniformConfig(), "tau"), "a baseline holds no LAPP option"
+    with pytest.raises(ConfigError, match="--tau is an option of method lapp, not of uniform"):
+        method_config({"name": "uniform", "tau": 0.2})
+    with pytest.raises(ConfigError, match="needs a LappConfig, got a UniformConfig"):
+        METHODS.get("lapp").prepare(_model(), _example(), UniformConfig())
+    legacy = method_config({"name": "uniform", "tau": 0.1, "score": "bn"}, legacy=True)  # flat files of 0.1
+    assert legacy == UniformConfig()
+
+
+def test_deprecated_aliases_warn_and_still_work():
+    import lappdeploy
+
+    with pytest.warns(DeprecationWarning, match="CompressConfig is deprecated"):
+        config = lappdeploy.CompressConfig(method="uniform", target_macs=0.4)
+    assert config == lappdeploy.UniformConfig(target_macs=0.4)
+    import importlib
+    import sys
+
+    sys.modules.pop("lappdeploy.lapp", None)
+    with pytest.warns(DeprecationWarning, match="lappdeploy.lapp is deprecated"):
+        old = importlib.import_module("lappdeploy.lapp")
+    assert old.prepare_ is prepare_
+    with pytest.raises(ImportError, match="split into one config class per pruning method"):
+        from lappdeploy.config import CompressConfig  # noqa: F401

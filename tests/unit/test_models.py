@@ -13,14 +13,13 @@ from lappdeploy.models import (
     MODELS,
     count_macs,
     create_model,
-    load_model,
     model_card,
     read_checkpoint,
     register_model,
     resolve_input_shape,
-    save_model,
 )
 from lappdeploy.models.torchvision_zoo import MIN_INPUT_SIZE
+from lappdeploy.surgery import load_model, save_model
 from lappdeploy.testing import torch_pruning_macs
 
 
@@ -142,7 +141,7 @@ def test_portable_checkpoint_loads_in_a_fresh_process_with_identical_logits(tmp_
         expected = model(x)
     code = (
         "import sys, torch\n"
-        "from lappdeploy.models import load_model\n"
+        "from lappdeploy import load_model\n"
         "loaded = load_model(sys.argv[1])\n"
         "x = torch.load(sys.argv[2], weights_only=True)\n"
         "with torch.no_grad(): torch.save(loaded.model(x), sys.argv[3])\n"

@@ -441,7 +441,8 @@ def test_fold_bn_matches_eval_mode_exactly():
 
 
 def test_pruned_model_with_bypass_saves_and_loads_portably(tmp_path):
-    from lappdeploy.models import load_model, model_card, save_model
+    from lappdeploy.models import model_card
+    from lappdeploy.surgery import load_model, save_model
 
     torch.manual_seed(0)
     model = randomize_norms_(create_model("resnet20")).eval()

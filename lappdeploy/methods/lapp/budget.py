@@ -1,4 +1,4 @@
-"""LAPP's progressive MACs budget (LAPP.md section 5)."""
+"""LAPP's progressive MACs budget (docs/lapp.md#objective-and-budget-schedule)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,193 @@
+"""The pruning-method contract, importable without torch: the common config, the registry, the hook protocol.
+
+A method is registered with its frozen config class (a `PruneConfig` subclass holding only that method's
+options) and a handler, `prepare_(model, example_inputs, config) -> PruningHook`, named as
+"module:function" and imported on first use (the handler imports torch; the CLI lists methods and their
+options without it). The config's type selects the handler (`spec_for(config)`), as torchao's configs do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from lappdeploy.config import (
+    TrainConfig,
+    at_least,
+    check_choices,
+    check_types,
+    config_from_dict,
+    config_to_dict,
+    field_names,
+    in_range,
+    option,
+)
+from lappdeploy.errors import ConfigError
+from lappdeploy.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from lappdeploy.hooks import Hook
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MethodSpec",
+    "PruneConfig",
+    "PruningHook",
+    "method_config",
+    "method_section",
+    "option_owners",
+    "register_method",
+    "spec_for",
+]
+
+DEFAULT_METHOD = "lapp"
+C = TypeVar("C", bound="PruneConfig")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options every pruning method has: the MACs target, the schedule, widths and what not to prune."""
+
+    method: ClassVar[str] = ""  # the registered name; set by `register_method`
+
+    target_macs: float = option(0.5, "Fraction of the dense deploy MACs to keep, in (0, 1].")
+    prune_epochs: int = option(
+        1, "Length of the pruning phase in epochs; channels are removed at its end, training goes on compact."
+    )
+    round_to: int = option(8, "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables.")
+    min_channels: int = option(1, "Fewest channels a group keeps (at least --round-to when rounding).")
+    ignore: tuple[str, ...] = option(
+        (), "Never prune groups spanning these modules (comma-separated fnmatch patterns).", cli_type="str_list"
+    )
+    bypass: str = option(
+        "none",
+        "rep: train each prunable conv with a foldable 1x1 bypass, folded away at the end (docs/lapp.md).",
+        choices=("none", "rep"),
+    )
+    log_every: int = option(10, "Log the pruning state to metrics.jsonl every N steps of the pruning phase.")
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        in_range(self, "target_macs", 0.0, 1.0, lo_open=True)
+        at_least(self, "prune_epochs", 1)
+        at_least(self, "round_to", 1)
+        at_least(self, "min_channels", 1)
+        at_least(self, "log_every", 1)
+        check_choices(self)
+
+    def check_against(self, train: TrainConfig) -> None:
+        """Raise ConfigError for combinations with the training config that cannot work."""
+        if self.prune_epochs > train.epochs:
+            raise ConfigError(
+                f"prune_epochs ({self.prune_epochs}) must be <= epochs ({train.epochs}); the pruning phase is "
+                "part of the training run"
+            )
+        if train.sync_bn:
+            raise ConfigError("--sync-bn replaces the BatchNorm layers the pruning method tracks; drop --sync-bn")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        return config_from_dict(cls, data)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+class PruningHook(Protocol):
+    """What a method's handler returns: a training `Hook` that removes channels by the end of the pruning
+    phase. After training, `result()` gives the plan applied and its costs (`methods.common.PruneResult`)."""
+
+    name: str
+    plan: Any  # the ChannelPlan applied, None until the channels are removed
+
+    def detach_hooks(self) -> None:
+        """Remove any forward hooks the method put on the model (masks); idempotent."""
+
+    def result(self) -> Any:
+        """The PruneResult once the plan is applied (raises before)."""
+
+
+Handler = Callable[["torch.nn.Module", "torch.Tensor", PruneConfig], "Hook"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config: type[PruneConfig]
+    handler: str  # "module:function" of prepare_(model, example_inputs, config) -> PruningHook
+    summary: str  # one line: what the method does
+
+    def prepare(self, model: torch.nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> Hook:
+        """Run the handler: set `model` up for this method (in place) and return its pruning hook."""
+        if type(config) is not self.config:
+            raise ConfigError(f"method {self.name} needs a {self.config.__name__}, got a {type(config).__name__}")
+        module, _, function = self.handler.partition(":")
+        return getattr(importlib.import_module(module), function)(model, example_inputs, config)
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(name: str, config: type[PruneConfig], *, handler: str, summary: str) -> MethodSpec:
+    """Register method `name`: its config class (a PruneConfig subclass; every config type belongs to one
+    method) and its handler as "module:function"."""
+    if not (isinstance(config, type) and issubclass(config, PruneConfig)):
+        raise TypeError(f"the config of method {name!r} must subclass PruneConfig")
+    if config.method and config.method != name:
+        raise ValueError(f"{config.__name__} is the config of method {config.method!r} already")
+    spec = METHODS.add(name, MethodSpec(name, config, handler, summary))
+    config.method = name
+    return spec
+
+
+def spec_for(config: PruneConfig) -> MethodSpec:
+    """The method a config belongs to (its type decides)."""
+    if not type(config).method:
+        raise ConfigError(f"{type(config).__name__} is not the config of a registered method")
+    return METHODS.get(type(config).method)
+
+
+def option_owners(name: str) -> list[str]:
+    """The methods that have an option called `name`."""
+    return [m for m in METHODS.names() if name in field_names(METHODS.get(m).config)]
+
+
+def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneConfig:
+    """The typed config of a `method:` section ({"name": method, **options}; name defaults to lapp).
+
+    An option that belongs to another method is an error naming both. With `legacy` (flat config files
+    of earlier versions, which saved every method's options) such options are dropped instead.
+    """
+    options = {str(k).replace("-", "_"): v for k, v in section.items()}
+    name = str(options.pop("name", options.pop("method", DEFAULT_METHOD)))
+    spec = METHODS.get(name)
+    own = field_names(spec.config)
+    for key in [k for k in options if k not in own]:
+        owners = option_owners(key)
+        if legacy and owners:
+            del options[key]
+        elif owners:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} is an option of method {', '.join(owners)}, not of {name}; "
+                f"drop it or choose --method {owners[0]}"
+            )
+        else:
+            close = difflib.get_close_matches(key, own, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"{name}'s options: {', '.join(own)}"
+            raise ConfigError(f"unknown option {key!r} for method {name}; {hint}")
+    return spec.config(**options)
+
+
+def method_section(config: PruneConfig) -> dict[str, Any]:
+    """The `method:` section of config.yaml for `config`: {"name": method, **options}."""
+    return {"name": spec_for(config).name, **config.to_dict()}

@@ -1,0 +1,37 @@
+"""Prune-then-finetune baselines on the same epoch budget as LAPP (docs/baselines.md): train dense for the
+pruning phase, prune once to the MACs target, train the compact model on.
+
+This module holds their configs and registrations and imports no torch; `oneshot` is the implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lappdeploy.methods.base import PruneConfig, register_method
+
+__all__ = ["GlobalConfig", "UniformConfig"]
+
+
+@dataclass(frozen=True)
+class UniformConfig(PruneConfig):
+    """`uniform`: the same keep ratio for every group, L2 magnitude picks the channels."""
+
+
+@dataclass(frozen=True)
+class GlobalConfig(PruneConfig):
+    """`global`: all channels of all groups ranked together by torch-pruning's group L2 importance."""
+
+
+register_method(
+    "uniform",
+    UniformConfig,
+    handler="lappdeploy.methods.baselines.oneshot:prepare_uniform_",
+    summary="prune once after the dense phase: the same keep ratio in every group, L2 magnitude",
+)
+register_method(
+    "global",
+    GlobalConfig,
+    handler="lappdeploy.methods.baselines.oneshot:prepare_global_",
+    summary="prune once after the dense phase: torch-pruning's group L2 importance, ranked globally",
+)

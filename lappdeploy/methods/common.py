@@ -1,0 +1,325 @@
+"""What every pruning method shares: score thresholds and the budget guarantee (one common offset found by
+bisection), plan application in the middle of training (optimizer state carried over, DDP re-wrapped),
+the scaffolding of a pruning hook (dense cost, resume, epoch metrics) and the typed result it reports.
+
+A method module imports from here and from `lappdeploy.surgery`, never from another method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lappdeploy.errors import ConfigError
+from lappdeploy.hooks import Hook
+from lappdeploy.methods.base import PruneConfig
+from lappdeploy.surgery import (
+    ChannelGroups,
+    ChannelPlan,
+    DeployCost,
+    SurgeryError,
+    add_bypass_,
+    analyze,
+    channel_scores,
+    has_bypass,
+    plan_cost,
+    remove_channels_,
+    round_plan,
+)
+
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "GroupThresholds",
+    "PruneResult",
+    "PruningHookBase",
+    "apply_plan_",
+    "log_to",
+    "minimum_plan",
+    "plan_within_budget",
+    "prepare_groups_",
+]
+
+log = logging.getLogger(__name__)
+
+BUDGET_TOLERANCE = (
+    0.005  # a plan may exceed the MACs target by this fraction (docs/lapp.md#freeze-budget-guarantee-and-removal)
+)
+_BISECTION_STEPS = 40  # halvings of the offset interval: resolves it to ~1e-12 of the score range
+_MEAN_FLOOR = 1e-12  # guards the normalisation of an all-zero group (dead BN gammas)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a pruning method applied, as report.json records it."""
+
+    method: str
+    plan: ChannelPlan
+    target_macs: float  # fraction of the dense deploy MACs
+    dense: DeployCost  # deploy MACs per image and params of the dense model
+    deploy: DeployCost  # the same of the pruned model
+    layers: list[dict[str, Any]]  # per prunable group, in module order: name, total, kept, threshold
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's own report fields
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.deploy.macs / self.dense.macs
+
+
+class GroupThresholds:
+    """Per-group thresholds over normalised channel scores: s~ = s / mean_g(s) (mean detached, so one
+    threshold scale fits every group), kept = s~ > t_g, and every group keeps at least `min_keep[g]` of
+    its best-scored channels, so no layer is ever emptied.
+
+    Grouped convolutions (ResNeXt, RegNet) must keep the same positions in each of their blocks: their
+    scores are averaged over the blocks first, so every block gets the same mask.
+    """
+
+    def __init__(self, groups: ChannelGroups, *, min_channels: int = 1, round_to: int = 1) -> None:
+        self.groups = groups
+        self.prunable = groups.prunable
+        self.ids = [g.id for g in self.prunable]
+        owner, unit, sizes = [], [], []
+        units = 0
+        self.min_keep: list[int] = []  # channels each group keeps at least
+        for index, g in enumerate(self.prunable):
+            owner += [index] * g.channels
+            # channel c of a grouped-conv group is decided by its position c % segment_size
+            unit += [units + c % g.segment_size for c in range(g.channels)]
+            sizes += [g.segments] * g.segment_size
+            units += g.segment_size
+            self.min_keep.append(min(g.channels, max(min_channels, math.lcm(round_to, g.segments))))
+        self._owner = torch.tensor(owner, dtype=torch.long)
+        self._unit = torch.tensor(unit, dtype=torch.long)
+        self._unit_size = torch.tensor(sizes, dtype=torch.float32)
+        self._group_size = torch.tensor([g.channels for g in self.prunable], dtype=torch.float32)
+        self._units = units
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._on:
+            self._on[device] = tuple(t.to(device) for t in (self._owner, self._unit, self._unit_size, self._group_size))
+        return self._on[device]
+
+    def owner(self, device: torch.device) -> torch.Tensor:
+        """Index of the owning group of every channel of the global vector."""
+        return self._tensors(device)[0]
+
+    def normalise(self, scores: torch.Tensor) -> torch.Tensor:
+        """s~ = s / mean_g(s) per group (mean detached), averaged over grouped-conv blocks."""
+        owner, unit, unit_size, group_size = self._tensors(scores.device)
+        scores = scores.float()
+        per_unit = scores.new_zeros(self._units).index_add(0, unit, scores) / unit_size
+        scores = per_unit[unit]
+        mean = scores.detach().new_zeros(len(self.prunable)).index_add(0, owner, scores.detach()) / group_size
+        return scores / mean.clamp(min=_MEAN_FLOOR)[owner]
+
+    def forced(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of each group's `min_keep` best-scored channels (whole positions of grouped convs)."""
+        forced = torch.zeros_like(normalised, dtype=torch.bool)
+        values = normalised.detach()
+        for g, keep in zip(self.prunable, self.min_keep, strict=True):
+            block = values[g.offset : g.offset + g.segment_size]  # the first block holds every position's score
+            best = torch.topk(block, keep // g.segments).indices
+            for s in range(g.segments):
+                forced[g.offset + s * g.segment_size + best] = True
+        return forced
+
+    def hard(self, normalised: torch.Tensor, thresholds: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+        """The 0/1 mask (no gradient) for thresholds raised by a common `offset`."""
+        with torch.no_grad():
+            kept = (normalised > thresholds[self.owner(normalised.device)] + offset) | self.forced(normalised)
+            return kept.to(torch.float32)
+
+
+def minimum_plan(groups: ChannelGroups, thresholds: GroupThresholds, scores: torch.Tensor) -> ChannelPlan:
+    """Every prunable group at its minimum width (best-scored channels): the cheapest reachable plan."""
+    never = torch.full((len(thresholds.ids),), math.inf)
+    return ChannelPlan.from_keep_mask(groups, thresholds.hard(thresholds.normalise(scores), never))
+
+
+def plan_within_budget(
+    groups: ChannelGroups,
+    mask: GroupThresholds,
+    normalised: torch.Tensor,
+    thresholds: torch.Tensor,
+    budget_macs: float,
+    *,
+    round_to: int = 1,
+) -> tuple[ChannelPlan, float]:
+    """The plan of the hard masks `normalised > thresholds + offset`, rounded to multiples of `round_to`,
+    with the smallest common offset >= 0 whose deploy MACs are <= `budget_macs`; returns (plan, offset).
+
+    Raising every threshold by one offset keeps the layer-adaptive allocation the thresholds learned
+    while removing the channels that sit closest to their group's threshold first.
+    """
+    normalised = normalised.detach().float().cpu()
+    thresholds = thresholds.detach().float().cpu()
+
+    def plan_at(offset: float) -> ChannelPlan:
+        plan = ChannelPlan.from_keep_mask(groups, mask.hard(normalised, thresholds, offset))
+        return round_plan(plan, groups, round_to, scores=normalised, budget=budget_macs) if round_to > 1 else plan
+
+    def fits(plan: ChannelPlan) -> bool:
+        return plan_cost(groups, plan).macs <= budget_macs
+
+    best, offset = plan_at(0.0), 0.0
+    if not fits(best):
+        low, high = 0.0, float(normalised.max() - thresholds.min()) + 1.0  # high: every group at its minimum
+        best = plan_at(high)
+        if not fits(best):
+            raise SurgeryError(
+                f"no plan reaches {budget_macs:.0f} MACs: even the minimum widths cost "
+                f"{plan_cost(groups, best).macs}; raise the MACs target or lower --min-channels/--round-to"
+            )
+        for _ in range(_BISECTION_STEPS):
+            middle = (low + high) / 2
+            candidate = plan_at(middle)
+            if fits(candidate):
+                high, best = middle, candidate
+            else:
+                low = middle
+        offset = high
+    for index, gid in enumerate(mask.ids):
+        if gid in best.groups:
+            best.groups[gid].threshold = float(thresholds[index]) + offset
+    return best, offset
+
+
+def apply_plan_(loop, plan: ChannelPlan, example_inputs: torch.Tensor, groups: ChannelGroups | None = None) -> None:
+    """Remove `plan`'s channels from a model in training: `loop.module` is pruned in place, the state of
+    `loop.optimizer` (momentum, Adam moments) is cut to the kept channels, and a DDP wrapper is rebuilt
+    through `loop.rewrap_()` when the loop has one. Every rank must call this with the same plan."""
+    remove_channels_(loop.module, plan, example_inputs, optimizer=loop.optimizer, groups=groups)
+    rewrap = getattr(loop, "rewrap_", None)
+    if rewrap is not None:
+        rewrap()
+    elif getattr(getattr(loop, "dist", None), "is_distributed", False):
+        raise SurgeryError("channels were removed under DDP but the training loop has no rewrap_() to re-wrap it")
+
+
+def log_to(loop, record: dict) -> None:
+    """Pass a record to the loop's `log` (our Trainer writes it to metrics.jsonl); loops without one skip it."""
+    log_record = getattr(loop, "log", None)
+    if log_record is not None:
+        log_record(record)
+
+
+def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> ChannelGroups:
+    """Add the bypass blocks when `config.bypass == "rep"` (in place), then find the channel groups;
+    raise ConfigError when nothing can be pruned or the MACs target is out of reach."""
+    if config.bypass == "rep" and not has_bypass(model):
+        add_bypass_(model, example_inputs, ignore=config.ignore)
+    groups = analyze(model, example_inputs, ignore=config.ignore)
+    if not groups.prunable:
+        raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")
+    dense = plan_cost(groups, ChannelPlan())
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
+    if floor.macs > config.target_macs * dense.macs * (1 + BUDGET_TOLERANCE):
+        raise ConfigError(
+            f"--target-macs {config.target_macs} is unreachable: with every group at its minimum width "
+            f"(--min-channels {config.min_channels}, --round-to {config.round_to}) the model still needs "
+            f"{floor.macs / dense.macs:.3f} of its dense MACs; raise --target-macs or lower those"
+        )
+    return groups
+
+
+class PruningHookBase(Hook):
+    """The scaffolding of a method's pruning hook: the dense cost and MACs target, applying a plan
+    mid-training (channels removed, optimizer state carried), epoch metrics, resume and the result.
+
+    Subclasses decide when and what to prune; they call `apply_(loop, plan)` once and may override
+    `report_extra` (their own report fields) and `report_thresholds` (per-group thresholds)."""
+
+    method = ""  # the registered method name, set by the subclass
+
+    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig) -> None:
+        self.model, self.groups, self.config = model, groups, config
+        self.example_inputs = groups.example_inputs.detach().cpu()
+        self.dense = plan_cost(groups, ChannelPlan())  # deploy MACs / params of the dense model
+        self.target_macs = config.target_macs * self.dense.macs  # MACs per image
+        self.plan: ChannelPlan | None = None  # set when the channels are removed
+        self.deploy: DeployCost | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.plan is not None
+
+    def phase_steps(self, loop) -> int:
+        return self.config.prune_epochs * loop.steps_per_epoch
+
+    def budget_limit(self) -> float:
+        """The most deploy MACs per image a final plan may have."""
+        return self.target_macs * (1 + BUDGET_TOLERANCE)
+
+    def apply_(self, loop, plan: ChannelPlan) -> None:
+        """Remove `plan`'s channels from the training model and remember its cost."""
+        self.detach_hooks()  # removal deep-copies and re-traces the model, which must not see mask hooks
+        apply_plan_(loop, plan, self.example_inputs, groups=self.groups)
+        self.plan = plan
+        self.deploy = plan_cost(self.groups, plan)
+        plan.info.update(
+            method=self.method,
+            target_macs=self.config.target_macs,
+            dense_macs=self.dense.macs,
+            dense_params=self.dense.params,
+            macs=self.deploy.macs,
+            params=self.deploy.params,
+            round_to=self.config.round_to,
+        )
+
+    def detach_hooks(self) -> None:
+        """Remove forward hooks the method put on the model; the base class adds none."""
+
+    def current_macs(self) -> float:
+        """Deploy MACs per image of the model now: dense before the plan, the plan's after."""
+        return float(self.deploy.macs if self.deploy is not None else self.dense.macs)
+
+    def on_epoch_end(self, loop, metrics: dict[str, Any]) -> None:
+        metrics["macs_ratio"] = round(self.current_macs() / self.dense.macs, 5)
+        metrics["pruned"] = self.frozen
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict() if self.plan is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any], loop) -> None:
+        """Replay the channel removal if it had happened (called before the weights are loaded, so they
+        then fit the compact architecture)."""
+        if state.get("plan") is not None:
+            self.apply_(loop, ChannelPlan.from_dict(state["plan"]))
+
+    # ------------------------------------------------------------------ the result
+    def report_thresholds(self) -> dict[str, float]:
+        """Per-group thresholds to report (group id -> value); none for one-shot methods."""
+        return {}
+
+    def report_extra(self) -> dict[str, Any]:
+        """The method's own report fields."""
+        return {}
+
+    def result(self) -> PruneResult:
+        if self.plan is None:  # cannot happen with prune_epochs <= epochs; a loop that stopped early
+            raise SurgeryError("training ended before the pruning phase did; no channel plan was applied")
+        thresholds = self.report_thresholds()
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        layers = []
+        for g in sorted(self.groups.prunable, key=lambda g: order.get(g.id, len(order))):
+            gp = self.plan.groups.get(g.id)
+            threshold = gp.threshold if gp is not None and gp.threshold is not None else thresholds.get(g.id)
+            layers.append(
+                {"name": g.id, "total": g.channels, "kept": len(gp.keep) if gp else g.channels, "threshold": threshold}
+            )
+        return PruneResult(
+            method=self.method,
+            plan=self.plan,
+            target_macs=self.config.target_macs,
+            dense=self.dense,
+            deploy=self.deploy,
+            layers=layers,
+            extra=self.report_extra(),
+        )

@@ -1,0 +1,61 @@
+"""LAPP: layer-adaptive progressive pruning from scratch (docs/lapp.md), as hooks on any training loop.
+
+This module holds the method's config and registration and imports no torch; the implementation
+(`controller`, `masks`, `budget`) loads on first use of its names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from lappdeploy.config import check_choices, option
+from lappdeploy.errors import ConfigError
+from lappdeploy.methods.base import PruneConfig, register_method
+
+__all__ = ["LappConfig", "LappController", "ThresholdMask", "cubic_budget", "prepare_"]
+
+
+@dataclass(frozen=True)
+class LappConfig(PruneConfig):
+    """LAPP's options. The defaults (tau 0.1, penalty 2, threshold learning rate 0.01) were measured on
+    ResNet-20 / Fashion-MNIST (docs/lapp.md#objective-and-budget-schedule)."""
+
+    score: str = option("bn", "Channel importance: bn (|gamma|) or l2 (weight norm).", choices=("bn", "l2"))
+    tau: float = option(0.1, "Temperature of the straight-through sigmoid surrogate.")
+    penalty: float = option(2.0, "Weight lambda of the MACs penalty (log(MACs / budget))^2.")
+    threshold_lr: float = option(0.01, "Adam learning rate of the per-group thresholds.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("tau", "threshold_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.penalty < 0:
+            raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
+        check_choices(self)
+
+
+register_method(
+    "lapp",
+    LappConfig,
+    handler="lappdeploy.methods.lapp.controller:prepare_",
+    summary="learned per-group thresholds under a progressive MACs budget, while training from scratch",
+)
+
+# implementation names, imported on first use (they import torch)
+_LAZY = {
+    "LappController": "lappdeploy.methods.lapp.controller",
+    "prepare_": "lappdeploy.methods.lapp.controller",
+    "ThresholdMask": "lappdeploy.methods.lapp.masks",
+    "cubic_budget": "lappdeploy.methods.lapp.budget",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lappdeploy.methods.lapp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,30 @@
+"""LAPP's hard channel masks with a straight-through gradient (docs/lapp.md#masks-and-the-straight-through-gradient).
+
+Forward: m = 1[s~ > t_g] (the shared `GroupThresholds`, minimum widths included), so the MACs seen in
+training are the deploy model's. Backward, a sigmoid surrogate of temperature tau:
+dm/dt = -sigmoid'((s~ - t)/tau)/tau and dm/ds~ = +sigmoid'((s~ - t)/tau)/tau.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lappdeploy.methods.common import GroupThresholds
+from lappdeploy.surgery import ChannelGroups
+
+__all__ = ["ThresholdMask"]
+
+
+class ThresholdMask(GroupThresholds):
+    """Maps (scores over the global channel vector, one threshold per prunable group) to a kept mask."""
+
+    def __init__(self, groups: ChannelGroups, *, tau: float, min_channels: int = 1, round_to: int = 1) -> None:
+        super().__init__(groups, min_channels=min_channels, round_to=round_to)
+        self.tau = tau
+
+    def __call__(self, normalised: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+        """Kept mask over the global vector: exactly 0/1 in value, with the straight-through gradient."""
+        z = (normalised - thresholds[self.owner(normalised.device)]) / self.tau
+        soft = torch.sigmoid(z)
+        hard = ((z > 0) | self.forced(normalised)).to(soft.dtype)
+        return hard + (soft - soft.detach())
