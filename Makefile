@@ -26,9 +26,11 @@ test: $(STAMP) data lint
 test-all: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
+# ruff (style), then the layer contracts of setup.cfg [importlinter] (no import cycles, cli on top, ...)
 lint: $(STAMP)
 	$(BIN)/ruff check lappdeploy tests benchmarks tools
 	$(BIN)/ruff format --check lappdeploy tests benchmarks tools
+	$(BIN)/lint-imports --no-logo
 
 install: $(STAMP)
 

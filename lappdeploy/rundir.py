@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from lappdeploy import __version__
 from lappdeploy.config import TrainConfig, load_yaml_mapping, split_sections
 from lappdeploy.data import DataRequest, DeviceLoader, create_dataset, fixed_subset
 from lappdeploy.errors import ExportError, RunDirError
@@ -203,10 +205,6 @@ class RunConfig:
 
 def config_yaml(train: TrainConfig, method: dict[str, Any] | None = None) -> str:
     """The text of config.yaml: a header, then `train:` and (compress runs) `method:` sections."""
-    import yaml
-
-    from lappdeploy import __version__
-
     header = f"# lappdeploy {__version__}: resolved config (flags > --config file > defaults)\n"
     data: dict[str, Any] = {"train": train.to_dict()}
     if method is not None:

@@ -10,13 +10,13 @@ import click
 
 from lappdeploy.cli.common import ShapeParam, format_count, stdout_console
 from lappdeploy.errors import LappDeployError
+from lappdeploy.io import read_json
 
 __all__ = ["inspect_command"]
 
 
 def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
     """(model, card dict, report or None) of a run directory or checkpoint file."""
-    from lappdeploy.io import read_json
     from lappdeploy.models import checkpoint_in
     from lappdeploy.surgery import load_model
 
@@ -163,70 +163,60 @@ def _print_keep_ratios(report: dict, target: Path, plot: str | None, no_plot: bo
 
 
 def _print_tables(card: dict, costs, report: dict | None) -> None:
+    console = stdout_console()
+    console.print(_summary_table(card, costs, report))
+    console.print(_layers_table(costs))
+
+
+def _summary_table(card: dict, costs, report: dict | None):
     from rich.table import Table
 
-    console = stdout_console()
     summary = Table(show_header=False, title=f"{card['architecture']}", title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()
-    kwargs = ", ".join(f"{k}={v}" for k, v in card["kwargs"].items())
     rows = [
         ("source", card.get("source", "-")),
-        ("builder kwargs", kwargs),
+        ("builder kwargs", ", ".join(f"{k}={v}" for k, v in card["kwargs"].items())),
         ("input", "x".join(map(str, costs.input_shape))),
         ("output", "x".join(map(str, costs.output_shape))),
         ("params", f"{format_count(costs.params)} ({costs.params:,})"),
         ("MACs / image", f"{format_count(costs.macs)} ({costs.macs:,}; conv + linear)"),
     ]
     if report:
+        accuracy = (
+            f"{100 * report['top1']:.2f}% / {100 * report['top5']:.2f}%" if report.get("top1") is not None else "-"
+        )
         rows += [
             ("dataset", str(report.get("dataset"))),
-            (
-                "top-1 / top-5",
-                f"{100 * report['top1']:.2f}% / {100 * report['top5']:.2f}%" if report.get("top1") is not None else "-",
-            ),
+            ("top-1 / top-5", accuracy),
             ("epochs", str(report.get("epochs"))),
         ]
     for key, value in rows:
         summary.add_row(key, value)
-    console.print(summary)
+    return summary
+
+
+_LAYER_COLUMNS = (
+    ("#", "right"), ("layer", "left"), ("type", "left"), ("output", "left"), ("kernel", "left"),
+    ("groups", "right"), ("params", "right"), ("MACs", "right"), ("share", "right"),
+)  # fmt: skip
+
+
+def _layers_table(costs):
+    from rich.table import Table
 
     layers = Table(title="conv and linear layers", title_justify="left")
-    for column, justify in (
-        ("#", "right"),
-        ("layer", "left"),
-        ("type", "left"),
-        ("output", "left"),
-        ("kernel", "left"),
-        ("groups", "right"),
-        ("params", "right"),
-        ("MACs", "right"),
-        ("share", "right"),
-    ):
+    for column, justify in _LAYER_COLUMNS:
         layers.add_column(column, justify=justify, overflow="fold")
     total = max(costs.macs, 1)
     for i, layer in enumerate(costs.layers):
+        shape, kernel = "x".join(map(str, layer.output_shape)), "x".join(map(str, layer.kernel)) or "-"
+        share = f"{100 * layer.macs / total:.1f}%"
         layers.add_row(
-            str(i),
-            layer.name,
-            layer.kind,
-            "x".join(map(str, layer.output_shape)),
-            "x".join(map(str, layer.kernel)) or "-",
-            str(layer.groups),
-            format_count(layer.params),
-            format_count(layer.macs),
-            f"{100 * layer.macs / total:.1f}%",
-        )
+            str(i), layer.name, layer.kind, shape, kernel, str(layer.groups), format_count(layer.params),
+            format_count(layer.macs), share,
+        )  # fmt: skip
     layers.add_section()
-    layers.add_row(
-        "",
-        "total",
-        "",
-        "",
-        "",
-        "",
-        format_count(sum(x.params for x in costs.layers)),
-        format_count(costs.macs),
-        "100.0%",
-    )
-    console.print(layers)
+    params = format_count(sum(x.params for x in costs.layers))
+    layers.add_row("", "total", "", "", "", "", params, format_count(costs.macs), "100.0%")
+    return layers

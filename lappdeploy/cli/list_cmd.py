@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from lappdeploy.cli.common import stdout_console
+from lappdeploy.config import config_to_dict
+from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
 
 __all__ = ["list_command"]
 
@@ -56,9 +58,6 @@ def list_command(what: str, family: str | None) -> None:
 def _methods_table(table) -> None:
     """Each method, what it does, and its own options with their defaults (the common ones once)."""
     from rich.markup import escape
-
-    from lappdeploy.config import config_to_dict
-    from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
 
     def options(config, skip=()) -> str:
         values = config_to_dict(config())

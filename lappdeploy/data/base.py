@@ -11,6 +11,8 @@ from typing import TypeVar
 import torch
 from torch.utils.data import Dataset
 
+from lappdeploy.errors import DataNotFoundError
+
 __all__ = [
     "DataBundle",
     "DataRequest",
@@ -110,7 +112,6 @@ def find_or_download(
     """Return `find(root)` for the first candidate root where it finds the dataset. If none does and
     --download was given, download into --data-dir (or the cache) and search again; otherwise raise one
     DataNotFoundError line listing every place searched and `fix`."""
-    from lappdeploy.errors import DataNotFoundError
 
     def search() -> tuple[T | None, list[str]]:
         searched = []

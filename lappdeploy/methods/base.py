@@ -27,12 +27,11 @@ from lappdeploy.config import (
     option,
 )
 from lappdeploy.errors import ConfigError
+from lappdeploy.hooks import Hook
 from lappdeploy.registry import Registry
 
 if TYPE_CHECKING:
     import torch
-
-    from lappdeploy.hooks import Hook
 
 __all__ = [
     "DEFAULT_METHOD",

@@ -2,7 +2,7 @@
 network, from the kept-channel mask alone.
 
 Deploy form = channels removed, bypass blocks folded, every conv->BN pair folded into a conv with bias.
-Per layer, with kept channel counts c_in, c_out from the mask (LAPP.md section 4):
+Per layer, with kept channel counts c_in, c_out from the mask (docs/lapp.md#deploy-macs):
   conv       positions * k_h * k_w * (c_in / groups) * c_out  (+ positions * c_out for the bias)
   depthwise  positions * k_h * k_w * c_out                    (+ positions * c_out)
   linear     positions * c_in * c_out                         (+ positions * c_out)

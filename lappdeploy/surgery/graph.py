@@ -181,6 +181,91 @@ def _norm_reason(optype_name: str) -> str | None:
     return None
 
 
+@dataclass
+class _GroupScan:
+    """What one torch-pruning group says about its modules, before it becomes a ChannelGroup."""
+
+    producers: dict[str, bool] = field(default_factory=dict)  # conv/linear name -> numbers channels as the root
+    spanned: set[str] = field(default_factory=set)  # modules whose outputs the group spans
+    reasons: list[str] = field(default_factory=list)  # why it cannot be pruned (first one reported)
+    segment_counts: list[int] = field(default_factory=list)  # `groups` of the grouped convs it feeds
+    # ((canonical module name, "in"/"out"), the module's channel indices, the matching root channel indices)
+    entries: list[tuple[tuple[str, str], torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def _scan_group(tp_group, graph, model: nn.Module, names: dict, terminal: set, patterns: list[str]) -> _GroupScan:
+    scan = _GroupScan()
+    for item in tp_group:
+        node, is_out = item.dep.target, graph.is_out_channel_pruning_fn(item.dep.handler)
+        module = node.module
+        if is_out and node in terminal:
+            scan.reasons.append("it feeds the network's output (classifier classes)")
+        norm_reason = _norm_reason(node.type.name) if is_out else None
+        if norm_reason:
+            scan.reasons.append(norm_reason)
+        if not (isinstance(module, nn.Module) and module in names):
+            continue  # functional ops (add, cat, reshape) and unwrapped parameters carry no channels of their own
+        name = canonical_name(model, names[module])
+        is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+        if is_out:
+            scan.spanned.add(name)
+            if is_layer:
+                scan.producers[name] = list(item.idxs) == list(item.root_idxs)
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                scan.reasons.append(f"module {name} matches an --ignore pattern")
+        if is_out or is_layer:
+            indices = (torch.as_tensor(item.idxs, dtype=torch.long), torch.as_tensor(item.root_idxs))
+            scan.entries.append(((name, "out" if is_out else "in"), *indices))
+        if _is_grouped(module):
+            if list(item.idxs) != list(item.root_idxs):
+                scan.reasons.append(f"grouped conv {name} sees the channels reordered")
+            scan.segment_counts.append(module.groups)
+    return scan
+
+
+def _channel_group(scan: _GroupScan, channels: int, order: dict[str, int]) -> ChannelGroup | None:
+    """The group a scan describes, named by its first producer; None when no conv/linear produces it."""
+    if not scan.producers:
+        return None
+    first = min(scan.producers, key=lambda n: order.get(n, len(order)))
+    segments = math.lcm(*scan.segment_counts) if scan.segment_counts else 1
+    reasons = list(scan.reasons)
+    if not scan.producers[first]:
+        reasons.append(f"its first producer {first} numbers the channels differently from torch-pruning's root")
+    if channels < 2:
+        reasons.append("it has a single channel")
+    elif channels % segments:
+        reasons.append(f"its {channels} channels do not split into the {segments} conv groups")
+    return ChannelGroup(
+        id=first,
+        channels=channels,
+        segments=segments,
+        excluded=reasons[0] if reasons else None,
+        modules=sorted(scan.spanned, key=lambda n: order.get(n, len(order))),
+    )
+
+
+def _layer_maps(model: nn.Module, groups: list[ChannelGroup], pending: dict) -> dict[str, LayerChannels]:
+    """Every module's input/output index maps into the global channel vector (-1: not prunable)."""
+    layers: dict[str, LayerChannels] = {}
+    for (name, direction), entries in pending.items():
+        module = resolve_module(model, name)
+        index_map = torch.full((_width(module, direction),), -1, dtype=torch.long)
+        for layer_idxs, group_index, group_channel in entries:
+            g = groups[group_index]
+            if g.prunable:
+                index_map[layer_idxs] = g.offset + group_channel
+        layer = layers.setdefault(name, LayerChannels(name=name, module=module))
+        if direction == "out":
+            layer.out_map = index_map
+        else:
+            layer.in_map = index_map
+    for layer in layers.values():
+        if is_depthwise(layer.module) and layer.in_map is None:
+            layer.in_map = layer.out_map  # a depthwise conv's input channel i is its output channel i
+    return layers
+
+
 def analyze(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -195,97 +280,29 @@ def analyze(
     The network's input channels are never a group (only module outputs are).
     """
     graph = build_dependency_graph(model, example_inputs)
-    patterns = list(ignore)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
     terminal = _terminal_nodes(graph)
-
-    groups: list[ChannelGroup] = []
-    layers: dict[str, LayerChannels] = {}
-    # (canonical module name, "in"/"out") -> list of (layer idx tensor, group index, group-channel idx tensor)
-    pending: dict[tuple[str, str], list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tp_groups = list(graph.get_all_groups())
+    groups: list[ChannelGroup] = []
+    pending: dict[tuple[str, str], list[tuple[torch.Tensor, int, torch.Tensor]]] = {}
     for tp_group in tp_groups:
-        root_channels = len(tp_group[0].idxs)
-        # canonical producer name -> True when its channel numbering is the group's (tp root numbering)
-        producers: dict[str, bool] = {}
-        spanned, reasons, segment_counts = set(), [], []
-        for item in tp_group:
-            node, handler = item.dep.target, item.dep.handler
-            is_out = graph.is_out_channel_pruning_fn(handler)
-            module = node.module
-            if is_out and node in terminal:
-                reasons.append("it feeds the network's output (classifier classes)")
-            norm_reason = _norm_reason(node.type.name) if is_out else None
-            if norm_reason:
-                reasons.append(norm_reason)
-            if not (isinstance(module, nn.Module) and module in names):
-                continue  # functional ops (add, cat, reshape) and unwrapped parameters carry no channels of their own
-            name = canonical_name(model, names[module])
-            is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
-            if is_out:
-                spanned.add(name)
-                if is_layer:
-                    producers[name] = list(item.idxs) == list(item.root_idxs)
-                if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                    reasons.append(f"module {name} matches an --ignore pattern")
-            if is_out or is_layer:
-                pending.setdefault((name, "out" if is_out else "in"), []).append(
-                    (torch.as_tensor(item.idxs, dtype=torch.long), len(groups), torch.as_tensor(item.root_idxs))
-                )
-            if _is_grouped(module):
-                if list(item.idxs) != list(item.root_idxs):
-                    reasons.append(f"grouped conv {name} sees the channels reordered")
-                segment_counts.append(module.groups)
-        if not producers:
+        scan = _scan_group(tp_group, graph, model, names, terminal, list(ignore))
+        group = _channel_group(scan, len(tp_group[0].idxs), order)
+        if group is None:
             continue
-        first = min(producers, key=lambda n: order.get(n, len(order)))
-        segments = math.lcm(*segment_counts) if segment_counts else 1
-        if not producers[first]:
-            reasons.append(f"its first producer {first} numbers the channels differently from torch-pruning's root")
-        if root_channels < 2:
-            reasons.append("it has a single channel")
-        elif root_channels % segments:
-            reasons.append(f"its {root_channels} channels do not split into the {segments} conv groups")
-        groups.append(
-            ChannelGroup(
-                id=first,
-                channels=root_channels,
-                segments=segments,
-                excluded=reasons[0] if reasons else None,
-                modules=sorted(spanned, key=lambda n: order.get(n, len(order))),
-            )
-        )
-
+        for key, layer_idxs, root_idxs in scan.entries:
+            pending.setdefault(key, []).append((layer_idxs, len(groups), root_idxs))
+        groups.append(group)
     offset = 0
-    for g in groups:
+    for g in groups:  # prunable groups lie end to end in the global channel vector
         if g.prunable:
-            g.offset = offset
-            offset += g.channels
-
-    for (name, direction), entries in pending.items():
-        module = resolve_module(model, name)
-        width = _width(module, direction)
-        index_map = torch.full((width,), -1, dtype=torch.long)
-        for layer_idxs, group_index, group_channel in entries:
-            g = groups[group_index]
-            if g.prunable:
-                index_map[layer_idxs] = g.offset + group_channel
-        layer = layers.setdefault(name, LayerChannels(name=name, module=module))
-        if direction == "out":
-            layer.out_map = index_map
-        else:
-            layer.in_map = index_map
-    for layer in layers.values():
-        if is_depthwise(layer.module) and layer.in_map is None:
-            layer.in_map = layer.out_map  # a depthwise conv's input channel i is its output channel i
-
+            g.offset, offset = offset, offset + g.channels
+    layers = _layer_maps(model, groups, pending)
     bn_after_conv = _bn_after_conv(model, graph, names)
-    positions = _positions(model, example_inputs)
-    return ChannelGroups(model, graph, example_inputs, groups, layers, bn_after_conv, positions)
+    return ChannelGroups(model, graph, example_inputs, groups, layers, bn_after_conv, _positions(model, example_inputs))
 
 
 def _width(module: nn.Module, direction: str) -> int:

@@ -1,9 +1,9 @@
 """Channel masks on a dense model: zero the dropped channels where they are produced.
 
-The mask multiplies a group's channels at every producer (LAPP.md section 3): the output of each
-BatchNorm in the group, or the conv/linear output where no BN follows, so a masked channel is exactly
-zero everywhere downstream and physical removal changes nothing. LAPP drives the mask with learned
-thresholds; tests use it to check that removal computes the masked function.
+The mask multiplies a group's channels at every producer: the output of each BatchNorm in the group, or
+the conv/linear output where no BN follows, so a masked channel is exactly zero everywhere downstream
+and physical removal changes nothing (docs/lapp.md#masks-and-the-straight-through-gradient). LAPP drives
+the mask with learned thresholds; tests use it to check that removal computes the masked function.
 """
 
 from __future__ import annotations

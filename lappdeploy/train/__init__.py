@@ -6,7 +6,7 @@ import warnings
 from typing import Any
 
 from lappdeploy.hooks import Hook
-from lappdeploy.rundir import RunDir, check_new_output, check_resumable, data_request, read_run_config
+from lappdeploy.rundir import RUN, RunDir, check_new_output, check_resumable, data_request, read_run_config
 from lappdeploy.train.distributed import DistContext, init_distributed, resolve_device
 from lappdeploy.train.engine import TRAIN_STATE_FORMAT, Trainer, TrainingDivergedError, TrainState, evaluate
 from lappdeploy.train.run import run_training
@@ -28,8 +28,6 @@ __all__ = [
 
 
 def _check_run_dir(out, *, force: bool = False, resume: bool = False) -> RunDir:
-    from lappdeploy.rundir import RUN
-
     return check_resumable(out) if resume else RunDir(check_new_output(out, RUN, force=force))
 
 
