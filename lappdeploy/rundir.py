@@ -1,0 +1,312 @@
+"""The run-directory contract: every path a command reads or writes, the resolved config, and the one set
+of output checks (`--force`, `--resume`, foreign directories), shared by train, compress, export, bench
+and report.
+
+    RUN/config.yaml      resolved configuration, nested by stage (`train:`, and `method:` for compress)
+    RUN/metrics.jsonl    one JSON line per epoch (plus per-step lines of pruning methods)
+    RUN/checkpoint.pt    training state after the last finished epoch (resume point)
+    RUN/model.pt         portable final model
+    RUN/report.json      final numbers; its presence marks the run complete
+    RUN/plan.json        the channel plan a pruning method applied (compress)
+    RUN/export/          `lappdeploy export`: export.json marks it (model.onnx, engines, trtexec.sh)
+    RUN/bench/           `lappdeploy bench`: bench.jsonl (append-only) and the report made from it
+
+A directory is only ever replaced (`--force`) when its marker file says it is lappdeploy's own output of
+the same kind; everything is checked before the first byte is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lappdeploy.config import TrainConfig, field_names, load_yaml_mapping
+from lappdeploy.data import DataRequest, DeviceLoader, create_dataset, fixed_subset
+from lappdeploy.errors import ConfigError, ExportError, RunDirError
+from lappdeploy.io import atomic_write_text, can_create_in, nearest_existing, read_json
+
+__all__ = [
+    "BENCH",
+    "CALIBRATION_BATCH",
+    "BENCH_FILE",
+    "BENCH_REPORT_FILES",
+    "EXPORT",
+    "EXPORT_FILE",
+    "RUN",
+    "OutputKind",
+    "RunConfig",
+    "RunDir",
+    "calibration_images",
+    "check_appendable",
+    "check_new_output",
+    "check_resumable",
+    "check_writable",
+    "config_yaml",
+    "create_output",
+    "data_request",
+    "read_run_config",
+    "run_method",
+    "write_run_config",
+]
+
+CONFIG_FILE = "config.yaml"
+EXPORT_FILE = "export.json"
+BENCH_FILE = "bench.jsonl"
+# what `lappdeploy report` writes next to bench.jsonl (and may overwrite there)
+BENCH_REPORT_FILES = {
+    "csv": "bench.csv",
+    "markdown": "bench.md",
+    "latency_vs_macs": "latency_vs_macs.png",
+    "speedup_vs_batch": "speedup_vs_batch.png",
+}
+_TRAIN_SECTION, _METHOD_SECTION = "train", "method"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.root / "bench"
+
+
+# --------------------------------------------------------------------------------------------------
+# output checks: one set of rules for every kind of output directory
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of output directory: what to call it, and the file that marks one as lappdeploy's."""
+
+    noun: str  # "run directory"
+    marker: str  # file name present in every complete or in-progress directory of this kind
+    retry_hint: str  # how to keep the existing directory instead, e.g. "--resume to continue it"
+    owned: frozenset[str] = frozenset()  # names an appendable directory may hold (bench)
+
+
+RUN = OutputKind("run directory", CONFIG_FILE, "--resume to continue it")
+EXPORT = OutputKind("export directory", EXPORT_FILE, "choose --out")
+BENCH = OutputKind(
+    "bench directory", BENCH_FILE, "choose --out", owned=frozenset({BENCH_FILE, "onnx", *BENCH_REPORT_FILES.values()})
+)
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """`path` (expanded), after checking that it or its nearest existing ancestor is a writable directory."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out {path} exists and is not a directory; choose another --out")
+    anchor = nearest_existing(path)
+    if not anchor.is_dir() or not can_create_in(anchor):
+        raise RunDirError(f"cannot write to {path}: {anchor} is not a writable directory; choose another --out")
+    return path
+
+
+def check_new_output(path: str | os.PathLike[str], kind: OutputKind, *, force: bool = False) -> Path:
+    """Validate `path` for a new output of `kind` without writing: absent, empty, or (with `force`) an
+    earlier output of the same kind. A non-empty directory without the kind's marker is never replaced."""
+    path = check_writable(path)
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise RunDirError(f"{kind.noun} {path} already exists; pass --force to overwrite it or {kind.retry_hint}")
+        if not (path / kind.marker).is_file():
+            raise RunDirError(
+                f"{path} is not empty and not a lappdeploy {kind.noun} (no {kind.marker}); refusing to delete it "
+                "even with --force; choose another --out"
+            )
+    return path
+
+
+def check_appendable(path: str | os.PathLike[str], kind: OutputKind) -> Path:
+    """Validate `path` for output that is added to an existing directory of `kind` (bench records): the
+    directory may hold only the kind's own files."""
+    path = check_writable(path)
+    if path.is_dir() and any(p.name not in kind.owned for p in path.iterdir()):
+        names = ", ".join(sorted(kind.owned))
+        raise RunDirError(
+            f"{path} holds files that are not lappdeploy {kind.noun} output ({names}); choose another --out"
+        )
+    return path
+
+
+def check_resumable(path: str | os.PathLike[str]) -> RunDir:
+    """The run directory to continue with --resume: it exists, is lappdeploy's, and is not complete."""
+    run = RunDir(Path(path))
+    if not run.root.is_dir():
+        raise RunDirError(f"--resume: run directory {run.root} does not exist")
+    if not run.config.is_file():
+        raise RunDirError(f"--resume: {run.root} has no {CONFIG_FILE}, so it is not a lappdeploy run directory")
+    if run.report.is_file():
+        raise RunDirError(f"--resume: run {run.root} is already complete (report.json exists); nothing to resume")
+    return run
+
+
+def create_output(path: Path, *, force: bool) -> None:
+    """Create a checked output directory, deleting the earlier output of the same kind under --force
+    (only ever after `check_new_output` said it is one)."""
+    if force and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the resolved configuration
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's saved configuration: the training config, and for a compress run the pruning method's
+    section ({"name": method, **its options}; typed by `lappdeploy.methods.method_config`)."""
+
+    train: TrainConfig
+    method: dict[str, Any] | None = None
+    legacy_flat: bool = False  # read from a flat file written before config.yaml had sections
+
+
+def config_yaml(train: TrainConfig, method: dict[str, Any] | None = None) -> str:
+    """The text of config.yaml: a header, then `train:` and (compress runs) `method:` sections."""
+    import yaml
+
+    from lappdeploy import __version__
+
+    header = f"# lappdeploy {__version__}: resolved config (flags > --config file > defaults)\n"
+    data: dict[str, Any] = {_TRAIN_SECTION: train.to_dict()}
+    if method is not None:
+        data[_METHOD_SECTION] = dict(method)
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def write_run_config(run: RunDir, train: TrainConfig, method: dict[str, Any] | None = None) -> None:
+    atomic_write_text(run.config, config_yaml(train, method))
+
+
+def split_sections(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """(train options, method section or None, legacy) of a config mapping: nested by stage, or the flat
+    layout of earlier versions, whose keys outside TrainConfig were the compress settings."""
+    if _TRAIN_SECTION in data and isinstance(data[_TRAIN_SECTION], dict):
+        unknown = sorted(set(data) - {_TRAIN_SECTION, _METHOD_SECTION})
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]!r} in config; expected train: and method:")
+        method = data.get(_METHOD_SECTION)
+        if method is not None and not isinstance(method, dict):
+            raise ConfigError("the method: section of a config must be a mapping with a name: key")
+        train = {str(k).replace("-", "_"): v for k, v in data[_TRAIN_SECTION].items()}
+        method = {str(k).replace("-", "_"): v for k, v in method.items()} if method is not None else None
+        return train, method, False
+    names = set(field_names(TrainConfig))
+    train = {k: v for k, v in data.items() if k in names}
+    rest = {k: v for k, v in data.items() if k not in names}
+    if not rest:
+        return train, None, True
+    return train, {"name": rest.pop("method", "lapp"), **rest}, True
+
+
+def read_run_config(run: RunDir) -> RunConfig:
+    train, method, legacy = split_sections(load_yaml_mapping(run.config))
+    return RunConfig(TrainConfig.from_dict(train), method, legacy)
+
+
+def run_method(root: str | os.PathLike[str]) -> str | None:
+    """The pruning method recorded in a compress run's report.json (None for other runs or no report)."""
+    report = RunDir(Path(root)).report
+    try:
+        return read_json(report).get("method") if report.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# reading a run's data (training resumes, INT8 calibration)
+
+CALIBRATION_BATCH = 16  # images per calibration batch (TensorRT calibrator and ONNX Runtime alike)
+
+
+def data_request(config: TrainConfig, image_size: int | None = None) -> DataRequest:
+    """How to load the dataset of a run configured by `config` (at `image_size` px when given)."""
+    return DataRequest(
+        data_dir=config.data_dir,
+        download=config.download,
+        image_size=image_size if image_size is not None else config.image_size,
+        augment=config.augment,
+        synthetic_shape=config.synthetic_shape,
+        synthetic_classes=config.synthetic_classes,
+        synthetic_samples=config.synthetic_samples,
+        seed=config.seed,
+    )
+
+
+def calibration_images(
+    source: str | os.PathLike[str], card, count: int, *, data_dir: str | None = None, batch_size: int = CALIBRATION_BATCH
+) -> list[np.ndarray]:
+    """Up to `count` images of the training set of the model at `source` (a run directory, or a checkpoint
+    whose card names its dataset): the first of a fixed shuffle, no augmentation, normalised and resized
+    exactly as in validation, as float32 batches of `batch_size` images."""
+    source = Path(source)
+    run = RunDir(source) if source.is_dir() else None
+    image_size = int(card.input_shape[1])
+    if run is not None and run.config.is_file():
+        train = read_run_config(run).train  # the method's settings do not matter here
+        if data_dir is not None:
+            train = train.replace(data_dir=data_dir)
+        dataset, request = train.dataset, data_request(train, image_size)
+    elif card.dataset:
+        dataset, request = card.dataset, DataRequest(data_dir=data_dir, image_size=image_size)
+    else:
+        raise ExportError("INT8 calibration needs images, but the checkpoint names no dataset; export a run directory")
+    request = DataRequest(**{**request.__dict__, "augment": False, "download": False})
+    bundle = create_dataset(dataset, request)
+    subset = fixed_subset(bundle.train, count)
+    loader = DeviceLoader(
+        subset,
+        batch_size=min(batch_size, len(subset)),
+        train=False,
+        batch_transform=bundle.val_batch_transform,
+        device="cpu",
+    )
+    # equal batch sizes: TensorRT's calibrator has one batch size and ONNX Runtime's entropy calibration
+    # stacks the batches' histograms; a smaller last batch is dropped
+    batches = [images.numpy().astype(np.float32) for images, _ in loader]
+    batches = [b for b in batches if b.shape[0] == batches[0].shape[0]]
+    got = tuple(batches[0].shape[1:]) if batches else None
+    if got != tuple(card.input_shape):
+        raise ExportError(f"calibration images have shape {got}, the model expects {tuple(card.input_shape)}")
+    return batches
