@@ -22,8 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lappdeploy.config import ExportConfig
 from lappdeploy.errors import (
     ExportError,
@@ -32,89 +30,33 @@ from lappdeploy.errors import (
     RunDirError,
     TensorRTUnavailableError,
 )
-from lappdeploy.io import (
-    atomic_write_json,
-    atomic_write_text,
-    can_create_in,
-    give_default_permissions,
-    nearest_existing,
-    read_json,
-)
+from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, give_default_permissions, read_json
+from lappdeploy.rundir import EXPORT, calibration_images, check_new_output, check_writable, run_method
 
-__all__ = ["EXPORT_FORMAT", "calibration_batches", "export_run"]
+__all__ = ["EXPORT_FORMAT", "export_run"]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "lappdeploy.export"
-_CALIBRATION_BATCH = 16  # images per calibration batch (TensorRT calibrator and ONNX Runtime alike)
 
 
 def _default_out(target: Path, checkpoint: Path) -> Path:
     return (target if target.is_dir() else checkpoint.parent) / "export"
 
 
-def _check_out(out: Path, *, force: bool, reuse_onnx: bool) -> None:
+def _check_out(out: Path, *, force: bool, reuse_onnx: bool) -> Path:
     """Validate the export directory without writing: a new one, an earlier export with --force, or (for
-    --no-onnx) an earlier export holding model.onnx."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
+    --no-onnx) an earlier export holding model.onnx. The staging directory is made next to OUT, so OUT's
+    parent must be writable too."""
     if reuse_onnx:
+        out = check_writable(out)
         if not (out / "model.onnx").is_file():
             raise RunDirError(f"--no-onnx builds from {out / 'model.onnx'}, which does not exist; export it first")
-    elif out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise RunDirError(f"export directory {out} already exists; pass --force to overwrite it or choose --out")
-        if not (out / "export.json").is_file():
-            raise RunDirError(
-                f"{out} is not empty and not a lappdeploy export directory (no export.json); refusing to delete it "
-                "even with --force; choose another --out"
-            )
-    anchor = nearest_existing(out.parent)
-    if not anchor.is_dir() or not can_create_in(anchor):
-        raise RunDirError(f"cannot write to {out}: {anchor} is not a writable directory; choose another --out")
-
-
-def calibration_batches(
-    target: Path, card, count: int, *, data_dir: str | None = None, batch_size: int = _CALIBRATION_BATCH
-) -> list[np.ndarray]:
-    """Up to `count` images of the model's training set (first of a fixed shuffle, no augmentation),
-    normalised and resized exactly as in validation, as float32 batches of `batch_size` images."""
-    from lappdeploy.data import DataRequest, DeviceLoader, create_dataset, fixed_subset
-    from lappdeploy.train.run import RunDir, data_request, read_config
-
-    run = RunDir(target) if target.is_dir() else None
-    image_size = int(card.input_shape[1])
-    if run is not None and run.config.is_file():
-        train_config, _ = read_config(run)  # compress settings, if any, do not matter here
-        if data_dir is not None:
-            train_config = train_config.replace(data_dir=data_dir)
-        dataset = train_config.dataset
-        request = data_request(train_config, image_size)
     else:
-        if not card.dataset:
-            raise ExportError(
-                "INT8 calibration needs images, but the checkpoint names no dataset; export a run directory"
-            )
-        dataset = card.dataset
-        request = DataRequest(data_dir=data_dir, image_size=image_size)
-    request = DataRequest(**{**request.__dict__, "augment": False, "download": False})
-    bundle = create_dataset(dataset, request)
-    subset = fixed_subset(bundle.train, count)
-    loader = DeviceLoader(
-        subset,
-        batch_size=min(batch_size, len(subset)),
-        train=False,
-        batch_transform=bundle.val_batch_transform,
-        device="cpu",
-    )
-    # equal batch sizes: TensorRT's calibrator has one batch size and ONNX Runtime's entropy calibration
-    # stacks the batches' histograms; a smaller last batch is dropped
-    batches = [images.numpy().astype(np.float32) for images, _ in loader]
-    batches = [b for b in batches if b.shape[0] == batches[0].shape[0]]
-    got = tuple(batches[0].shape[1:]) if batches else None
-    if got != tuple(card.input_shape):
-        raise ExportError(f"calibration images have shape {got}, the model expects {tuple(card.input_shape)}")
-    return batches
+        out = check_new_output(out, EXPORT, force=force)
+    if out.exists() and not can_create_in(out.parent):
+        raise RunDirError(f"cannot write to {out}: {out.parent} is not a writable directory; choose another --out")
+    return out
 
 
 def _commit(staging: Path, out: Path, *, replace: bool) -> None:
@@ -142,14 +84,6 @@ def _versions(trt_version: str | None) -> dict[str, str | None]:
         **{name: package_version(name) for name in ("onnx", "onnxruntime", "onnxslim", "onnxscript")},
         "tensorrt": trt_version,
     }
-
-
-def _method_of(run_dir: Path) -> str | None:
-    """The pruning method of a compress run (None for other runs): shown by `lappdeploy bench`."""
-    report = run_dir / "report.json"
-    with contextlib.suppress(OSError, ValueError):
-        return read_json(report).get("method") if report.is_file() else None
-    return None
 
 
 def export_run(
@@ -186,7 +120,7 @@ def export_run(
         raise LappDeployError(f"{target} does not exist; expected a run directory or a model.pt checkpoint")
     checkpoint = checkpoint_in(target)
     out = Path(out).expanduser() if out is not None else _default_out(target, checkpoint)
-    _check_out(out, force=force, reuse_onnx=not config.onnx)
+    out = _check_out(out, force=force, reuse_onnx=not config.onnx)
     loaded = load_model(checkpoint)
     card = loaded.card
     input_shape = tuple(int(s) for s in card.input_shape)
@@ -213,7 +147,7 @@ def export_run(
     calibration = None
     needs_calibration = config.trt and config.precision == "int8"
     if needs_calibration:
-        calibration = calibration_batches(target, card, config.calib_images, data_dir=config.data_dir)
+        calibration = calibration_images(target, card, config.calib_images, data_dir=config.data_dir)
     if not config.onnx:
         check_onnx(out / "model.onnx")  # a corrupt or foreign file stops here
 
@@ -301,7 +235,7 @@ def export_run(
             "source": str(checkpoint),
             "model": card.architecture,
             "plan_id": plan_id(recorded_plans(loaded.model)),
-            "method": _method_of(checkpoint.parent),
+            "method": run_method(checkpoint.parent),
             "dataset": card.dataset,
             "input_shape": list(input_shape),
             "mean": list(card.mean),
