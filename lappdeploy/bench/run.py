@@ -23,8 +23,8 @@ from lappdeploy.bench.records import BENCH_FILE, BenchRecord, append_records, re
 from lappdeploy.bench.runtimes import RUNTIMES, OrtSession, TensorRTSession, TorchSession, check_ort_provider
 from lappdeploy.bench.targets import BenchTarget, dense_twin, load_targets
 from lappdeploy.config import BenchConfig
-from lappdeploy.errors import BenchError, RunDirError
-from lappdeploy.io import can_create_in, nearest_existing
+from lappdeploy.errors import BenchError
+from lappdeploy.rundir import BENCH, check_appendable
 
 __all__ = ["bench_runs", "default_bench_dir", "resolve_device", "time_targets"]
 
@@ -62,22 +62,11 @@ def default_bench_dir(target: BenchTarget) -> Path:
     return base / "bench"
 
 
-def _check_out(out: Path) -> None:
-    from lappdeploy.report.bench_report import REPORT_FILES
-
-    ours = {BENCH_FILE, "onnx", *REPORT_FILES.values()}
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(p.name not in ours for p in out.iterdir()):
-        raise RunDirError(
-            f"{out} holds files that are not lappdeploy bench output ({BENCH_FILE}, onnx/, reports); choose another "
-            "--out for the bench records"
-        )
+def _check_out(out: Path) -> Path:
+    out = check_appendable(out, BENCH)
     if (out / BENCH_FILE).is_file():
         read_records(out)  # a corrupt file stops here, before anything is timed
-    anchor = nearest_existing(out)
-    if not anchor.is_dir() or not can_create_in(anchor):
-        raise RunDirError(f"cannot write to {out}: {anchor} is not a writable directory; choose another --out")
+    return out
 
 
 def _onnx_for(target: BenchTarget, precision: str, workdir: Path) -> Path:
@@ -273,7 +262,7 @@ def bench_runs(
     device = _check_runtime(config)
     targets = load_targets(list(paths))
     out = Path(out).expanduser() if out is not None else default_bench_dir(targets[0])
-    _check_out(out)
+    out = _check_out(out)
     records = time_targets(targets, config, out, progress=progress, device=device)
     out.mkdir(parents=True, exist_ok=True)
     append_records(out / BENCH_FILE, records)

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lappdeploy.errors import BenchError
+from lappdeploy.rundir import EXPORT_FILE, RunDir, run_method
 from lappdeploy.surgery.history import recorded_plans
 from lappdeploy.surgery.plan import plan_id
 
 __all__ = ["BenchTarget", "dense_twin", "load_targets"]
-
-EXPORT_FILE = "export.json"
 
 
 @dataclass
@@ -74,7 +73,7 @@ def _load(path: Path) -> BenchTarget:
     if not path.exists():
         raise BenchError(f"{path} does not exist; expected a run directory, a model.pt or an export directory")
     export_dir = _export_dir_of(path) if path.is_dir() else None
-    has_checkpoint = path.is_file() or any((path / n).is_file() for n in ("model.pt", "checkpoint.pt"))
+    has_checkpoint = path.is_file() or RunDir(path).model.is_file() or RunDir(path).checkpoint.is_file()
     if not has_checkpoint:
         if export_dir is None:
             raise BenchError(f"{path} holds no model.pt, checkpoint.pt or export.json; is it a lappdeploy run?")
@@ -101,8 +100,8 @@ def _load(path: Path) -> BenchTarget:
     deploy = _deploy_form(loaded.model, shape)
     macs = count_macs(deploy, shape)
     pid = plan_id(recorded_plans(loaded.model))
-    report = _read_json(run_dir / "report.json")
-    method = "dense" if pid == "dense" else report.get("method", "pruned")
+    recorded = run_method(run_dir)
+    method = "dense" if pid == "dense" else ("pruned" if recorded is None else recorded)
     return BenchTarget(
         label=(path if path.is_dir() else run_dir).name,
         source=str(path),
