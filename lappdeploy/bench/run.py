@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from lappdeploy.bench.environment import capture_environment
 from lappdeploy.bench.protocol import TimingPolicy, measure_batch
 from lappdeploy.bench.records import BENCH_FILE, BenchRecord, append_records, read_records
 from lappdeploy.bench.runtimes import RUNTIMES, OrtSession, TensorRTSession, TorchSession, check_ort_provider
@@ -299,8 +300,6 @@ def time_targets(
     exported for ONNX Runtime go to WORKDIR/onnx/. The library entry point for models built in memory
     (benchmarks/latency_vs_macs.py)."""
     import torch
-
-    from lappdeploy.environment import capture_environment
 
     device = device or _check_runtime(config)
     previous_threads = torch.get_num_threads()
