@@ -204,7 +204,7 @@ class TensorRTSession:
     set_tensor_address, execute_async_v3) on a non-default CUDA stream; latency from CUDA events."""
 
     def __init__(self, engine_path: str | os.PathLike[str], *, seed: int = 0, trt=None) -> None:
-        from lappdeploy.export.tensorrt import _TensorRTLogger, import_tensorrt
+        from lappdeploy.export.tensorrt import import_tensorrt, tensorrt_logger
 
         engine_path = Path(engine_path)
         if not engine_path.is_file():
@@ -212,7 +212,7 @@ class TensorRTSession:
         self.trt = trt or import_tensorrt()
         if not torch.cuda.is_available():
             raise BenchError("--runtime trt needs a CUDA GPU, and none is visible here")
-        self._logger = _TensorRTLogger.create(self.trt)
+        self._logger = tensorrt_logger(self.trt)
         self.engine = self.trt.Runtime(self._logger).deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise BenchError(
