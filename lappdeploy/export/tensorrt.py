@@ -262,7 +262,11 @@ def _network_flags(trt, recipe: TrtRecipe) -> int:
     return sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, name)) for name in recipe.network_flags)
 
 
-def _builder_config(trt, builder, recipe: TrtRecipe, shapes, *, workspace_mib: int, opt_level: int):
+def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib: int, opt_level: int):
+    """The builder, the network parsed from `source` and the builder config of `recipe` (no calibrator)."""
+    builder = trt.Builder(logger_obj)
+    network = builder.create_network(_network_flags(trt, recipe))
+    _parse(trt, network, logger_obj, source)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)  # MiB -> bytes
     config.builder_optimization_level = int(opt_level)
@@ -274,13 +278,14 @@ def _builder_config(trt, builder, recipe: TrtRecipe, shapes, *, workspace_mib: i
     config.add_optimization_profile(opt_profile)
     for name in recipe.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    return config
+    return builder, network, config
 
 
-def _add_calibrator(trt, builder, config, calibration, cache_path: Path, input_shape, device: str) -> int:
-    """Attach an entropy calibrator (8.6/10 INT8); returns the number of calibration images it serves."""
+def _add_calibrator(trt, builder, config, calibration, out_dir: Path, input_shape, device: str) -> int:
+    """Attach an entropy calibrator (8.6/10 INT8) keeping its scales in OUT_DIR/calibration.cache; returns
+    the number of calibration images it serves."""
     batches = _calibration_batches(calibration)
-    config.int8_calibrator = _entropy_calibrator(trt, batches, cache_path, device)
+    config.int8_calibrator = _entropy_calibrator(trt, batches, out_dir / CALIBRATION_CACHE, device)
     calib_profile = builder.create_optimization_profile()  # calibration runs at its own fixed batch
     calib_shape = (batches[0].shape[0], *input_shape)
     calib_profile.set_shape(INPUT_NAME, calib_shape, calib_shape, calib_shape)
@@ -288,16 +293,25 @@ def _add_calibrator(trt, builder, config, calibration, cache_path: Path, input_s
     return sum(int(b.shape[0]) for b in batches)
 
 
-def _load_timing_cache(trt, config, cache_file: Path) -> bool:
-    """Give the builder the device's timing cache; True when one existed (a cache hit)."""
+def _load_timing_cache(trt, config, cache_dir, device: str) -> tuple[Path, bool]:
+    """Give the builder the timing cache of this device and TensorRT version: (its file, whether it existed)."""
+    cache_file = timing_cache_path(cache_dir or default_timing_cache_dir(), device, trt.__version__)
     hit = cache_file.is_file()
     timing_cache = config.create_timing_cache(cache_file.read_bytes() if hit else b"")
     config.set_timing_cache(timing_cache, False)  # False: refuse a cache from another device
-    return hit
+    return cache_file, hit
 
 
-def _save_build(trt, logger_obj, config, engine_bytes: bytes, out_dir: Path, precision: str, cache_file: Path) -> None:
-    """Write the engine, the updated timing cache and the engine inspector's layer information."""
+def _build_and_save(trt, logger_obj, builder, network, config, source: Path, out_dir: Path, precision: str, cache_file):
+    """Build the engine; write it, the updated timing cache and the engine inspector's layer information.
+    Returns the engine's size in bytes."""
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not build a {precision} engine from {source.name} "
+            "(re-run with -v for the builder log)"
+        )
+    engine_bytes = bytes(serialized)
     with atomic_open(out_dir / engine_file(precision), "wb") as handle:
         handle.write(engine_bytes)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +320,7 @@ def _save_build(trt, logger_obj, config, engine_bytes: bytes, out_dir: Path, pre
     engine = trt.Runtime(logger_obj).deserialize_cuda_engine(engine_bytes)
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     atomic_write_text(out_dir / layer_info_file(precision), json.dumps(json.loads(info), indent=1) + "\n")
+    return len(engine_bytes)
 
 
 def build_engine(
@@ -335,30 +350,16 @@ def build_engine(
     profile = EngineProfile.from_batches(batches)
     start = time.perf_counter()
     source, calibration_images = _builder_onnx(recipe, onnx_path, out_dir, calibration)
-
     logger_obj = tensorrt_logger(trt)
-    builder = trt.Builder(logger_obj)
-    network = builder.create_network(_network_flags(trt, recipe))
-    _parse(trt, network, logger_obj, source)
-    config = _builder_config(
-        trt, builder, recipe, profile.shapes(input_shape), workspace_mib=workspace_mib, opt_level=opt_level
+    builder, network, config = _define_network(
+        trt, logger_obj, recipe, source, profile.shapes(input_shape), workspace_mib=workspace_mib, opt_level=opt_level
     )
     if recipe.calibrator:
-        cache_path = out_dir / CALIBRATION_CACHE
         calibration_images = _add_calibrator(
-            trt, builder, config, calibration, cache_path, input_shape, calibration_device
+            trt, builder, config, calibration, out_dir, input_shape, calibration_device
         )
-    cache_file = timing_cache_path(timing_cache_dir or default_timing_cache_dir(), device, trt.__version__)
-    cache_hit = _load_timing_cache(trt, config, cache_file)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(
-            f"TensorRT {trt.__version__} could not build a {precision} engine from {source.name} "
-            "(re-run with -v for the builder log)"
-        )
-    engine_bytes = bytes(serialized)
-    _save_build(trt, logger_obj, config, engine_bytes, out_dir, precision, cache_file)
+    cache_file, cache_hit = _load_timing_cache(trt, config, timing_cache_dir, device)
+    size = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)
     build = EngineBuild(
         engine=engine_file(precision),
         trt_version=str(trt.__version__),
@@ -374,20 +375,24 @@ def build_engine(
         timing_cache=str(cache_file),
         timing_cache_hit=cache_hit,
         layer_info=layer_info_file(precision),
-        engine_bytes=len(engine_bytes),
+        engine_bytes=size,
         build_s=round(time.perf_counter() - start, 3),
         calibration_images=calibration_images,
         calibration_cache=CALIBRATION_CACHE if recipe.calibrator else None,
     )
+    _log_build(build)
+    return build
+
+
+def _log_build(build: EngineBuild) -> None:
     log.info(
         "built %s with TensorRT %s (%s) in %.1f s: %.1f MB",
         build.engine,
-        trt.__version__,
-        recipe.precision_mode,
+        build.trt_version,
+        build.precision_mode,
         build.build_s,
-        len(engine_bytes) / 1e6,
+        build.engine_bytes / 1e6,
     )
-    return build
 
 
 def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray], *, trt=None) -> list[np.ndarray]:
