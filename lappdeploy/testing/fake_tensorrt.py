@@ -21,6 +21,8 @@ import json
 import types
 from typing import Any, ClassVar
 
+from lappdeploy.optional import require
+
 __all__ = ["FAKE_ENGINE_BYTES", "fake_tensorrt"]
 
 FAKE_ENGINE_BYTES = b"fake-tensorrt-engine"
@@ -106,8 +108,7 @@ class OnnxParser(_Bound):
         return self.errors[i]
 
     def parse(self, data: bytes) -> bool:
-        import onnx
-
+        onnx = require("onnx", purpose="the fake TensorRT's ONNX parser")
         try:
             model = onnx.load_from_string(data)
         except Exception as exc:
