@@ -32,9 +32,9 @@ from lappdeploy.io import atomic_write_text, can_create_in, nearest_existing, re
 
 __all__ = [
     "BENCH",
-    "CALIBRATION_BATCH",
     "BENCH_FILE",
     "BENCH_REPORT_FILES",
+    "CALIBRATION_BATCH",
     "EXPORT",
     "EXPORT_FILE",
     "RUN",
@@ -275,7 +275,12 @@ def data_request(config: TrainConfig, image_size: int | None = None) -> DataRequ
 
 
 def calibration_images(
-    source: str | os.PathLike[str], card, count: int, *, data_dir: str | None = None, batch_size: int = CALIBRATION_BATCH
+    source: str | os.PathLike[str],
+    card,
+    count: int,
+    *,
+    data_dir: str | None = None,
+    batch_size: int = CALIBRATION_BATCH,
 ) -> list[np.ndarray]:
     """Up to `count` images of the training set of the model at `source` (a run directory, or a checkpoint
     whose card names its dataset): the first of a fixed shuffle, no augmentation, normalised and resized
