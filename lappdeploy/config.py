@@ -278,14 +278,47 @@ class ExportConfig:
         return dataclasses.replace(self, **changes)
 
 
-RUNTIMES = ("torch", "ort", "trt", "trtexec")
+def _no_ort_options(cfg: BenchConfig) -> None:
+    if cfg.ort_provider is not None:
+        raise ConfigError("ort_provider chooses ONNX Runtime's execution provider; it needs --runtime ort")
+
+
+def _no_torch_options(cfg: BenchConfig) -> None:
+    if cfg.channels_last or cfg.compile:
+        raise ConfigError("--channels-last and --compile apply to --runtime torch only")
+
+
+def _check_torch_bench(cfg: BenchConfig) -> None:
+    _no_ort_options(cfg)
+    if cfg.precision == "int8":
+        raise ConfigError("torch eager has no int8 path here; use --runtime trt or ort with an int8 export")
+    if cfg.precision == "fp16" and cfg.device == "cpu":
+        raise ConfigError("torch fp16 on the CPU is emulated and meaningless to time; use --device cuda or fp32")
+
+
+def _check_tensorrt_bench(cfg: BenchConfig) -> None:
+    _no_ort_options(cfg)
+    if cfg.device == "cpu":
+        raise ConfigError(f"--runtime {cfg.runtime} runs TensorRT engines on a GPU; drop --device cpu")
+    _no_torch_options(cfg)
+
+
+# each benchmark runtime's own checks of a BenchConfig; the keys are the names --runtime accepts, and
+# lappdeploy.bench.runtimes registers how each one runs (it checks that it covers exactly these)
+_BENCH_RUNTIME_CHECKS = {
+    "torch": _check_torch_bench,
+    "ort": _no_torch_options,
+    "trt": _check_tensorrt_bench,
+    "trtexec": _check_tensorrt_bench,
+}
+RUNTIMES = tuple(_BENCH_RUNTIME_CHECKS)
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """How `lappdeploy bench` measures latency (not what it measures or where the records go).
 
-    The timing defaults follow DEPLOY.md "Measuring latency honestly": warm up by time after every
+    The timing defaults follow docs/deployment.md#measuring-latency: warm up by time after every
     build or shape change, then sample until both a minimum count and a minimum duration are reached.
     """
 
@@ -342,16 +375,7 @@ class BenchConfig:
         at_least(self, "min_samples", 1)
         if self.threads is not None:
             at_least(self, "threads", 1)
-        if self.ort_provider is not None and self.runtime != "ort":
-            raise ConfigError("ort_provider chooses ONNX Runtime's execution provider; it needs --runtime ort")
-        if self.runtime in ("trt", "trtexec") and self.device == "cpu":
-            raise ConfigError(f"--runtime {self.runtime} runs TensorRT engines on a GPU; drop --device cpu")
-        if self.runtime == "torch" and self.precision == "int8":
-            raise ConfigError("torch eager has no int8 path here; use --runtime trt or ort with an int8 export")
-        if self.runtime == "torch" and self.precision == "fp16" and self.device == "cpu":
-            raise ConfigError("torch fp16 on the CPU is emulated and meaningless to time; use --device cuda or fp32")
-        if (self.channels_last or self.compile) and self.runtime != "torch":
-            raise ConfigError("--channels-last and --compile apply to --runtime torch only")
+        _BENCH_RUNTIME_CHECKS[self.runtime](self)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -127,7 +127,7 @@ class OutputKind:
 RUN = OutputKind("run directory", CONFIG_FILE, "--resume to continue it")
 EXPORT = OutputKind("export directory", EXPORT_FILE, "choose --out")
 BENCH = OutputKind(
-    "bench directory", BENCH_FILE, "choose --out", owned=frozenset({BENCH_FILE, "onnx", *BENCH_REPORT_FILES.values()})
+    "bench", BENCH_FILE, "choose --out", owned=frozenset({BENCH_FILE, "onnx", *BENCH_REPORT_FILES.values()})
 )
 
 

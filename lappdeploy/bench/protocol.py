@@ -1,4 +1,4 @@
-"""The timing protocol (DEPLOY.md, "Measuring latency honestly"), independent of the runtime.
+"""The timing protocol (docs/deployment.md#measuring-latency), independent of the runtime.
 
 For one batch size and one or more sessions (compiled models, ONNX Runtime sessions, engines):
 
@@ -32,7 +32,7 @@ __all__ = ["LatencyStats", "Session", "Timing", "TimingPolicy", "measure_batch"]
 
 log = logging.getLogger(__name__)
 
-_MAX_WARMUP_CALLS = 50  # "warm up >= 1-2 s or >= 50 calls" (DEPLOY.md), whichever comes first
+_MAX_WARMUP_CALLS = 50  # warm-up: warmup_seconds or 50 calls, whichever first (docs/deployment.md#measuring-latency)
 _MIN_WARMUP_CALLS = 2
 _ROUNDS_AT_LEAST = 10  # a latency chunk lasts min_seconds / 10, so every session gets >= 10 turns
 _THROUGHPUT_ROUNDS = 3
@@ -108,6 +108,68 @@ def _warm_up(session: Session, seconds: float, clock: Callable[[], float]) -> tu
     return clock() - start, calls
 
 
+def _rotation(round_index: int, n: int) -> list[int]:
+    """Session order of a round: A B C, then B C A, then C A B ..."""
+    return [(round_index + k) % n for k in range(n)]
+
+
+def _timed_chunk(session: Session, seconds: float, clock, latencies: list[float], host: list[float]) -> float:
+    """Timed calls of one session for `seconds` (at least one); returns the time they took (s)."""
+    start = clock()
+    while True:
+        latency_ms, host_ms = session.infer()
+        latencies.append(latency_ms)
+        host.append(host_ms)
+        if clock() - start >= seconds:
+            break
+    return clock() - start
+
+
+def _measure_latency(sessions: Sequence[Session], policy: TimingPolicy, clock, order_log, on_round):
+    """Interleaved rounds of timed chunks until every session has `min_samples` calls and `min_seconds` of
+    them; per session its latencies (ms), the host's view of them (ms) and the seconds spent."""
+    n = len(sessions)
+    chunk_s = policy.min_seconds / _ROUNDS_AT_LEAST
+    latencies: list[list[float]] = [[] for _ in sessions]
+    host: list[list[float]] = [[] for _ in sessions]
+    spent = [0.0] * n
+    previous = -1
+    round_index = 0
+
+    def progress(i: int) -> float:
+        return min(len(latencies[i]) / policy.min_samples, spent[i] / policy.min_seconds)
+
+    while not all(len(latencies[i]) >= policy.min_samples and spent[i] >= policy.min_seconds for i in range(n)):
+        for i in _rotation(round_index, n):
+            # a finished session keeps running while others catch up only to keep the load alike: its
+            # extra samples are recorded too (more samples never bias the median)
+            if n > 1 and previous != i:
+                sessions[i].infer()  # not recorded: the other model's weights are in the caches
+            previous = i
+            spent[i] += _timed_chunk(sessions[i], chunk_s, clock, latencies[i], host[i])
+            if order_log is not None:
+                order_log.append(i)
+        round_index += 1
+        if on_round is not None:
+            on_round(min(1.0, min(progress(i) for i in range(n))))
+    return latencies, host, spent
+
+
+def _measure_throughput(sessions: Sequence[Session], batch: int, policy: TimingPolicy, latencies, clock):
+    """Back-to-back windows, interleaved over rounds, each sized from the session's median latency to last
+    throughput_seconds / rounds; per session its (start, end, images) windows."""
+    windows: list[list[tuple[float, float, int]]] = [[] for _ in sessions]
+    for round_index in range(_THROUGHPUT_ROUNDS):
+        for i in _rotation(round_index, len(sessions)):
+            median_s = float(np.median(latencies[i])) / 1e3
+            calls = max(2, math.ceil(policy.throughput_seconds / _THROUGHPUT_ROUNDS / max(median_s, 1e-6)))
+            sessions[i].infer()  # refill caches after the previous session, as in the latency rounds
+            start = clock()
+            elapsed = sessions[i].run_back_to_back(calls)
+            windows[i].append((start, start + elapsed, calls * batch))
+    return windows
+
+
 def measure_batch(
     sessions: Sequence[Session],
     batch: int,
@@ -121,57 +183,12 @@ def measure_batch(
 
     `order_log`, when given, receives the session index of every latency chunk in the order they ran
     (tests check the interleaving with it). `on_round(fraction_done)` reports progress."""
-    n = len(sessions)
     warmups = []
     for session in sessions:
         session.set_batch(batch)
         warmups.append(_warm_up(session, policy.warmup_seconds, clock))
-
-    chunk_s = policy.min_seconds / _ROUNDS_AT_LEAST
-    latencies: list[list[float]] = [[] for _ in sessions]
-    host: list[list[float]] = [[] for _ in sessions]
-    spent = [0.0] * n
-    previous = -1
-    round_index = 0
-
-    def done(i: int) -> bool:
-        return len(latencies[i]) >= policy.min_samples and spent[i] >= policy.min_seconds
-
-    while not all(done(i) for i in range(n)):
-        for k in range(n):
-            i = (round_index + k) % n
-            # a finished session keeps running while others catch up only to keep the load alike: its
-            # extra samples are recorded too (more samples never bias the median)
-            if n > 1 and previous != i:
-                sessions[i].infer()  # not recorded: the other model's weights are in the caches
-            previous = i
-            start = clock()
-            while True:
-                latency_ms, host_ms = sessions[i].infer()
-                latencies[i].append(latency_ms)
-                host[i].append(host_ms)
-                if clock() - start >= chunk_s:
-                    break
-            spent[i] += clock() - start
-            if order_log is not None:
-                order_log.append(i)
-        round_index += 1
-        if on_round is not None:
-            progress = min(min(len(latencies[i]) / policy.min_samples, spent[i] / policy.min_seconds) for i in range(n))
-            on_round(min(1.0, progress))
-
-    # throughput: calls sized from the median latency so each window lasts throughput_seconds / rounds
-    windows: list[list[tuple[float, float, int]]] = [[] for _ in sessions]
-    for round_index in range(_THROUGHPUT_ROUNDS):
-        for k in range(n):
-            i = (round_index + k) % n
-            median_s = float(np.median(latencies[i])) / 1e3
-            calls = max(2, math.ceil(policy.throughput_seconds / _THROUGHPUT_ROUNDS / max(median_s, 1e-6)))
-            sessions[i].infer()  # refill caches after the previous session, as above
-            start = clock()
-            elapsed = sessions[i].run_back_to_back(calls)
-            windows[i].append((start, start + elapsed, calls * batch))
-
+    latencies, host, spent = _measure_latency(sessions, policy, clock, order_log, on_round)
+    windows = _measure_throughput(sessions, batch, policy, latencies, clock)
     timings = []
     for i, session in enumerate(sessions):
         images = sum(w[2] for w in windows[i])

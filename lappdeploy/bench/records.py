@@ -17,11 +17,10 @@ from typing import Any
 
 from lappdeploy.errors import BenchError
 from lappdeploy.io import atomic_write_text
+from lappdeploy.rundir import BENCH_FILE
 from lappdeploy.surgery.plan import plan_id
 
 __all__ = ["BENCH_FILE", "BenchRecord", "append_records", "plan_id", "read_records"]
-
-BENCH_FILE = "bench.jsonl"
 
 
 @dataclass

@@ -15,16 +15,19 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from lappdeploy.bench.protocol import TimingPolicy, measure_batch
+import torch
+
+from lappdeploy.bench.environment import capture_environment
+from lappdeploy.bench.jetson import PowerSampler, tegrastats_path
+from lappdeploy.bench.protocol import Session, Timing, TimingPolicy, measure_batch
 from lappdeploy.bench.records import BENCH_FILE, BenchRecord, append_records, read_records
-from lappdeploy.bench.runtimes import RUNTIMES, OrtSession, TensorRTSession, TorchSession, check_ort_provider
+from lappdeploy.bench.runtimes import RUNTIMES, RecordedTiming, RuntimeSpec
 from lappdeploy.bench.targets import BenchTarget, dense_twin, load_targets
 from lappdeploy.config import BenchConfig
-from lappdeploy.errors import BenchError, RunDirError
-from lappdeploy.io import can_create_in, nearest_existing
+from lappdeploy.errors import BenchError
+from lappdeploy.rundir import BENCH, check_appendable
 
 __all__ = ["bench_runs", "default_bench_dir", "resolve_device", "time_targets"]
 
@@ -32,26 +35,11 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], Any]  # (what is being timed, fraction of it done)
 _THROUGHPUT_SHARE = 0.3  # back-to-back throughput calls: this share of min_seconds per session and batch
-_ENERGY_SECONDS = 10.0  # with a power sampler, integrate over >= 10 s of steady load (DEPLOY.md)
+_ENERGY_SECONDS = 10.0  # with a power sampler, integrate over >= 10 s of steady load (docs/deployment.md#jetson)
 
 
 def resolve_device(config: BenchConfig) -> str:
-    if config.device != "auto":
-        return config.device
-    if config.runtime in ("trt", "trtexec"):
-        return "cuda"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    if config.runtime == "ort":
-        with contextlib.suppress(Exception):
-            import onnxruntime
-
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                return "cuda"
-        return "cpu"
-    return "cuda"
+    return config.device if config.device != "auto" else RUNTIMES.get(config.runtime).auto_device()
 
 
 def default_bench_dir(target: BenchTarget) -> Path:
@@ -62,95 +50,11 @@ def default_bench_dir(target: BenchTarget) -> Path:
     return base / "bench"
 
 
-def _check_out(out: Path) -> None:
-    from lappdeploy.report.bench_report import REPORT_FILES
-
-    ours = {BENCH_FILE, "onnx", *REPORT_FILES.values()}
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(p.name not in ours for p in out.iterdir()):
-        raise RunDirError(
-            f"{out} holds files that are not lappdeploy bench output ({BENCH_FILE}, onnx/, reports); choose another "
-            "--out for the bench records"
-        )
+def _check_out(out: Path) -> Path:
+    out = check_appendable(out, BENCH)
     if (out / BENCH_FILE).is_file():
         read_records(out)  # a corrupt file stops here, before anything is timed
-    anchor = nearest_existing(out)
-    if not anchor.is_dir() or not can_create_in(anchor):
-        raise RunDirError(f"cannot write to {out}: {anchor} is not a writable directory; choose another --out")
-
-
-def _onnx_for(target: BenchTarget, precision: str, workdir: Path) -> Path:
-    """The ONNX graph ONNX Runtime times: the run's checked export when there is one, else exported here
-    (checked and parity-tested the same way) into OUT/onnx/."""
-    from lappdeploy.export.onnx_export import to_onnx
-
-    exported = target.export_dir / "model.onnx" if target.export_dir else None
-    if precision == "int8":
-        qdq = target.export_dir / "model_int8_qdq.onnx" if target.export_dir else None
-        if qdq is None or not qdq.is_file():
-            raise BenchError(
-                f"int8 on ONNX Runtime times the Q/DQ graph of `lappdeploy export {target.source} --trt --precision "
-                "int8` (it writes model_int8_qdq.onnx even without TensorRT); none exists yet"
-            )
-        return qdq
-    if exported is None or not exported.is_file():
-        if target.model is None:
-            raise BenchError(f"{target.source} has no model.onnx; export it with `lappdeploy export`")
-        import torch
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        exported = workdir / f"{target.slug}.onnx"
-        # exported afresh every time (a few seconds): a file left by an earlier bench may be another model
-        log.info("exporting %s to %s", target.label, exported)
-        example = torch.randn((2, *target.input_shape), generator=torch.Generator().manual_seed(0))
-        to_onnx(target.model, example, exported, dynamic_batch=True)
-    if precision == "fp16":
-        from lappdeploy.export.precision import to_fp16_onnx
-
-        fp16 = workdir / f"{target.slug}_fp16.onnx"
-        workdir.mkdir(parents=True, exist_ok=True)
-        to_fp16_onnx(exported, fp16)
-        return fp16
-    return exported
-
-
-def _engine_for(target: BenchTarget, precision: str) -> Path:
-    engine = target.export_dir / f"model_{precision}.engine" if target.export_dir else None
-    if engine is None or not engine.is_file():
-        raise BenchError(
-            f"no {precision} TensorRT engine for {target.label} (looked for {engine or 'an export directory'}); "
-            f"build it with `lappdeploy export {target.source} --trt --precision {precision}`"
-        )
-    return engine
-
-
-def _ort_provider(config: BenchConfig, device: str) -> str:
-    return config.ort_provider or ("cuda" if device == "cuda" else "cpu")
-
-
-def _open_session(target: BenchTarget, config: BenchConfig, device: str, threads: int, workdir: Path):
-    if config.runtime == "torch":
-        if target.model is None:
-            raise BenchError(f"--runtime torch needs the run's checkpoint; {target.source} is an export directory")
-        return TorchSession(
-            target.model,
-            target.input_shape,
-            device=device,
-            precision=config.precision,
-            channels_last=config.channels_last,
-            compile=config.compile,
-            seed=config.seed,
-        )
-    if config.runtime == "ort":
-        onnx = _onnx_for(target, config.precision, workdir)
-        return OrtSession(onnx, provider=_ort_provider(config, device), threads=threads, seed=config.seed)
-    if target.twin_of is not None:
-        raise BenchError(
-            "--vs-dense with --runtime trt needs an engine of the dense model: export a dense run with "
-            "`lappdeploy export RUN --trt` and bench both directories instead"
-        )
-    return TensorRTSession(_engine_for(target, config.precision), seed=config.seed)
+    return out
 
 
 def _architecture_key(target: BenchTarget) -> tuple:
@@ -169,7 +73,10 @@ def _with_twins(targets: list[BenchTarget]) -> list[BenchTarget]:
     return [*twins.values(), *targets]
 
 
-def _record(target: BenchTarget, order: int, timing, session, common: dict[str, Any], energy) -> BenchRecord:
+def _record(
+    target: BenchTarget, order: int, timing: Timing, ran: Session | RecordedTiming, common: dict[str, Any], energy
+) -> BenchRecord:
+    """`ran` says what measured `timing` and how (its provider and timing method)."""
     lat = timing.latency
     return BenchRecord(
         label=target.label,
@@ -181,9 +88,9 @@ def _record(target: BenchTarget, order: int, timing, session, common: dict[str, 
         input_shape=list(target.input_shape),
         macs=target.macs,
         params=target.params,
-        provider=session.provider,
+        provider=ran.provider,
         batch=timing.batch,
-        timing=session.timing,
+        timing=ran.timing,
         latency_median_ms=lat.median_ms,
         latency_p90_ms=lat.p90_ms,
         latency_p99_ms=lat.p99_ms,
@@ -222,40 +129,20 @@ def _energy(sampler, timing) -> dict[str, Any] | None:
     }
 
 
-def _power_sampler(device: str):
-    from lappdeploy.bench.jetson import PowerSampler, tegrastats_path
-
+def _power_sampler(device: str) -> PowerSampler | None:
     if device != "cuda" or tegrastats_path() is None:
         return None
     return PowerSampler()
 
 
-def _trtexec_records(targets: list[BenchTarget], config: BenchConfig, common: dict[str, Any]) -> list[BenchRecord]:
-    from lappdeploy.bench.protocol import Timing
-    from lappdeploy.bench.trtexec_results import read_trtexec
-
-    if config.vs_dense:
-        raise BenchError(
-            "--vs-dense cannot time anything with --runtime trtexec (it reads results); run the dense model's "
-            "trtexec.sh on the target too and bench both export directories"
-        )
+def _recorded_records(
+    runtime: RuntimeSpec, targets: list[BenchTarget], config: BenchConfig, common
+) -> list[BenchRecord]:
+    """Records of timings made on the target device (trtexec), in the order of `targets`."""
     records = []
-    for order, target in enumerate(targets):
-        if target.export_dir is None:
-            raise BenchError(f"{target.source} has no export directory; `lappdeploy export --trt` writes trtexec.sh")
-        result = read_trtexec(target.export_dir, config.precision)
-        timing = Timing(
-            batch=result.batch,
-            latency=result.latency,
-            host_latency=result.host_latency,
-            measured_s=result.measured_s,
-            throughput_ips=result.throughput_ips,
-            warmup_s=0.0,
-            warmup_calls=0,
-        )
-        ran = SimpleNamespace(provider=f"trtexec-{result.trt_version or 'unknown'}", timing="trtexec-gpu-compute")
-        fields = dict(common, device_name=result.device_name or "unknown GPU", threads=None)
-        records.append(_record(target, order, timing, ran, fields, None))
+    for order, (target, recorded) in enumerate(zip(targets, runtime.read_results(targets, config), strict=True)):
+        fields = dict(common, device_name=recorded.device_name, threads=None)
+        records.append(_record(target, order, recorded.measured, recorded, fields, None))
     return records
 
 
@@ -273,7 +160,7 @@ def bench_runs(
     device = _check_runtime(config)
     targets = load_targets(list(paths))
     out = Path(out).expanduser() if out is not None else default_bench_dir(targets[0])
-    _check_out(out)
+    out = _check_out(out)
     records = time_targets(targets, config, out, progress=progress, device=device)
     out.mkdir(parents=True, exist_ok=True)
     append_records(out / BENCH_FILE, records)
@@ -283,18 +170,11 @@ def bench_runs(
 
 def _check_runtime(config: BenchConfig) -> str:
     """The device to time on, after checking the runtime can run there (nothing written yet)."""
-    import torch
-
-    spec = RUNTIMES.get(config.runtime)
+    runtime = RUNTIMES.get(config.runtime)
     device = resolve_device(config)
-    if spec.gpu_only and device != "cuda":
+    if runtime.gpu_only and device != "cuda":
         raise BenchError(f"--runtime {config.runtime} needs --device cuda")
-    if device == "cuda" and config.runtime == "torch" and not torch.cuda.is_available():
-        raise BenchError(
-            "--device cuda asked for, but no CUDA GPU is visible here (torch.cuda.is_available() is False)"
-        )
-    if config.runtime == "ort":
-        check_ort_provider(_ort_provider(config, device))
+    runtime.check_device(config, device)
     return device
 
 
@@ -309,10 +189,6 @@ def time_targets(
     """Time `targets` together (interleaved) and return their records; ONNX graphs that have to be
     exported for ONNX Runtime go to WORKDIR/onnx/. The library entry point for models built in memory
     (benchmarks/latency_vs_macs.py)."""
-    import torch
-
-    from lappdeploy.environment import capture_environment
-
     device = device or _check_runtime(config)
     previous_threads = torch.get_num_threads()
     if config.threads:
@@ -330,18 +206,19 @@ def time_targets(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": environment,
     }
+    runtime = RUNTIMES.get(config.runtime)
     try:
-        if config.runtime == "trtexec":
-            return _trtexec_records(targets, config, common)
+        if runtime.read_results is not None:
+            return _recorded_records(runtime, targets, config, common)
         if config.vs_dense:
             targets = _with_twins(targets)
-        return _time_all(targets, config, device, threads, workdir, common, progress)
+        return _time_all(runtime, targets, config, device, threads, workdir, common, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _time_all(targets, config, device, threads, out: Path, common, progress) -> list[BenchRecord]:
-    sessions = [_open_session(t, config, device, threads, out / "onnx") for t in targets]
+def _time_all(runtime: RuntimeSpec, targets, config, device, threads, out: Path, common, progress) -> list[BenchRecord]:
+    sessions = [runtime.open_session(t, config, device, threads, out / "onnx") for t in targets]
     policy = TimingPolicy(
         min_seconds=config.min_seconds,
         min_samples=config.min_samples,

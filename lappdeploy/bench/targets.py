@@ -9,13 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lappdeploy.errors import BenchError
+from lappdeploy.export.onnx_export import deploy_copy
+from lappdeploy.models import checkpoint_in, count_macs, create_model
+from lappdeploy.rundir import EXPORT_FILE, RunDir, run_method
+from lappdeploy.surgery import load_model
 from lappdeploy.surgery.history import recorded_plans
 from lappdeploy.surgery.plan import plan_id
 
 __all__ = ["BenchTarget", "dense_twin", "load_targets"]
-
-EXPORT_FILE = "export.json"
 
 
 @dataclass
@@ -61,20 +65,14 @@ def _export_dir_of(path: Path) -> Path | None:
 def _deploy_form(model, input_shape):
     """The model as it deploys (bypass and BN folded, eval), what ONNX and TensorRT run too; MACs are
     counted on it, so the pruned and the dense model are counted alike."""
-    import torch
-
-    from lappdeploy.export.onnx_export import deploy_copy
-
     return deploy_copy(model, torch.zeros((2, *input_shape)))
 
 
 def _load(path: Path) -> BenchTarget:
-    from lappdeploy.models import checkpoint_in, count_macs, load_model
-
     if not path.exists():
         raise BenchError(f"{path} does not exist; expected a run directory, a model.pt or an export directory")
     export_dir = _export_dir_of(path) if path.is_dir() else None
-    has_checkpoint = path.is_file() or any((path / n).is_file() for n in ("model.pt", "checkpoint.pt"))
+    has_checkpoint = path.is_file() or RunDir(path).model.is_file() or RunDir(path).checkpoint.is_file()
     if not has_checkpoint:
         if export_dir is None:
             raise BenchError(f"{path} holds no model.pt, checkpoint.pt or export.json; is it a lappdeploy run?")
@@ -101,8 +99,8 @@ def _load(path: Path) -> BenchTarget:
     deploy = _deploy_form(loaded.model, shape)
     macs = count_macs(deploy, shape)
     pid = plan_id(recorded_plans(loaded.model))
-    report = _read_json(run_dir / "report.json")
-    method = "dense" if pid == "dense" else report.get("method", "pruned")
+    recorded = run_method(run_dir)
+    method = "dense" if pid == "dense" else ("pruned" if recorded is None else recorded)
     return BenchTarget(
         label=(path if path.is_dir() else run_dir).name,
         source=str(path),
@@ -133,10 +131,6 @@ def load_targets(paths: list[str | os.PathLike[str]]) -> list[BenchTarget]:
 
 def dense_twin(target: BenchTarget) -> BenchTarget:
     """The run's dense architecture with random weights (latency does not depend on the weights)."""
-    import torch
-
-    from lappdeploy.models import count_macs, create_model
-
     if target.card is None:
         raise BenchError(f"--vs-dense needs the run's checkpoint; {target.source} is an export directory alone")
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ TensorRT Python package): `lappdeploy export --trt` wrote trtexec.sh there, runn
                              compute + D2H; equal to computeMs with --noDataTransfers), h2dMs, d2hMs...
     trtexec_<precision>.log  the console log: TensorRT version, device, "Throughput: N qps"
 
-and this module turns them into the same statistics as the in-process runtimes. DEPLOY.md: compare
+and this module turns them into the same statistics as the in-process runtimes. docs/deployment.md#trtexecsh: compare
 pruned and dense engines on GPU Compute Time, so latency is computeMs.
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 
 from lappdeploy.bench.protocol import LatencyStats
 from lappdeploy.errors import BenchError
+from lappdeploy.export.trt_recipes import trtexec_log_file, trtexec_times_file
+from lappdeploy.rundir import EXPORT_FILE
 
 __all__ = ["TrtexecResult", "read_trtexec"]
 
@@ -58,14 +60,14 @@ def _entries(path: Path) -> list[dict[str, Any]]:
 def read_trtexec(export_dir: str | Path, precision: str) -> TrtexecResult:
     """The timing trtexec wrote into `export_dir` for `precision` (see the module docstring)."""
     export_dir = Path(export_dir)
-    times = export_dir / f"times_{precision}.json"
+    times = export_dir / trtexec_times_file(precision)
     if not times.is_file():
         raise BenchError(
             f"no trtexec timing in {export_dir} ({times.name} is missing): run `bash trtexec.sh` there on the "
             f"target device (written by `lappdeploy export --trt --precision {precision}`), then bench that directory"
         )
     args: list[str] = []
-    export_json = export_dir / "export.json"
+    export_json = export_dir / EXPORT_FILE
     if export_json.is_file():
         args = list((json.loads(export_json.read_text()).get("tensorrt") or {}).get("trtexec_args") or [])
     batch = next((int(m.group(1)) for a in args if (m := _SHAPES.match(a))), None)
@@ -75,7 +77,7 @@ def read_trtexec(export_dir: str | Path, precision: str) -> TrtexecResult:
     compute = [float(e["computeMs"]) for e in entries]
     host = [float(e["latencyMs"]) for e in entries if "latencyMs" in e]
     span_ms = float(entries[-1]["endComputeMs"]) - float(entries[0]["startComputeMs"])
-    log = export_dir / f"trtexec_{precision}.log"
+    log = export_dir / trtexec_log_file(precision)
     text = log.read_text(errors="replace") if log.is_file() else ""
     qps = _THROUGHPUT.search(text)
     throughput = float(qps.group(1)) * batch if qps else len(entries) * batch / (span_ms / 1e3)

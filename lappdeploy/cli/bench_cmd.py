@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from lappdeploy.cli.common import config_file_option, dataclass_options, format_count, stdout_console
+from lappdeploy.cli.common import (
+    config_file_option,
+    dataclass_options,
+    format_count,
+    stderr_console,
+    stdout_console,
+)
 from lappdeploy.config import BenchConfig
 
 __all__ = ["bench_command", "print_comparisons", "report_command"]
@@ -38,47 +46,53 @@ def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, **fields) 
       lappdeploy bench runs/r20-lapp --runtime trt --precision fp16 --vs-dense
       lappdeploy bench jetson-export/ --runtime trtexec --precision fp16   # after trtexec.sh on the Jetson
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    # library modules load lazily so `lappdeploy --help` and the other commands start without torch
+    from lappdeploy.bench.records import BENCH_FILE, read_records
     from lappdeploy.bench.run import bench_runs
-    from lappdeploy.cli.common import stderr_console
     from lappdeploy.report.bench_report import write_bench_report
 
     config = BenchConfig(**fields)
-    bar = Progress(
-        TextColumn("{task.description:>12}"),
-        BarColumn(bar_width=30),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=stderr_console(),
-        transient=True,
-    )
-    task = None
-
-    def progress(what: str, fraction: float) -> None:
-        nonlocal task
-        if task is None:  # started at the first timed call: input errors print without a bar
-            bar.start()
-            task = bar.add_task(what, total=1.0)
-        bar.update(task, completed=fraction, description=what)
-
-    try:
+    with _ProgressBar() as progress:
         records, out_dir = bench_runs(list(runs), config, out=out, progress=progress)
-    finally:
-        if task is not None:
-            bar.stop()
-    from lappdeploy.bench.records import read_records
-
     comparisons, files = write_bench_report(read_records(out_dir), out_dir, plots=plot)
     fresh = [c for c in comparisons if records and c.record.session == records[0].session]
     print_comparisons(fresh, title=f"{config.runtime} on {records[0].device_name}" if records else "")
     console = stdout_console()
-    console.print(f"records: {out_dir / 'bench.jsonl'}")
+    console.print(f"records: {out_dir / BENCH_FILE}")
     for name in ("markdown", "csv", "latency_vs_macs", "speedup_vs_batch"):
         if name in files:
             console.print(f"{name.replace('_', ' ')}: {files[name]}")
+
+
+class _ProgressBar:
+    """A progress bar on stderr, called as `progress(what, fraction)`; it appears at the first timed call,
+    so errors in the input print without one."""
+
+    def __enter__(self) -> _ProgressBar:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description:>12}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self.task = None
+        return self
+
+    def __call__(self, what: str, fraction: float) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(what, total=1.0)
+        self.bar.update(self.task, completed=fraction, description=what)
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            self.bar.stop()
 
 
 def print_comparisons(comparisons, *, title: str = "") -> None:
@@ -124,8 +138,6 @@ def report_command(bench_dirs: tuple[str, ...], out: str | None, plot: bool) -> 
       lappdeploy report runs/demo/bench
       lappdeploy report desktop/bench jetson/bench --out reports/all
     """
-    from pathlib import Path
-
     from lappdeploy.bench.records import read_records
     from lappdeploy.report.bench_report import write_bench_report
 

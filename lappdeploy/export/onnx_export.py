@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,11 @@ from torch import nn
 from lappdeploy.config import DEFAULT_OPSET, resolve_opset
 from lappdeploy.environment import package_version
 from lappdeploy.errors import ConfigError, ExportError
+from lappdeploy.export.onnx_macs import count_onnx_macs
 from lappdeploy.io import give_default_permissions
+from lappdeploy.models import count_macs, unwrap
 from lappdeploy.optional import require
+from lappdeploy.surgery import SurgeryError, fold_bn_, fold_bypass_, has_bypass, surgery_steps
 
 __all__ = [
     "INPUT_NAME",
@@ -86,9 +90,6 @@ class OnnxExport:
 def deploy_copy(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     """An eval-mode copy of `model` with every bypass block and conv->BN pair folded (the caller's model
     is untouched). BN folding is skipped when the model records it was already folded."""
-    from lappdeploy.models import unwrap
-    from lappdeploy.surgery import SurgeryError, fold_bn_, fold_bypass_, has_bypass, surgery_steps
-
     deploy = copy.deepcopy(unwrap(model)).eval()
     if has_bypass(deploy):
         fold_bypass_(deploy)
@@ -201,8 +202,6 @@ def _check_macs(onnx_cost, deploy: nn.Module, input_shape) -> tuple[Any, int]:
     The multiply-accumulates must be equal exactly. Bias adds must be equal too, except for biases that
     are exactly zero (fresh layers, BN folded at initialisation): exporters remove those adds as no-ops.
     """
-    from lappdeploy.models import count_macs
-
     torch_cost = count_macs(deploy, input_shape)
     all_bias, zero_bias = 0, 0
     for layer in torch_cost.layers:
@@ -228,6 +227,91 @@ def _versions() -> dict[str, str | None]:
     return {name: package_version(name) for name in _VERSION_PACKAGES}
 
 
+def _deploy_inputs(model: nn.Module, example_inputs: torch.Tensor, dynamic_batch: bool):
+    """(example batch on the CPU, fp32 eval copy of the model as reference, its folded deploy copy)."""
+    if example_inputs.dim() != 4:
+        raise ConfigError(f"example_inputs must be one (N, C, H, W) batch (got shape {tuple(example_inputs.shape)})")
+    example = example_inputs.detach().float().cpu()
+    if dynamic_batch and example.shape[0] < 2:
+        # torch.export specialises a dimension of size 1 to a constant; batch 2 keeps it symbolic
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    reference = copy.deepcopy(unwrap(model)).float().cpu().eval()
+    return example, reference, deploy_copy(reference, example)
+
+
+@contextlib.contextmanager
+def _temporary_next_to(path: Path) -> Iterator[Path]:
+    """A temporary file in `path`'s directory (so a rename can move it into place), deleted on failure."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _export(deploy, example, tmp: Path, *, exporter: str, opset: int, dynamic_batch: bool, fallback: bool):
+    """Run the exporter (with `fallback`, the legacy one after a dynamo failure); returns the exporter
+    used, why it replaced the requested one, the opset and the exporter's wall time (s)."""
+    start = time.perf_counter()
+    try:
+        _run_exporter(deploy, example, tmp, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch)
+        return exporter, None, opset, time.perf_counter() - start
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if not (fallback and exporter == "dynamo"):
+            hint = "; retry with --exporter legacy (or --fallback)" if exporter == "dynamo" else ""
+            raise ExportError(f"the {exporter} ONNX exporter failed: {type(exc).__name__}: {first}{hint}") from exc
+        reason = f"{type(exc).__name__}: {first}"
+    opset = DEFAULT_OPSET["legacy"]
+    log.warning("the dynamo exporter failed (%s); exporting with the legacy exporter, opset %d", reason, opset)
+    _run_exporter(deploy, example, tmp, exporter="legacy", opset=opset, dynamic_batch=dynamic_batch)
+    return "legacy", reason, opset, time.perf_counter() - start
+
+
+def _checked_graph(tmp: Path, simplify: bool):
+    """The exported graph after the full checker (and onnxslim, checked again), with our I/O names."""
+    onnx_model = check_onnx(tmp)
+    if simplify:
+        onnxslim = require("onnxslim", purpose="simplifying ONNX models")
+        onnx = require("onnx", purpose="saving ONNX models")
+        with contextlib.redirect_stdout(io.StringIO()):
+            onnx_model = onnxslim.slim(onnx_model)
+        onnx.save(onnx_model, str(tmp))
+        onnx_model = check_onnx(tmp)
+    names = ([i.name for i in onnx_model.graph.input], [o.name for o in onnx_model.graph.output])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ExportError(f"exported graph has inputs/outputs {names}, expected ['{INPUT_NAME}'] / ['{OUTPUT_NAME}']")
+    return onnx_model
+
+
+def _verify(tmp: Path, onnx_model, reference, deploy, input_shape, batches: list[int], seed: int, exporter: str):
+    """ONNX Runtime vs PyTorch at `batches`, and ONNX vs PyTorch MACs; the OnnxExport fields they fill."""
+    session = ort_session(tmp)
+    parity = _parity(session, reference, input_shape, batches, seed)
+    worst = max(row["relative_error"] for row in parity)
+    if worst > PARITY_TOLERANCE:
+        raise ExportError(
+            f"ONNX Runtime and PyTorch disagree: max error {worst:.2e} of the logit scale "
+            f"(tolerance {PARITY_TOLERANCE:g}) with the {exporter} exporter"
+        )
+    onnx_cost = count_onnx_macs(onnx_model)
+    torch_cost, zero_bias_adds = _check_macs(onnx_cost, deploy, input_shape)
+    return {
+        "parity": parity,
+        "parity_tolerance": PARITY_TOLERANCE,
+        "ort_threads": session.get_session_options().intra_op_num_threads,
+        "macs": onnx_cost.macs,
+        "params": onnx_cost.params,
+        "torch_macs": torch_cost.macs,
+        "torch_params": torch_cost.params,
+        "zero_bias_adds_dropped": zero_bias_adds,
+    }
+
+
 def to_onnx(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -250,72 +334,19 @@ def to_onnx(
     `parity_batches`, else 1 and 3), and ONNX-counted MACs equal to PyTorch's (up to the adds of
     all-zero biases, which exporters drop). Raises ExportError.
     """
-    from lappdeploy.export.onnx_macs import count_onnx_macs
-    from lappdeploy.models import unwrap
-
     opset = resolve_opset(exporter, opset)
-    if example_inputs.dim() != 4:
-        raise ConfigError(f"example_inputs must be one (N, C, H, W) batch (got shape {tuple(example_inputs.shape)})")
-    start = time.perf_counter()
-    path = Path(path)
-    input_shape = tuple(int(s) for s in example_inputs.shape[1:])
-    example = example_inputs.detach().float().cpu()
-    if dynamic_batch and example.shape[0] < 2:
-        # torch.export specialises a dimension of size 1 to a constant; batch 2 keeps it symbolic
-        example = example.expand(2, *input_shape).contiguous()
-    reference = copy.deepcopy(unwrap(model)).float().cpu().eval()
-    deploy = deploy_copy(reference, example)
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        used, reason = exporter, None
-        export_start = time.perf_counter()
-        try:
-            _run_exporter(deploy, example, tmp, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            if not (fallback and exporter == "dynamo"):
-                hint = "; retry with --exporter legacy (or --fallback)" if exporter == "dynamo" else ""
-                raise ExportError(f"the {exporter} ONNX exporter failed: {type(exc).__name__}: {first}{hint}") from exc
-            used, reason = "legacy", f"{type(exc).__name__}: {first}"
-            opset = DEFAULT_OPSET["legacy"]
-            log.warning("the dynamo exporter failed (%s); exporting with the legacy exporter, opset %d", reason, opset)
-            _run_exporter(deploy, example, tmp, exporter="legacy", opset=opset, dynamic_batch=dynamic_batch)
-        export_s = time.perf_counter() - export_start
-        onnx_model = check_onnx(tmp)
-        if simplify:
-            onnxslim = require("onnxslim", purpose="simplifying ONNX models")
-            onnx = require("onnx", purpose="saving ONNX models")
-            with contextlib.redirect_stdout(io.StringIO()):
-                onnx_model = onnxslim.slim(onnx_model)
-            onnx.save(onnx_model, str(tmp))
-            onnx_model = check_onnx(tmp)
-        names = ([i.name for i in onnx_model.graph.input], [o.name for o in onnx_model.graph.output])
-        if names != ([INPUT_NAME], [OUTPUT_NAME]):
-            raise ExportError(
-                f"exported graph has inputs/outputs {names}, expected ['{INPUT_NAME}'] / ['{OUTPUT_NAME}']"
-            )
-
-        session = ort_session(tmp)
+    start, path = time.perf_counter(), Path(path)
+    example, reference, deploy = _deploy_inputs(model, example_inputs, dynamic_batch)
+    input_shape = tuple(int(s) for s in example.shape[1:])
+    with _temporary_next_to(path) as tmp:
+        used, reason, opset, export_s = _export(
+            deploy, example, tmp, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch, fallback=fallback
+        )
+        onnx_model = _checked_graph(tmp, simplify)
         batches = _parity_batches(example.shape[0], dynamic_batch, parity_batches)
-        parity = _parity(session, reference, input_shape, batches, seed)
-        worst = max(row["relative_error"] for row in parity)
-        if worst > PARITY_TOLERANCE:
-            raise ExportError(
-                f"ONNX Runtime and PyTorch disagree: max error {worst:.2e} of the logit scale "
-                f"(tolerance {PARITY_TOLERANCE:g}) with the {used} exporter"
-            )
-
-        onnx_cost = count_onnx_macs(onnx_model)
-        torch_cost, zero_bias_adds = _check_macs(onnx_cost, deploy, input_shape)
+        checks = _verify(tmp, onnx_model, reference, deploy, input_shape, batches, seed, used)
         give_default_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     record = OnnxExport(
         path=str(path),
         exporter=used,
@@ -327,26 +358,23 @@ def to_onnx(
         input_shape=list(input_shape),
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
-        parity=parity,
-        parity_tolerance=PARITY_TOLERANCE,
-        ort_threads=session.get_session_options().intra_op_num_threads,
         file_bytes=path.stat().st_size,
-        macs=onnx_cost.macs,
-        params=onnx_cost.params,
-        torch_macs=torch_cost.macs,
-        torch_params=torch_cost.params,
-        zero_bias_adds_dropped=zero_bias_adds,
         export_s=round(export_s, 3),
         total_s=round(time.perf_counter() - start, 3),
         versions=_versions(),
+        **checks,
     )
+    _log_export(record)
+    return record
+
+
+def _log_export(record: OnnxExport) -> None:
     log.debug(
         "exported %s (%s exporter, opset %d, %.1f MB): parity %.1e, %s MACs",
-        path,
-        used,
-        opset,
+        record.path,
+        record.exporter,
+        record.opset,
         record.file_bytes / 1e6,
-        worst,
-        f"{onnx_cost.macs:,}",
+        max(row["relative_error"] for row in record.parity),
+        f"{record.macs:,}",
     )
-    return record

@@ -76,6 +76,72 @@ def _fixed_batch_copy(model):
     return copy
 
 
+class _InferredGraph:
+    """The static shapes (per sample: batch 1), constant tensors and consumers of a shape-inferred graph."""
+
+    def __init__(self, graph) -> None:
+        self.nodes = list(graph.node)
+        self.shapes: dict[str, tuple[int, ...] | None] = {
+            value.name: _dims(value) for value in (*graph.input, *graph.value_info, *graph.output)
+        }
+        self.constants: dict[str, Any] = {init.name: init for init in graph.initializer}
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.constants[node.output[0]] = attribute.t
+        for name, tensor in self.constants.items():
+            self.shapes.setdefault(name, tuple(tensor.dims))
+        self.consumers: dict[str, list] = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def shape_of(self, name: str, node) -> tuple[int, ...]:
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise LappDeployError(
+                f"ONNX shape inference left tensor {name!r} of {node.op_type} node {node.name!r} without a static "
+                "shape, so its MACs cannot be counted"
+            )
+        return shape
+
+    def has_bias_add(self, output: str) -> bool:
+        """A MatMul followed by an Add of a constant vector: a Linear's bias."""
+        users = self.consumers.get(output, [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            return False
+        other = [n for n in users[0].input if n != output]
+        return len(other) == 1 and other[0] in self.constants and len(self.constants[other[0]].dims) == 1
+
+
+def _conv_k(graph: _InferredGraph, node) -> tuple[int, bool]:
+    weight = graph.shape_of(node.input[1], node)  # (C_out, C_in / group, k_h, k_w)
+    return math.prod(weight[1:]), len(node.input) > 2 and node.input[2] != ""
+
+
+def _gemm_k(graph: _InferredGraph, node) -> tuple[int, bool]:
+    trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+    a_shape = graph.shape_of(node.input[0], node)
+    return (a_shape[0] if trans_a else a_shape[1]), len(node.input) > 2 and node.input[2] != ""
+
+
+def _matmul_k(graph: _InferredGraph, node) -> tuple[int, bool]:
+    return graph.shape_of(node.input[0], node)[-1], graph.has_bias_add(node.output[0])
+
+
+# op type -> (multiply-accumulates per output element, whether a bias is added) of a node
+_COSTED_OPS = {"Conv": _conv_k, "Gemm": _gemm_k, "MatMul": _matmul_k}
+
+
+def _layer_cost(graph: _InferredGraph, node) -> OnnxLayerCost:
+    per_sample = graph.shape_of(node.output[0], node)[1:]
+    outputs = math.prod(per_sample)
+    k, bias = _COSTED_OPS[node.op_type](graph, node)
+    bias_adds = outputs if bias else 0
+    return OnnxLayerCost(node.name, node.op_type, per_sample, outputs * k + bias_adds, bias_adds)
+
+
 def count_onnx_macs(model_or_path: Any) -> OnnxCost:
     """Per-sample MACs of the Conv, Gemm and MatMul nodes of an ONNX model (a ModelProto or a path), and
     its parameter count."""
@@ -86,67 +152,11 @@ def count_onnx_macs(model_or_path: Any) -> OnnxCost:
         inferred = onnx.shape_inference.infer_shapes(_fixed_batch_copy(model), strict_mode=True, data_prop=True)
     except Exception as exc:
         raise LappDeployError(f"ONNX shape inference failed, so MACs cannot be counted: {exc}") from None
-    graph = inferred.graph
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        shapes[value.name] = _dims(value)
-    constants: dict[str, Any] = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    constants[node.output[0]] = attribute.t
-    for name, tensor in constants.items():
-        shapes.setdefault(name, tuple(tensor.dims))
-
-    def shape_of(name: str, node) -> tuple[int, ...]:
-        shape = shapes.get(name)
-        if shape is None:
-            raise LappDeployError(
-                f"ONNX shape inference left tensor {name!r} of {node.op_type} node {node.name!r} without a static "
-                "shape, so its MACs cannot be counted"
-            )
-        return shape
-
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def has_bias_add(output: str) -> bool:
-        """A MatMul followed by an Add of a constant vector: a Linear's bias."""
-        users = consumers.get(output, [])
-        if len(users) != 1 or users[0].op_type != "Add":
-            return False
-        other = [n for n in users[0].input if n != output]
-        return len(other) == 1 and other[0] in constants and len(constants[other[0]].dims) == 1
-
-    layers = []
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        out_shape = shape_of(node.output[0], node)
-        per_sample = out_shape[1:]
-        outputs = math.prod(per_sample)
-        if node.op_type == "Conv":
-            weight = shape_of(node.input[1], node)  # (C_out, C_in / group, k_h, k_w)
-            macs = outputs * math.prod(weight[1:])
-            bias = len(node.input) > 2 and node.input[2] != ""
-        elif node.op_type == "Gemm":
-            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            a_shape = shape_of(node.input[0], node)
-            k = a_shape[0] if trans_a else a_shape[1]
-            macs = outputs * k
-            bias = len(node.input) > 2 and node.input[2] != ""
-        else:
-            k = shape_of(node.input[0], node)[-1]
-            macs = outputs * k
-            bias = has_bias_add(node.output[0])
-        bias_adds = outputs if bias else 0
-        layers.append(OnnxLayerCost(node.name, node.op_type, per_sample, macs + bias_adds, bias_adds))
-
-    params = 0
-    for tensor in constants.values():
-        if tensor.data_type in _FLOAT_TYPES and len(tensor.dims) >= 1:
-            params += math.prod(tensor.dims)
+    graph = _InferredGraph(inferred.graph)
+    layers = [_layer_cost(graph, node) for node in graph.nodes if node.op_type in _COSTED_OPS]
+    params = sum(
+        math.prod(tensor.dims)
+        for tensor in graph.constants.values()
+        if tensor.data_type in _FLOAT_TYPES and len(tensor.dims) >= 1
+    )
     return OnnxCost(macs=sum(layer.macs for layer in layers), params=params, layers=layers)

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from lappdeploy.errors import ExportError
+from lappdeploy.export.onnx_export import check_onnx
+from lappdeploy.export.trt_recipes import FP16_ONNX, QDQ_ONNX
 from lappdeploy.io import give_default_permissions
 from lappdeploy.optional import require
 
-__all__ = ["QUANTIZED_OPS", "to_fp16_onnx", "to_int8_qdq_onnx"]
+__all__ = ["QUANTIZED_OPS", "to_fp16_onnx", "to_int8_qdq_onnx", "write_precision_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def to_fp16_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
     onnx = require("onnx", purpose="converting ONNX to FP16")
     require("onnxruntime", purpose="converting ONNX to FP16")
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from lappdeploy.export.onnx_export import check_onnx
 
     model = onnx.load(os.fspath(src))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -133,8 +133,6 @@ def to_int8_qdq_onnx(
     require("onnxruntime", purpose="INT8 quantization of ONNX models")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from lappdeploy.export.onnx_export import check_onnx
-
     methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax}
     if method not in methods:
         raise ExportError(f"calibration method must be one of {', '.join(methods)} (got {method!r})")
@@ -168,3 +166,16 @@ def to_int8_qdq_onnx(
         _save_checked(onnx.load(out), dst, check_onnx)
     log.debug("INT8 Q/DQ model %s calibrated on %d images (%s)", dst, reader.count, method)
     return reader.count
+
+
+def write_precision_onnx(
+    variant: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], calibration: Iterable[np.ndarray] | None
+) -> int | None:
+    """Write the reduced-precision copy `variant` (FP16_ONNX or QDQ_ONNX of `trt_recipes`) of the fp32 ONNX
+    at `src` to `dst`; returns the number of calibration images a Q/DQ graph was calibrated on, else None."""
+    if variant == FP16_ONNX:
+        to_fp16_onnx(src, dst)
+        return None
+    if variant == QDQ_ONNX:
+        return to_int8_qdq_onnx(src, dst, calibration)
+    raise ExportError(f"no converter writes {variant!r}; expected {FP16_ONNX} or {QDQ_ONNX}")

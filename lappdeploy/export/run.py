@@ -18,13 +18,16 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lappdeploy.config import ExportConfig
+from lappdeploy.environment import package_version, versions
 from lappdeploy.errors import (
     ExportError,
     LappDeployError,
@@ -32,55 +35,275 @@ from lappdeploy.errors import (
     RunDirError,
     TensorRTUnavailableError,
 )
-from lappdeploy.io import (
-    atomic_write_json,
-    atomic_write_text,
-    can_create_in,
-    give_default_permissions,
-    nearest_existing,
-    read_json,
+from lappdeploy.export.onnx_export import check_onnx, to_onnx
+from lappdeploy.export.precision import write_precision_onnx
+from lappdeploy.export.tensorrt import (
+    build_engine,
+    check_precision,
+    cuda_device_name,
+    engine_parity,
+    import_tensorrt,
+    trt_family,
 )
+from lappdeploy.export.trt_recipes import CALIBRATION_CACHE, FP32_ONNX, TrtRecipe, trt_recipe
+from lappdeploy.export.trtexec import DEFAULT_FAMILY, trtexec_args, trtexec_script
+from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, give_default_permissions, read_json
+from lappdeploy.models import checkpoint_in
+from lappdeploy.rundir import EXPORT, EXPORT_FILE, calibration_images, check_new_output, check_writable, run_method
+from lappdeploy.surgery import LoadedModel, load_model
+from lappdeploy.surgery.history import recorded_plans
+from lappdeploy.surgery.plan import plan_id
 
-__all__ = ["EXPORT_FORMAT", "calibration_batches", "export_run"]
+__all__ = ["EXPORT_FORMAT", "export_run"]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "lappdeploy.export"
-_CALIBRATION_BATCH = 16  # images per calibration batch (TensorRT calibrator and ONNX Runtime alike)
+TRTEXEC_SCRIPT = "trtexec.sh"
+
+
+@dataclass(frozen=True)
+class _Export:
+    """One export, resolved and checked before anything is written."""
+
+    config: ExportConfig
+    checkpoint: Path
+    out: Path
+    loaded: LoadedModel
+    input_shape: tuple[int, ...]  # per sample: C, H, W
+    trt: Any  # the tensorrt module, or None (then trtexec.sh is written for `recipe.family`)
+    recipe: TrtRecipe | None  # None without --trt
+    calibration: list[np.ndarray] | None  # INT8: normalised float32 batches of training images
+
+
+def export_run(
+    target: str | os.PathLike[str],
+    config: ExportConfig,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export the model of run directory or checkpoint `target` into `out` (default TARGET/export) and
+    return the report (as written to export.json, plus "out": the directory). Raises
+    TensorRTUnavailableError (exit code 3) after writing trtexec.sh when --trt is asked for and TensorRT is
+    not installed."""
+    export = _resolve(Path(target).expanduser(), config, out, force=force)
+    staging = _staging_dir(export.out)
+    try:
+        report = _stage(export, staging)
+        _commit(staging, export.out, replace=config.onnx)
+        log.info("export written to %s", export.out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        raise
+    if export.recipe is not None and export.trt is None:
+        raise TensorRTUnavailableError(
+            f"the tensorrt Python package is not installed here, so no engine was built; wrote "
+            f"{export.out / TRTEXEC_SCRIPT} for the TensorRT {export.recipe.family} family: copy {export.out} to "
+            "the target and run `bash trtexec.sh` there (or install lappdeploy[trt] and re-run)"
+        )
+    return {**report, "out": str(export.out)}
+
+
+# --------------------------------------------------------------------------------------------------
+# resolve: every check, no writes
 
 
 def _default_out(target: Path, checkpoint: Path) -> Path:
     return (target if target.is_dir() else checkpoint.parent) / "export"
 
 
-def _check_out(out: Path, *, force: bool, reuse_onnx: bool) -> None:
+def _check_out(out: Path, *, force: bool, reuse_onnx: bool) -> Path:
     """Validate the export directory without writing: a new one, an earlier export with --force, or (for
-    --no-onnx) an earlier export holding model.onnx."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
+    --no-onnx) an earlier export holding model.onnx. The staging directory is made next to OUT, so OUT's
+    parent must be writable too."""
     if reuse_onnx:
-        if not (out / "model.onnx").is_file():
-            raise RunDirError(f"--no-onnx builds from {out / 'model.onnx'}, which does not exist; export it first")
-    elif out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise RunDirError(f"export directory {out} already exists; pass --force to overwrite it or choose --out")
-        if not (out / "export.json").is_file():
-            raise RunDirError(
-                f"{out} is not empty and not a lappdeploy export directory (no export.json); refusing to delete it "
-                "even with --force; choose another --out"
-            )
-    anchor = nearest_existing(out.parent)
-    if not anchor.is_dir() or not can_create_in(anchor):
-        raise RunDirError(f"cannot write to {out}: {anchor} is not a writable directory; choose another --out")
+        out = check_writable(out)
+        if not (out / FP32_ONNX).is_file():
+            raise RunDirError(f"--no-onnx builds from {out / FP32_ONNX}, which does not exist; export it first")
+    else:
+        out = check_new_output(out, EXPORT, force=force)
+    if out.exists() and not can_create_in(out.parent):
+        raise RunDirError(f"cannot write to {out}: {out.parent} is not a writable directory; choose another --out")
+    return out
 
 
-def calibration_batches(
-    target: Path, card, count: int, *, data_dir: str | None = None, batch_size: int = _CALIBRATION_BATCH
-) -> list[np.ndarray]:
-    """Up to `count` images of the model's training set (see `lappdeploy.rundir.calibration_images`)."""
-    from lappdeploy.rundir import calibration_images
+def _resolve_tensorrt(config: ExportConfig) -> tuple[Any, TrtRecipe]:
+    """The installed tensorrt module (or None) and the recipe of its family, or of the --trt-version family
+    trtexec.sh is written for, after checking this GPU can build the precision."""
+    try:
+        trt = import_tensorrt()
+    except MissingDependencyError:
+        return None, trt_recipe(config.trt_version or DEFAULT_FAMILY, config.precision)
+    family = trt_family(trt.__version__)
+    _, capability = cuda_device_name()
+    check_precision(trt, config.precision, capability=capability)
+    if config.trt_version and config.trt_version != family:
+        raise ExportError(
+            f"--trt-version {config.trt_version} names another family than the installed TensorRT "
+            f"{trt.__version__}; drop it (it is for trtexec.sh where TensorRT is not installed)"
+        )
+    return trt, trt_recipe(family, config.precision)
 
-    return calibration_images(target, card, count, data_dir=data_dir, batch_size=batch_size)
+
+def _resolve(target: Path, config: ExportConfig, out: str | os.PathLike[str] | None, *, force: bool) -> _Export:
+    if not target.exists():
+        raise LappDeployError(f"{target} does not exist; expected a run directory or a model.pt checkpoint")
+    checkpoint = checkpoint_in(target)
+    out = _check_out(
+        Path(out).expanduser() if out is not None else _default_out(target, checkpoint),
+        force=force,
+        reuse_onnx=not config.onnx,
+    )
+    loaded = load_model(checkpoint)
+    trt, recipe = _resolve_tensorrt(config) if config.trt else (None, None)
+    calibration = None
+    if recipe is not None and recipe.needs_calibration:
+        calibration = calibration_images(target, loaded.card, config.calib_images, data_dir=config.data_dir)
+    if not config.onnx:
+        check_onnx(out / FP32_ONNX)  # a corrupt or foreign file stops here
+    input_shape = tuple(int(s) for s in loaded.card.input_shape)
+    return _Export(config, checkpoint, out, loaded, input_shape, trt, recipe, calibration)
+
+
+# --------------------------------------------------------------------------------------------------
+# stage: every file, in a hidden directory next to OUT
+
+
+def _staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    give_default_permissions(staging)
+    return staging
+
+
+def _stage(export: _Export, staging: Path) -> dict[str, Any]:
+    """Write the ONNX, the engine or trtexec.sh, and export.json into `staging`; returns the report."""
+    onnx_section, onnx_path = _stage_onnx(export, staging)
+    trt_section = None
+    if export.recipe is not None and export.trt is not None:
+        trt_section = _stage_engine(export, staging, onnx_path)
+    elif export.recipe is not None:
+        trt_section = _stage_trtexec_script(export, staging, onnx_path)
+    report = _report(export, onnx_section, trt_section)
+    atomic_write_json(staging / EXPORT_FILE, report)
+    return report
+
+
+def _stage_onnx(export: _Export, staging: Path) -> tuple[dict[str, Any], Path]:
+    """(export.json's onnx section, the fp32 ONNX to build from): a fresh export, or with --no-onnx the
+    earlier one in OUT."""
+    config = export.config
+    if not config.onnx:
+        previous = read_json(export.out / EXPORT_FILE) if (export.out / EXPORT_FILE).is_file() else {}
+        section = previous.get("onnx", {"path": FP32_ONNX, "note": "reused from an earlier export"})
+        return section, export.out / FP32_ONNX
+    example = torch.randn((2, *export.input_shape), generator=torch.Generator().manual_seed(config.seed))
+    record = to_onnx(
+        export.loaded.model,
+        example,
+        staging / FP32_ONNX,
+        opset=config.opset,
+        dynamic_batch=True,
+        exporter=config.exporter,
+        simplify=config.simplify,
+        fallback=config.fallback,
+        parity_batches=config.batch,
+        seed=config.seed,
+    )
+    return {**record.to_dict(), "path": FP32_ONNX}, staging / FP32_ONNX
+
+
+def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:
+    config, earlier_cache = export.config, export.out / CALIBRATION_CACHE
+    if earlier_cache.is_file() and not config.onnx:
+        shutil.copy2(earlier_cache, staging / CALIBRATION_CACHE)  # same ONNX: its scales still hold
+    build = build_engine(
+        onnx_path,
+        staging,
+        precision=config.precision,
+        batches=config.batch,
+        input_shape=export.input_shape,
+        workspace_mib=config.workspace_mib,
+        opt_level=config.opt_level,
+        calibration=export.calibration,
+        timing_cache_dir=config.timing_cache_dir,
+        trt=export.trt,
+    )
+    profile = (build.profile["min"], build.profile["max"])
+    build.parity = engine_parity(
+        staging / build.engine,
+        onnx_path,
+        export.input_shape,
+        profile,
+        config.precision,
+        seed=config.seed,
+        trt=export.trt,
+    )
+    build.parity_tolerance = export.recipe.parity_tolerance
+    return {"status": "built", **build.to_dict()}
+
+
+def _stage_trtexec_script(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:
+    """trtexec.sh for the target, with the FP16 / Q/DQ graph it reads where the recipe needs one."""
+    config, recipe = export.config, export.recipe
+    calibrated = None
+    if recipe.trtexec_onnx != FP32_ONNX:
+        calibrated = write_precision_onnx(
+            recipe.trtexec_onnx, onnx_path, staging / recipe.trtexec_onnx, export.calibration
+        )
+    options = {
+        "input_shape": export.input_shape,
+        "batches": config.batch,
+        "workspace_mib": config.workspace_mib,
+        "opt_level": config.opt_level,
+    }
+    script = trtexec_script(recipe.family, config.precision, model=export.loaded.card.architecture, **options)
+    atomic_write_text(staging / TRTEXEC_SCRIPT, script)
+    (staging / TRTEXEC_SCRIPT).chmod(0o755)
+    return {
+        "status": "trtexec.sh written (TensorRT Python package not installed here)",
+        "family": recipe.family,
+        "precision": config.precision,
+        "script": TRTEXEC_SCRIPT,
+        "onnx": recipe.trtexec_onnx,
+        "trtexec_args": trtexec_args(recipe.family, config.precision, **options),
+        "calibration_images": calibrated,
+    }
+
+
+def _versions(trt_version: str | None) -> dict[str, str | None]:
+    return {
+        **versions(),
+        **{name: package_version(name) for name in ("onnx", "onnxruntime", "onnxslim", "onnxscript")},
+        "tensorrt": trt_version,
+    }
+
+
+def _report(export: _Export, onnx_section: dict[str, Any], trt_section: dict[str, Any] | None) -> dict[str, Any]:
+    card = export.loaded.card
+    return {
+        "format": EXPORT_FORMAT,
+        "source": str(export.checkpoint),
+        "model": card.architecture,
+        "plan_id": plan_id(recorded_plans(export.loaded.model)),
+        "method": run_method(export.checkpoint.parent),
+        "dataset": card.dataset,
+        "input_shape": list(export.input_shape),
+        "mean": list(card.mean),
+        "std": list(card.std),
+        "class_names": card.class_names,
+        "config": export.config.to_dict(),
+        "onnx": onnx_section,
+        "tensorrt": trt_section,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(str(export.trt.__version__) if export.trt is not None else None),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# commit
 
 
 def _commit(staging: Path, out: Path, *, replace: bool) -> None:
@@ -98,199 +321,3 @@ def _commit(staging: Path, out: Path, *, replace: bool) -> None:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _versions(trt_version: str | None) -> dict[str, str | None]:
-    from lappdeploy.environment import package_version, versions
-
-    return {
-        **versions(),
-        **{name: package_version(name) for name in ("onnx", "onnxruntime", "onnxslim", "onnxscript")},
-        "tensorrt": trt_version,
-    }
-
-
-def _method_of(run_dir: Path) -> str | None:
-    """The pruning method of a compress run (None for other runs): shown by `lappdeploy bench`."""
-    report = run_dir / "report.json"
-    with contextlib.suppress(OSError, ValueError):
-        return read_json(report).get("method") if report.is_file() else None
-    return None
-
-
-def export_run(
-    target: str | os.PathLike[str],
-    config: ExportConfig,
-    *,
-    out: str | os.PathLike[str] | None = None,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Export the model of run directory or checkpoint `target` into `out` (default TARGET/export) and
-    return the report (as written to export.json, plus "out": the directory). Raises
-    TensorRTUnavailableError (exit code 3) after writing trtexec.sh when --trt is asked for and TensorRT is
-    not installed."""
-    import torch
-
-    from lappdeploy.export.onnx_export import check_onnx, to_onnx
-    from lappdeploy.export.tensorrt import (
-        TOLERANCE,
-        build_engine,
-        check_precision,
-        cuda_device_name,
-        engine_parity,
-        import_tensorrt,
-        trt_family,
-    )
-    from lappdeploy.export.trtexec import DEFAULT_FAMILY, trtexec_args, trtexec_script
-    from lappdeploy.models import checkpoint_in, load_model
-    from lappdeploy.surgery.history import recorded_plans
-    from lappdeploy.surgery.plan import plan_id
-
-    # 1. validate everything (no writes)
-    target = Path(target).expanduser()
-    if not target.exists():
-        raise LappDeployError(f"{target} does not exist; expected a run directory or a model.pt checkpoint")
-    checkpoint = checkpoint_in(target)
-    out = Path(out).expanduser() if out is not None else _default_out(target, checkpoint)
-    _check_out(out, force=force, reuse_onnx=not config.onnx)
-    loaded = load_model(checkpoint)
-    card = loaded.card
-    input_shape = tuple(int(s) for s in card.input_shape)
-
-    trt = None
-    trt_version = None
-    if config.trt:
-        try:
-            trt = import_tensorrt()
-        except MissingDependencyError:
-            trt = None
-        if trt is not None:
-            trt_version = str(trt.__version__)
-            family = trt_family(trt_version)
-            _, capability = cuda_device_name()
-            check_precision(trt, config.precision, capability=capability)
-            if config.trt_version and config.trt_version != family:
-                raise ExportError(
-                    f"--trt-version {config.trt_version} names another family than the installed TensorRT "
-                    f"{trt_version}; drop it (it is for trtexec.sh where TensorRT is not installed)"
-                )
-        else:
-            family = config.trt_version or DEFAULT_FAMILY
-    calibration = None
-    needs_calibration = config.trt and config.precision == "int8"
-    if needs_calibration:
-        calibration = calibration_batches(target, card, config.calib_images, data_dir=config.data_dir)
-    if not config.onnx:
-        check_onnx(out / "model.onnx")  # a corrupt or foreign file stops here
-
-    # 2. produce everything in a staging directory
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    give_default_permissions(staging)
-    report: dict[str, Any] = {}
-    try:
-        if config.onnx:
-            generator = torch.Generator().manual_seed(config.seed)
-            example = torch.randn((2, *input_shape), generator=generator)
-            record = to_onnx(
-                loaded.model,
-                example,
-                staging / "model.onnx",
-                opset=config.opset,
-                dynamic_batch=True,
-                exporter=config.exporter,
-                simplify=config.simplify,
-                fallback=config.fallback,
-                parity_batches=config.batch,
-                seed=config.seed,
-            )
-            onnx_section = {**record.to_dict(), "path": "model.onnx"}
-            onnx_path = staging / "model.onnx"
-        else:
-            previous = read_json(out / "export.json") if (out / "export.json").is_file() else {}
-            onnx_section = previous.get("onnx", {"path": "model.onnx", "note": "reused from an earlier export"})
-            onnx_path = out / "model.onnx"
-
-        trt_section = None
-        if config.trt and trt is not None:
-            if (out / "calibration.cache").is_file() and not config.onnx:
-                shutil.copy2(out / "calibration.cache", staging / "calibration.cache")  # reuse its scales
-            build = build_engine(
-                onnx_path,
-                staging,
-                precision=config.precision,
-                batches=config.batch,
-                input_shape=input_shape,
-                workspace_mib=config.workspace_mib,
-                opt_level=config.opt_level,
-                calibration=calibration,
-                timing_cache_dir=config.timing_cache_dir,
-                trt=trt,
-            )
-            profile = (build.profile["min"], build.profile["max"])
-            build.parity = engine_parity(
-                staging / build.engine, onnx_path, input_shape, profile, config.precision, seed=config.seed, trt=trt
-            )
-            build.parity_tolerance = TOLERANCE[config.precision]
-            trt_section = {"status": "built", **build.to_dict()}
-        elif config.trt:
-            from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
-            from lappdeploy.export.trtexec import onnx_for
-
-            needed = onnx_for(family, config.precision)
-            calibrated = None
-            if needed == "model_fp16.onnx":
-                to_fp16_onnx(onnx_path, staging / needed)
-            elif needed == "model_int8_qdq.onnx":
-                calibrated = to_int8_qdq_onnx(onnx_path, staging / needed, calibration)
-            options = {
-                "input_shape": input_shape,
-                "batches": config.batch,
-                "workspace_mib": config.workspace_mib,
-                "opt_level": config.opt_level,
-            }
-            script = trtexec_script(family, config.precision, model=card.architecture, **options)
-            atomic_write_text(staging / "trtexec.sh", script)
-            (staging / "trtexec.sh").chmod(0o755)
-            trt_section = {
-                "status": "trtexec.sh written (TensorRT Python package not installed here)",
-                "family": family,
-                "precision": config.precision,
-                "script": "trtexec.sh",
-                "onnx": needed,
-                "trtexec_args": trtexec_args(family, config.precision, **options),
-                "calibration_images": calibrated,
-            }
-
-        report = {
-            "format": EXPORT_FORMAT,
-            "source": str(checkpoint),
-            "model": card.architecture,
-            "plan_id": plan_id(recorded_plans(loaded.model)),
-            "method": _method_of(checkpoint.parent),
-            "dataset": card.dataset,
-            "input_shape": list(input_shape),
-            "mean": list(card.mean),
-            "std": list(card.std),
-            "class_names": card.class_names,
-            "config": config.to_dict(),
-            "onnx": onnx_section,
-            "tensorrt": trt_section,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(trt_version),
-        }
-        atomic_write_json(staging / "export.json", report)
-        _commit(staging, out, replace=config.onnx)
-        log.info("export written to %s", out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging)
-        raise
-
-    if config.trt and trt is None:
-        raise TensorRTUnavailableError(
-            f"the tensorrt Python package is not installed here, so no engine was built; wrote {out / 'trtexec.sh'} "
-            f"for the TensorRT {family} family: copy {out} to the target and run `bash trtexec.sh` there "
-            "(or install lappdeploy[trt] and re-run)"
-        )
-    return {**report, "out": str(out)}

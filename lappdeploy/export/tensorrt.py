@@ -2,12 +2,7 @@
 
 The module imports without TensorRT; `tensorrt` is imported when an engine is built (or passed in as
 `trt`, which is how the tests drive the version branches through `lappdeploy.testing.fake_tensorrt`).
-What differs between the families (see DEPLOY.md):
-
-    family  network flags         fp16                         int8
-    8.6     EXPLICIT_BATCH        BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
-    10      0 (explicit batch)    BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
-    11      0 (strongly typed)    an FP16 ONNX, fp32 I/O       a Q/DQ ONNX calibrated on the same images
+What differs between the families is one table, `lappdeploy.export.trt_recipes` (docs/deployment.md#tensorrt).
 
 Every build sets a dynamic-batch optimization profile (min/opt/max), the workspace limit, the builder
 optimization level and a timing cache kept per device and TensorRT version, saves the engine
@@ -28,8 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lappdeploy.errors import ExportError
+from lappdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
+from lappdeploy.export.precision import write_precision_onnx
+from lappdeploy.export.trt_recipes import (
+    CALIBRATION_CACHE,
+    FAMILIES,
+    FP32_ONNX,
+    PRECISIONS,
+    TOLERANCE,
+    TrtRecipe,
+    engine_file,
+    layer_info_file,
+    trt_recipe,
+)
 from lappdeploy.io import atomic_open, atomic_write_text
 from lappdeploy.optional import require
 
@@ -44,20 +53,15 @@ __all__ = [
     "engine_parity",
     "import_tensorrt",
     "run_engine",
+    "tensorrt_logger",
     "timing_cache_path",
     "trt_family",
 ]
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("8.6", "10", "11")
-PRECISIONS = ("fp32", "fp16", "int8")
-# max |TensorRT - ONNX Runtime fp32| / max |logits| accepted after a build. fp32 builds clear TF32.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 2.5e-1}
 # smallest compute capability with fast FP16 / INT8 kernels (used where TensorRT no longer says: 11.x)
 _MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1)}
-_INPUT_NAME = "input"
-_OUTPUT_NAME = "logits"
 
 
 def import_tensorrt():
@@ -141,8 +145,6 @@ def default_timing_cache_dir() -> Path:
 
 def cuda_device_name() -> tuple[str, tuple[int, int] | None]:
     """(GPU name with compute capability, capability) of CUDA device 0, or ('no CUDA device', None)."""
-    import torch
-
     if not torch.cuda.is_available():
         return "no CUDA device", None
     capability = torch.cuda.get_device_capability(0)
@@ -152,11 +154,10 @@ def cuda_device_name() -> tuple[str, tuple[int, int] | None]:
 def check_precision(trt, precision: str, *, capability: tuple[int, int] | None = None, builder=None) -> str:
     """Raise ExportError unless the installed TensorRT (and GPU) can build `precision`; returns the family."""
     family = trt_family(trt.__version__)
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    recipe = trt_recipe(family, precision)
     if precision == "fp32":
         return family
-    if family in ("8.6", "10"):
+    if not recipe.strongly_typed:
         builder = builder or trt.Builder(trt.Logger(trt.Logger.WARNING))
         fast = builder.platform_has_fast_fp16 if precision == "fp16" else builder.platform_has_fast_int8
         if not fast:
@@ -174,31 +175,28 @@ def check_precision(trt, precision: str, *, capability: tuple[int, int] | None =
     return family
 
 
-class _TensorRTLogger:
-    """Route TensorRT's builder messages to the `lappdeploy.export.tensorrt` logger."""
+def tensorrt_logger(trt):
+    """A `trt.ILogger` that routes TensorRT's messages to the `lappdeploy.export.tensorrt` logger."""
 
-    @staticmethod
-    def create(trt):
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)  # TensorRT's pybind11 base class needs its own __init__ called
 
-            def log(self, severity, msg) -> None:
-                level = {
-                    trt.ILogger.INTERNAL_ERROR: logging.ERROR,
-                    trt.ILogger.ERROR: logging.ERROR,
-                    trt.ILogger.WARNING: logging.WARNING,
-                    trt.ILogger.INFO: logging.DEBUG,
-                }.get(severity, logging.DEBUG)
-                log.log(level, "TensorRT: %s", msg)
+        def log(self, severity, msg) -> None:
+            level = {
+                trt.ILogger.INTERNAL_ERROR: logging.ERROR,
+                trt.ILogger.ERROR: logging.ERROR,
+                trt.ILogger.WARNING: logging.WARNING,
+                trt.ILogger.INFO: logging.DEBUG,
+            }.get(severity, logging.DEBUG)
+            log.log(level, "TensorRT: %s", msg)
 
-        return Logger()
+    return Logger()
 
 
 def _entropy_calibrator(trt, batches: list[np.ndarray], cache_path: Path, device: str):
     """An IInt8EntropyCalibrator2 serving `batches` (float32, equal batch sizes) from `device` memory and
     keeping its scales in `cache_path` (a cache that exists is used instead of calibrating again)."""
-    import torch
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -234,8 +232,8 @@ def _parse(trt, network, logger_obj, onnx_path: Path) -> None:
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors or 'no details'}")
     network_input = network.get_input(0)
-    if network.num_inputs != 1 or network_input.name != _INPUT_NAME:
-        raise ExportError(f"{onnx_path.name} must have one input named {_INPUT_NAME!r}")
+    if network.num_inputs != 1 or network_input.name != INPUT_NAME:
+        raise ExportError(f"{onnx_path.name} must have one input named {INPUT_NAME!r}")
 
 
 def _calibration_batches(calibration: Iterable[np.ndarray] | None) -> list[np.ndarray]:
@@ -248,6 +246,81 @@ def _calibration_batches(calibration: Iterable[np.ndarray] | None) -> list[np.nd
     if len(kept) < len(batches):
         log.debug("calibration: dropped a last batch of %d images (TensorRT wants equal batches)", batches[-1].shape[0])
     return kept
+
+
+def _builder_onnx(recipe: TrtRecipe, onnx_path: Path, out_dir: Path, calibration) -> tuple[Path, int | None]:
+    """The graph the builder parses: the fp32 ONNX, or (strong typing) its FP16 / Q/DQ copy written to
+    `out_dir`; with the calibration images a Q/DQ copy used."""
+    if recipe.onnx_variant == FP32_ONNX:
+        return onnx_path, None
+    batches = _calibration_batches(calibration) if recipe.needs_calibration else None
+    source = out_dir / recipe.onnx_variant
+    return source, write_precision_onnx(recipe.onnx_variant, onnx_path, source, batches)
+
+
+def _network_flags(trt, recipe: TrtRecipe) -> int:
+    return sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, name)) for name in recipe.network_flags)
+
+
+def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib: int, opt_level: int):
+    """The builder, the network parsed from `source` and the builder config of `recipe` (no calibrator)."""
+    builder = trt.Builder(logger_obj)
+    network = builder.create_network(_network_flags(trt, recipe))
+    _parse(trt, network, logger_obj, source)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)  # MiB -> bytes
+    config.builder_optimization_level = int(opt_level)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, precisions, tactics
+    if recipe.clears_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(INPUT_NAME, *shapes)
+    config.add_optimization_profile(opt_profile)
+    for name in recipe.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    return builder, network, config
+
+
+def _add_calibrator(trt, builder, config, calibration, out_dir: Path, input_shape, device: str) -> int:
+    """Attach an entropy calibrator (8.6/10 INT8) keeping its scales in OUT_DIR/calibration.cache; returns
+    the number of calibration images it serves."""
+    batches = _calibration_batches(calibration)
+    config.int8_calibrator = _entropy_calibrator(trt, batches, out_dir / CALIBRATION_CACHE, device)
+    calib_profile = builder.create_optimization_profile()  # calibration runs at its own fixed batch
+    calib_shape = (batches[0].shape[0], *input_shape)
+    calib_profile.set_shape(INPUT_NAME, calib_shape, calib_shape, calib_shape)
+    config.set_calibration_profile(calib_profile)
+    return sum(int(b.shape[0]) for b in batches)
+
+
+def _load_timing_cache(trt, config, cache_dir, device: str) -> tuple[Path, bool]:
+    """Give the builder the timing cache of this device and TensorRT version: (its file, whether it existed)."""
+    cache_file = timing_cache_path(cache_dir or default_timing_cache_dir(), device, trt.__version__)
+    hit = cache_file.is_file()
+    timing_cache = config.create_timing_cache(cache_file.read_bytes() if hit else b"")
+    config.set_timing_cache(timing_cache, False)  # False: refuse a cache from another device
+    return cache_file, hit
+
+
+def _build_and_save(trt, logger_obj, builder, network, config, source: Path, out_dir: Path, precision: str, cache_file):
+    """Build the engine; write it, the updated timing cache and the engine inspector's layer information.
+    Returns the engine's size in bytes."""
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not build a {precision} engine from {source.name} "
+            "(re-run with -v for the builder log)"
+        )
+    engine_bytes = bytes(serialized)
+    with atomic_open(out_dir / engine_file(precision), "wb") as handle:
+        handle.write(engine_bytes)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(cache_file, "wb") as handle:
+        handle.write(bytes(config.get_timing_cache().serialize()))
+    engine = trt.Runtime(logger_obj).deserialize_cuda_engine(engine_bytes)
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    atomic_write_text(out_dir / layer_info_file(precision), json.dumps(json.loads(info), indent=1) + "\n")
+    return len(engine_bytes)
 
 
 def build_engine(
@@ -269,90 +342,30 @@ def build_engine(
     """Build `model_<precision>.engine` (+ `layers_<precision>.json`) in `out_dir` from the fp32 ONNX at
     `onnx_path`. INT8 reads float32 `calibration` batches (normalised images). `trt`, `device`,
     `capability` and `calibration_device` default to the installed TensorRT and CUDA device 0."""
-    from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
-
     trt = trt or import_tensorrt()
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if device is None:
         device, capability = cuda_device_name()
-    family = check_precision(trt, precision, capability=capability)
+    recipe = trt_recipe(check_precision(trt, precision, capability=capability), precision)
     profile = EngineProfile.from_batches(batches)
     start = time.perf_counter()
-    calibration_images = calibration_cache = None
-
-    # 11.x is strongly typed: the precision lives in the ONNX
-    source, mode = onnx_path, "fp32 (TF32 off)"
-    if family == "11" and precision == "fp16":
-        source, mode = to_fp16_onnx(onnx_path, out_dir / "model_fp16.onnx"), "strongly typed: FP16 ONNX, fp32 I/O"
-    elif family == "11" and precision == "int8":
-        source = out_dir / "model_int8_qdq.onnx"
-        calibration_images = to_int8_qdq_onnx(onnx_path, source, _calibration_batches(calibration))
-        mode = "strongly typed: Q/DQ ONNX (entropy calibration)"
-
-    logger_obj = _TensorRTLogger.create(trt)
-    builder = trt.Builder(logger_obj)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if family == "8.6" else 0
-    network = builder.create_network(flags)
-    _parse(trt, network, logger_obj, source)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)  # MiB -> bytes
-    config.builder_optimization_level = int(opt_level)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, precisions, tactics
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 would cost ~1e-3 relative accuracy
-    shapes = profile.shapes(input_shape)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(_INPUT_NAME, *shapes)
-    config.add_optimization_profile(opt_profile)
-
-    if family in ("8.6", "10") and precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        mode = "BuilderFlag.FP16"
-    elif family in ("8.6", "10") and precision == "int8":
-        calib = _calibration_batches(calibration)
-        calibration_cache = "calibration.cache"
-        calibrator = _entropy_calibrator(trt, calib, out_dir / calibration_cache, calibration_device)
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
-        calib_profile = builder.create_optimization_profile()  # calibration runs at its own fixed batch
-        calib_shape = (calib[0].shape[0], *input_shape)
-        calib_profile.set_shape(_INPUT_NAME, calib_shape, calib_shape, calib_shape)
-        config.set_calibration_profile(calib_profile)
-        calibration_images = sum(int(b.shape[0]) for b in calib)
-        mode = "BuilderFlag.INT8 + IInt8EntropyCalibrator2"
-
-    cache_file = timing_cache_path(timing_cache_dir or default_timing_cache_dir(), device, trt.__version__)
-    cache_hit = cache_file.is_file()
-    timing_cache = config.create_timing_cache(cache_file.read_bytes() if cache_hit else b"")
-    config.set_timing_cache(timing_cache, False)  # False: refuse a cache from another device
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(
-            f"TensorRT {trt.__version__} could not build a {precision} engine from {source.name} "
-            "(re-run with -v for the builder log)"
+    source, calibration_images = _builder_onnx(recipe, onnx_path, out_dir, calibration)
+    logger_obj = tensorrt_logger(trt)
+    builder, network, config = _define_network(
+        trt, logger_obj, recipe, source, profile.shapes(input_shape), workspace_mib=workspace_mib, opt_level=opt_level
+    )
+    if recipe.calibrator:
+        calibration_images = _add_calibrator(
+            trt, builder, config, calibration, out_dir, input_shape, calibration_device
         )
-    engine_bytes = bytes(serialized)
-    engine_name = f"model_{precision}.engine"
-    with atomic_open(out_dir / engine_name, "wb") as handle:
-        handle.write(engine_bytes)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(cache_file, "wb") as handle:
-        handle.write(bytes(config.get_timing_cache().serialize()))
-
-    runtime = trt.Runtime(logger_obj)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    layer_info = f"layers_{precision}.json"
-    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-    atomic_write_text(out_dir / layer_info, json.dumps(json.loads(info), indent=1) + "\n")
-
+    cache_file, cache_hit = _load_timing_cache(trt, config, timing_cache_dir, device)
+    size = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)
     build = EngineBuild(
-        engine=engine_name,
+        engine=engine_file(precision),
         trt_version=str(trt.__version__),
-        family=family,
+        family=recipe.family,
         precision=precision,
-        precision_mode=mode,
+        precision_mode=recipe.precision_mode,
         onnx=source.name,
         profile=asdict(profile),
         input_shape=list(input_shape),
@@ -361,32 +374,34 @@ def build_engine(
         device=device,
         timing_cache=str(cache_file),
         timing_cache_hit=cache_hit,
-        layer_info=layer_info,
-        engine_bytes=len(engine_bytes),
+        layer_info=layer_info_file(precision),
+        engine_bytes=size,
         build_s=round(time.perf_counter() - start, 3),
         calibration_images=calibration_images,
-        calibration_cache=calibration_cache,
+        calibration_cache=CALIBRATION_CACHE if recipe.calibrator else None,
     )
+    _log_build(build)
+    return build
+
+
+def _log_build(build: EngineBuild) -> None:
     log.info(
         "built %s with TensorRT %s (%s) in %.1f s: %.1f MB",
-        engine_name,
-        trt.__version__,
-        mode,
+        build.engine,
+        build.trt_version,
+        build.precision_mode,
         build.build_s,
-        len(engine_bytes) / 1e6,
+        build.engine_bytes / 1e6,
     )
-    return build
 
 
 def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray], *, trt=None) -> list[np.ndarray]:
     """Run a serialized engine on CUDA device 0 for each float32 input batch (name-based I/O,
     execute_async_v3 on a non-default stream; the API of 8.6, 10 and 11)."""
-    import torch
-
     trt = trt or import_tensorrt()
     if not torch.cuda.is_available():
         raise ExportError("running a TensorRT engine needs a CUDA GPU")
-    logger_obj = _TensorRTLogger.create(trt)
+    logger_obj = tensorrt_logger(trt)
     engine = trt.Runtime(logger_obj).deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
         raise ExportError(f"{engine_path} is not an engine this TensorRT ({trt.__version__}) and GPU can load")
@@ -395,10 +410,10 @@ def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray]
     outputs = []
     for batch in inputs:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
-        context.set_input_shape(_INPUT_NAME, tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(_OUTPUT_NAME)), dtype=torch.float32, device="cuda")
-        context.set_tensor_address(_INPUT_NAME, x.data_ptr())
-        context.set_tensor_address(_OUTPUT_NAME, y.data_ptr())
+        context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        y = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")
+        context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
         stream.wait_stream(torch.cuda.current_stream())
         if not context.execute_async_v3(stream.cuda_stream):
             raise ExportError(f"TensorRT failed to run {engine_path} at batch {x.shape[0]}")
@@ -420,12 +435,10 @@ def engine_parity(
 ) -> list[dict[str, float]]:
     """Compare the engine with ONNX Runtime (CPU, fp32 ONNX) on random inputs at each batch size; raise
     ExportError above the precision's tolerance. Records top-1 agreement too (informative for INT8)."""
-    from lappdeploy.export.onnx_export import ort_session
-
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal((b, *input_shape), dtype=np.float32) for b in batches]
     session = ort_session(onnx_path)
-    expected = [session.run([_OUTPUT_NAME], {_INPUT_NAME: x})[0] for x in inputs]
+    expected = [session.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for x in inputs]
     got = runner(engine_path, inputs, trt=trt)
     rows = []
     for batch, ref, out in zip(batches, expected, got, strict=True):

@@ -14,12 +14,19 @@ import shlex
 from collections.abc import Sequence
 
 from lappdeploy.errors import ConfigError
-from lappdeploy.export.tensorrt import FAMILIES, PRECISIONS, EngineProfile
+from lappdeploy.export.tensorrt import EngineProfile
+from lappdeploy.export.trt_recipes import (
+    engine_file,
+    layer_info_file,
+    trt_recipe,
+    trtexec_log_file,
+    trtexec_times_file,
+)
 
 __all__ = ["DEFAULT_FAMILY", "onnx_for", "trtexec_args", "trtexec_script"]
 
 DEFAULT_FAMILY = "10"  # JetPack 6.x ships TensorRT 10.3
-WARMUP_MS = 2000  # warm up by time after the build: >= 1-2 s (DEPLOY.md)
+WARMUP_MS = 2000  # warm up by time after the build: >= 1-2 s (docs/deployment.md#trtexecsh)
 DURATION_S = 10  # measure for at least 10 s
 TIMING_CACHE = "timing-${DEVICE}-trt${TRT_VERSION}.cache"  # one per device and version; the script sets both
 
@@ -27,11 +34,7 @@ TIMING_CACHE = "timing-${DEVICE}-trt${TRT_VERSION}.cache"  # one per device and 
 def onnx_for(family: str, precision: str) -> str:
     """The ONNX file trtexec reads: fp32 everywhere, except the precision-carrying graphs of strong
     typing (11.x FP16) and explicit quantization (INT8, every family)."""
-    if precision == "int8":
-        return "model_int8_qdq.onnx"
-    if precision == "fp16" and family == "11":
-        return "model_fp16.onnx"
-    return "model.onnx"
+    return trt_recipe(family, precision, error=ConfigError).trtexec_onnx
 
 
 def trtexec_args(
@@ -45,18 +48,15 @@ def trtexec_args(
     timing_cache: str = TIMING_CACHE,
 ) -> list[str]:
     """trtexec arguments (without the program name) for one engine build + timing run."""
-    if family not in FAMILIES:
-        raise ConfigError(f"TensorRT family must be one of {', '.join(FAMILIES)} (got {family!r})")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    recipe = trt_recipe(family, precision, error=ConfigError)
     profile = EngineProfile.from_batches(batches)
 
     def shape(batch: int) -> str:
         return f"input:{'x'.join(str(s) for s in (batch, *input_shape))}"
 
-    args = [
-        f"--onnx={onnx_for(family, precision)}",
-        f"--saveEngine=model_{precision}.engine",
+    return [
+        f"--onnx={recipe.trtexec_onnx}",
+        f"--saveEngine={engine_file(precision)}",
         f"--minShapes={shape(profile.min)}",
         f"--optShapes={shape(profile.opt)}",
         f"--maxShapes={shape(profile.max)}",
@@ -67,22 +67,11 @@ def trtexec_args(
         "--profilingVerbosity=detailed",
         f"--warmUp={WARMUP_MS}",
         f"--duration={DURATION_S}",
-        f"--exportTimes=times_{precision}.json",
+        f"--exportTimes={trtexec_times_file(precision)}",
         f"--exportProfile=profile_{precision}.json",
-        f"--exportLayerInfo=layers_{precision}.json",
+        f"--exportLayerInfo={layer_info_file(precision)}",
+        *recipe.trtexec_flags,
     ]
-    if family in ("8.6", "10"):
-        # 11.x defaults, made explicit so the numbers of all families mean the same thing
-        args += ["--useCudaGraph", "--noDataTransfers", "--useSpinWait", "--separateProfileRun"]
-        if precision == "fp32":
-            args.append("--noTF32")
-        elif precision == "fp16":
-            args.append("--fp16")
-        else:
-            args.append("--int8")  # with Q/DQ nodes: explicit quantization, no calibration cache needed
-    elif precision == "fp32":
-        args.append("--noTF32")
-    return args
 
 
 def trtexec_script(
@@ -111,7 +100,7 @@ def trtexec_script(
         "# Engines are specific to the GPU and the TensorRT version: run this on the device that will use it.",
         "#   bash trtexec.sh            (TRTEXEC=/path/to/trtexec bash trtexec.sh to choose the binary)",
     ]
-    if family == "11":
+    if trt_recipe(family, precision, error=ConfigError).strongly_typed:
         lines.append(
             "# TensorRT 11 defaults, relied on here: CUDA graphs on, no host<->device transfers in the timing, "
             "spin-wait on, separate profile run; strongly typed (the precision is in the ONNX)."
@@ -130,7 +119,7 @@ def trtexec_script(
         '"$TRTEXEC" \\',
     ]
     lines += [f"    {_quote(arg)} \\" for arg in args[:-1]]
-    lines.append(f"    {_quote(args[-1])} | tee trtexec_{precision}.log")
+    lines.append(f"    {_quote(args[-1])} | tee {trtexec_log_file(precision)}")
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lappdeploy.bench.records import BenchRecord
-from lappdeploy.errors import RunDirError
-from lappdeploy.io import atomic_write_text, can_create_in, nearest_existing
+from lappdeploy.io import atomic_write_text
+from lappdeploy.report.plots import latency_vs_macs_chart, speedup_vs_batch_chart
+from lappdeploy.rundir import BENCH_REPORT_FILES, check_writable
 
 __all__ = [
     "REPORT_FILES",
@@ -132,30 +133,20 @@ def markdown_table(comparisons: list[Comparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
-REPORT_FILES = {
-    "csv": "bench.csv",
-    "markdown": "bench.md",
-    "latency_vs_macs": "latency_vs_macs.png",
-    "speedup_vs_batch": "speedup_vs_batch.png",
-}
+REPORT_FILES = BENCH_REPORT_FILES  # the name this module has always exported
 
 
 def write_bench_report(
     records: list[BenchRecord], out: str | os.PathLike[str], *, plots: bool = True
 ) -> tuple[list[Comparison], dict[str, Path]]:
     """CSV, Markdown table and plots of the newest record of each model/plan and condition, into `out`."""
-    from lappdeploy.report.plots import latency_vs_macs_chart, speedup_vs_batch_chart
-
-    out = Path(out)
-    anchor = nearest_existing(out)
-    if not anchor.is_dir() or not can_create_in(anchor):
-        raise RunDirError(f"cannot write the report to {out}: {anchor} is not a writable directory; choose --out")
+    out = check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     comparisons = compare(latest(records))
-    files = {"csv": write_csv(comparisons, out / REPORT_FILES["csv"])}
-    atomic_write_text(out / REPORT_FILES["markdown"], markdown_table(comparisons))
-    files["markdown"] = out / REPORT_FILES["markdown"]
+    files = {"csv": write_csv(comparisons, out / BENCH_REPORT_FILES["csv"])}
+    atomic_write_text(out / BENCH_REPORT_FILES["markdown"], markdown_table(comparisons))
+    files["markdown"] = out / BENCH_REPORT_FILES["markdown"]
     if plots:
-        files["latency_vs_macs"] = latency_vs_macs_chart(comparisons, out / REPORT_FILES["latency_vs_macs"])
-        files["speedup_vs_batch"] = speedup_vs_batch_chart(comparisons, out / REPORT_FILES["speedup_vs_batch"])
+        files["latency_vs_macs"] = latency_vs_macs_chart(comparisons, out / BENCH_REPORT_FILES["latency_vs_macs"])
+        files["speedup_vs_batch"] = speedup_vs_batch_chart(comparisons, out / BENCH_REPORT_FILES["speedup_vs_batch"])
     return comparisons, files

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from lappdeploy.bench import BenchRecord, TimingPolicy, measure_batch, plan_id, read_records
-from lappdeploy.bench.runtimes import OrtSession, TorchSession
+from lappdeploy.bench.runtimes import RUNTIMES, OrtSession, TorchSession
 from lappdeploy.bench.trtexec_results import read_trtexec
+from lappdeploy.config import RUNTIMES as RUNTIME_NAMES
 from lappdeploy.config import BenchConfig
 from lappdeploy.errors import BenchError, ConfigError
 from lappdeploy.models import create_model
@@ -271,6 +272,14 @@ def test_pareto_front_and_config_validation():
     for bad in ({"batch": (1, 1)}, {"min_seconds": 0}, {"ort_provider": "cuda", "runtime": "torch"}):
         with pytest.raises(ConfigError):
             BenchConfig(**bad)
+
+
+def test_runtime_table_is_the_runtime_option_choices():
+    assert RUNTIMES.names() == sorted(RUNTIME_NAMES)
+    for name in RUNTIME_NAMES:
+        spec = RUNTIMES.get(name)
+        # each runtime either times a model here or reads timings made on the target, never both
+        assert (spec.open_session is None) != (spec.read_results is None), name
 
 
 def test_markdown_table_states_efficiency(runs):

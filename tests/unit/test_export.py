@@ -21,6 +21,7 @@ from lappdeploy.export import check_onnx, count_onnx_macs, deploy_copy, to_onnx
 from lappdeploy.export.onnx_export import ort_session
 from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
 from lappdeploy.export.tensorrt import EngineProfile, build_engine, trt_family
+from lappdeploy.export.trt_recipes import FAMILIES, PRECISIONS, RECIPES
 from lappdeploy.export.trtexec import trtexec_args, trtexec_script
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import add_bypass_, analyze, has_bypass, random_plan, remove_channels_
@@ -321,6 +322,14 @@ def test_trtexec_flags_per_family(family, precision):
         expected_onnx = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_int8_qdq.onnx"}
     assert f"--onnx={expected_onnx[precision]}" in args
     assert ("--noTF32" in args) == (precision == "fp32")
+
+
+def test_one_recipe_per_family_and_precision():
+    assert set(RECIPES) == {(family, precision) for family in FAMILIES for precision in PRECISIONS}
+    for (family, precision), recipe in RECIPES.items():
+        assert (recipe.family, recipe.precision) == (family, precision)
+        assert recipe.needs_calibration == (precision == "int8")  # every INT8 path calibrates, no other does
+        assert recipe.strongly_typed == (family == "11")
 
 
 def test_trtexec_script_is_valid_bash(tmp_path):
