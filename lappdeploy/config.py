@@ -101,6 +101,16 @@ class TrainConfig:
     augment: bool = option(True, "Standard training augmentation of the dataset (crop, flip).")
     train_subset: int | None = option(None, "Train on the first N images of a fixed shuffle (quick runs).")
     val_subset: int | None = option(None, "Evaluate on the first N validation images of a fixed shuffle.")
+    holdout: int | None = option(
+        None,
+        "Hold N images of the training set out of training (a fixed split, the same for every method and seed): "
+        "pruning methods decide on them and their top-1 is logged as holdout_top1, for choosing knobs without "
+        "the test split [default: 0; laasp and pcp: 5000].",
+    )
+    init_from: str | None = option(
+        None,
+        "Start from the weights of this run directory or model.pt (same architecture and input) instead of random.",
+    )
     synthetic_shape: tuple[int, int, int] = option(
         (3, 32, 32), "Synthetic dataset: image shape CxHxW.", cli_type="shape"
     )
@@ -143,6 +153,8 @@ class TrainConfig:
         for name in ("image_size", "train_subset", "val_subset"):
             if getattr(self, name) is not None:
                 at_least(self, name, 1)
+        if self.holdout is not None:
+            at_least(self, "holdout", 0)
         if self.workers is not None:
             at_least(self, "workers", 0)
         if not self.lr > 0:

@@ -23,8 +23,9 @@ class LoopState(Protocol):
 class TrainingLoop(Protocol):
     """What a hook reads from the loop that calls it. Required: `module` (the unwrapped model),
     `optimizer`, `steps_per_epoch`, `state.step`. Optional, used when present: `device`, `dist`
-    (`is_distributed`, `world_size`, `all_reduce_sum_`), `scaler` (fp16 gradient scaling), `rewrap_()`
-    (re-wrap DDP after the model's parameters were replaced) and `log(record)`."""
+    (`is_distributed`, `world_size`, `all_reduce_sum_`, `broadcast_object`), `scaler` (fp16 gradient
+    scaling), `rewrap_()` (re-wrap DDP after the model's parameters were replaced), `log(record)`, and
+    `holdout` (held-out training images, `lappdeploy.data.HeldOut`, for methods that decide on data)."""
 
     module: torch.nn.Module
     optimizer: torch.optim.Optimizer

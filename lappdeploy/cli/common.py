@@ -92,7 +92,9 @@ class IntListParam(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
 
 
-def _option_specs(cls: type, only: Sequence[str] | None, unset_default: bool) -> list[tuple[list[str], dict]]:
+def _option_specs(
+    cls: type, only: Sequence[str] | None, unset_default: bool, default_text: str | None = None
+) -> list[tuple[list[str], dict]]:
     """(declarations, keyword arguments) of one click option per dataclass field (or per field in
     `only`): `--field-name`, with the field's help, type, choices and default. With `unset_default` the
     option defaults to None (the config class applies its own default) and the help shows the default."""
@@ -127,7 +129,7 @@ def _option_specs(cls: type, only: Sequence[str] | None, unset_default: bool) ->
         if f.default is None:
             kwargs["show_default"] = False
         if unset_default:
-            shown = kwargs["default"]
+            shown = default_text or kwargs["default"]
             kwargs.update(default=None, show_default=False)
             kwargs["help"] += f"  [default: {shown}]" if shown not in (None, "") else ""
         options.append(([flag, f.name], kwargs))
@@ -135,13 +137,14 @@ def _option_specs(cls: type, only: Sequence[str] | None, unset_default: bool) ->
 
 
 def dataclass_options(
-    cls: type, *, only: Sequence[str] | None = None, unset_default: bool = False
+    cls: type, *, only: Sequence[str] | None = None, unset_default: bool = False, default_text: str | None = None
 ) -> Callable[[Callable], Callable]:
     """Decorator adding the options of `cls`'s fields (or of the fields in `only`) to a click command,
-    in field order."""
+    in field order. With `unset_default` they default to None and the help shows `default_text` (or the
+    field's default)."""
 
     def decorate(fn: Callable) -> Callable:
-        for decls, kwargs in reversed(_option_specs(cls, only, unset_default)):
+        for decls, kwargs in reversed(_option_specs(cls, only, unset_default, default_text)):
             fn = click.option(*decls, **kwargs)(fn)
         return fn
 
@@ -164,10 +167,10 @@ class SectionedCommand(click.Command):
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
-        placed: set[str] = set()
-        for title, names in [*self.sections.items(), ("Other options", list(records))]:
-            rows = [records[n] for n in names if n in records and records[n] and n not in placed]
-            placed.update(names)
+        placed = {n for names in self.sections.values() for n in names}  # an option may be in several
+        others = [n for n in records if n not in placed]
+        for title, names in [*self.sections.items(), ("Other options", others)]:
+            rows = [records[n] for n in names if records.get(n)]
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)

@@ -15,7 +15,7 @@ from lappdeploy.cli.common import (
 )
 from lappdeploy.cli.run_options import METHOD_OPTIONS, resolve_compress
 from lappdeploy.cli.train_cmd import print_report
-from lappdeploy.config import TrainConfig, field_names
+from lappdeploy.config import TrainConfig, config_to_dict, field_names
 from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
 
 __all__ = ["compress_command", "print_compress_report"]
@@ -37,15 +37,25 @@ def _option_sections() -> dict[str, list[str]]:
 
 def _method_options(fn):
     """One option per method-specific field, declared by the first method that has it; default None,
-    so the chosen method's config applies its own default."""
+    so the chosen method's config applies its own default (the help lists each method's)."""
     owner: dict[str, type] = {}
+    defaults: dict[str, dict[str, str]] = {}
     for name in METHODS.names():
         config = METHODS.get(name).config
-        for option in field_names(config):
+        for option, value in config_to_dict(config()).items():
             if option in METHOD_OPTIONS:
                 owner.setdefault(option, config)
+                defaults.setdefault(option, {})[name] = (
+                    ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                )
     for option in reversed(METHOD_OPTIONS):
-        fn = dataclass_options(owner[option], only=[option], unset_default=True)(fn)
+        values = defaults[option]
+        text = (
+            next(iter(values.values()))
+            if len(set(values.values())) == 1
+            else ", ".join(f"{m} {v}" for m, v in values.items())
+        )
+        fn = dataclass_options(owner[option], only=[option], unset_default=True, default_text=text)(fn)
     return fn
 
 
@@ -90,6 +100,7 @@ def compress_command(ctx: click.Context, out: str | None, force: bool, resume: b
     from lappdeploy.methods.compress import run_compress
 
     config, method, out = resolve_compress(ctx, out, resume, fields)
+    config = method.resolve_train(config)
     method.check_against(config)
     if int(os.environ.get("RANK", "0")) != 0:
         run_compress(config, method, out, force=force, resume=resume)

@@ -12,7 +12,7 @@ __all__ = ["list_command"]
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["models", "datasets", "methods", "runtimes"]))
+@click.argument("what", type=click.Choice(["models", "datasets", "methods", "criteria", "runtimes"]))
 @click.option(
     "--family",
     type=click.Choice(["cifar", "torchvision", "testing", "user"]),
@@ -20,7 +20,7 @@ __all__ = ["list_command"]
     help="Models of one family only.",
 )
 def list_command(what: str, family: str | None) -> None:
-    """List the registered models, datasets, pruning methods or benchmark runtimes."""
+    """List the registered models, datasets, pruning methods, channel criteria or benchmark runtimes."""
     from rich.table import Table
 
     table = Table()
@@ -35,6 +35,14 @@ def list_command(what: str, family: str | None) -> None:
                 table.add_row(name, spec.family, str(spec.min_input_size), spec.description)
     elif what == "methods":
         _methods_table(table)
+    elif what == "criteria":
+        from lappdeploy.surgery import CRITERIA
+
+        for column in ("criterion", "score of a channel (higher = kept)", "needs"):
+            table.add_column(column)
+        for name in CRITERIA.names():
+            spec = CRITERIA.get(name)
+            table.add_row(name, spec.summary, "gradients (a backward pass)" if spec.needs_grad else "weights")
     elif what == "runtimes":
         from rich.markup import escape
 

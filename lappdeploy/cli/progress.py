@@ -74,6 +74,9 @@ class TrainingProgress(Hook):
             self.progress.update(
                 self._run_task, info=f"MACs {record['macs']:.3f} of dense, budget {record['budget']:.3f}"
             )
+        elif record.get("type") == "prune_step":
+            info = f"pruning step {record['index']}: {record['macs']:.3f} of dense MACs"
+            self.progress.update(self._run_task, info=f"{info}, decisions {record['decision_s']:.0f} s")
         elif "macs" in record:  # the channels were just removed
             self.progress.update(self._run_task, info=f"pruned to {record['macs']:.3f} of dense MACs")
 
@@ -87,6 +90,8 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
         f"epoch {m['epoch']:>{width}}/{epochs}",
         f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%",
     ]
+    if "holdout_top1" in m:
+        parts.append(f"held-out top1 {100 * m['holdout_top1']:5.2f}%")
     if "val_top1" in m:
         parts.append(f"val loss {m['val_loss']:.4f} top1 {100 * m['val_top1']:5.2f}% top5 {100 * m['val_top5']:5.2f}%")
     if "macs_ratio" in m:

@@ -14,7 +14,7 @@ from typing import Any
 
 from lappdeploy.data import cifar, fashion_mnist, imagefolder, synthetic
 from lappdeploy.data.base import DataBundle, DataRequest, DatasetInfo, DatasetSpec
-from lappdeploy.data.loaders import DeviceLoader, auto_workers, epoch_seed, fixed_subset
+from lappdeploy.data.loaders import DeviceLoader, HeldOut, auto_workers, epoch_seed, fixed_subset, split_holdout
 from lappdeploy.errors import DataNotFoundError
 from lappdeploy.registry import Registry
 
@@ -25,6 +25,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "DeviceLoader",
+    "HeldOut",
     "auto_workers",
     "create_dataset",
     "epoch_seed",
@@ -32,6 +33,7 @@ __all__ = [
     "list_datasets",
     "locate_dataset",
     "register_dataset",
+    "split_holdout",
 ]
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

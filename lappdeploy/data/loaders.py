@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler, Subset
 
-__all__ = ["DeviceLoader", "auto_workers", "epoch_seed", "fixed_subset"]
+__all__ = ["DeviceLoader", "HeldOut", "auto_workers", "epoch_seed", "fixed_subset", "split_holdout"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -28,6 +28,37 @@ def fixed_subset(dataset: Dataset, count: int | None) -> Dataset:
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
     return Subset(dataset, order[:count].tolist())
+
+
+def split_holdout(dataset: Dataset, count: int) -> tuple[Dataset, Dataset]:
+    """(training part, held-out part) of `dataset`: `count` items of a fixed shuffle (its own seed, independent
+    of the run's and of `fixed_subset`'s) are held out, so every method and seed sees the same split."""
+    if count <= 0:
+        return dataset, Subset(dataset, [])
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1)).tolist()
+    return Subset(dataset, sorted(order[count:])), Subset(dataset, sorted(order[:count]))
+
+
+class HeldOut:
+    """Held-out training images for a pruning method's decisions: the first `count` of them as tensors on
+    a device, normalised like validation images (no augmentation)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def tensors(
+        self, count: int, device: torch.device | str, batch_size: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        count = min(count, len(self.dataset))
+        loader = DataLoader(Subset(self.dataset, range(count)), batch_size=batch_size, shuffle=False)
+        images, labels = [], []
+        for batch, targets in loader:
+            images.append(self.transform(batch.to(device), None))
+            labels.append(targets.to(device))
+        return torch.cat(images), torch.cat(labels)
 
 
 def auto_workers(in_memory: bool, world_size: int) -> int:

@@ -5,7 +5,8 @@ applied mid-training; everything downstream (surgery, export, bench) is shared.
     hook = spec_for(config).prepare(model, example_inputs, config)
     Trainer(model, ..., hooks=[hook]).fit(); result = hook.result()
 
-Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md). A new method is one package
+Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md), `laasp` (docs/laasp.md) and
+`pcp` (docs/pcp.md). A new method is one package
 registered with `register_method(name, ConfigClass, handler="module:function", summary=...)` (README,
 "Adding a pruning method"). Importing this package does not import torch.
 """
@@ -16,10 +17,11 @@ import importlib
 import warnings
 from typing import Any
 
-from lappdeploy.methods import baselines, lapp
+from lappdeploy.methods import baselines, laasp, lapp, pcp
 from lappdeploy.methods.base import (
     DEFAULT_METHOD,
     METHODS,
+    AttemptConfig,
     MethodSpec,
     PruneConfig,
     PruningHook,
@@ -30,24 +32,31 @@ from lappdeploy.methods.base import (
     spec_for,
 )
 from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
+from lappdeploy.methods.laasp import LaaspConfig
 from lappdeploy.methods.lapp import LappConfig
+from lappdeploy.methods.pcp import PcpConfig
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "AttemptConfig",
     "CompressConfig",
     "GlobalConfig",
+    "LaaspConfig",
     "LappConfig",
     "MethodSpec",
+    "PcpConfig",
     "PruneConfig",
     "PruneResult",
     "PruningHook",
     "UniformConfig",
     "baselines",
+    "laasp",
     "lapp",
     "method_config",
     "method_section",
     "option_owners",
+    "pcp",
     "register_method",
     "run_compress",
     "spec_for",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "AttemptConfig",
     "MethodSpec",
     "PruneConfig",
     "PruningHook",
@@ -55,10 +56,15 @@ class PruneConfig:
     """Options every pruning method has: the MACs target, the schedule, widths and what not to prune."""
 
     method: ClassVar[str] = ""  # the registered name; set by `register_method`
+    # Methods that decide by evaluating candidate prunings need held-out training images (--holdout);
+    # this many are held out when the run does not say.
+    default_holdout: ClassVar[int] = 0
 
     target_macs: float = option(0.5, "Fraction of the dense deploy MACs to keep, in (0, 1].")
     prune_epochs: int = option(
-        1, "Length of the pruning phase in epochs; channels are removed at its end, training goes on compact."
+        1,
+        "Length of the pruning phase in epochs (for one-shot and iterative methods: the dense epochs before "
+        "pruning starts; 0 with --init-from prunes the trained model at once).",
     )
     round_to: int = option(8, "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables.")
     min_channels: int = option(1, "Fewest channels a group keeps (at least --round-to when rounding).")
@@ -75,7 +81,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         check_types(self)
         in_range(self, "target_macs", 0.0, 1.0, lo_open=True)
-        at_least(self, "prune_epochs", 1)
+        at_least(self, "prune_epochs", 0)
         at_least(self, "round_to", 1)
         at_least(self, "min_channels", 1)
         at_least(self, "log_every", 1)
@@ -90,6 +96,17 @@ class PruneConfig:
             )
         if train.sync_bn:
             raise ConfigError("--sync-bn replaces the BatchNorm layers the pruning method tracks; drop --sync-bn")
+        if self.prune_epochs == 0 and train.init_from is None:
+            raise ConfigError("--prune-epochs 0 prunes before any training: it needs --init-from a trained model")
+        if self.default_holdout and (train.holdout or 0) < train.batch_size:
+            raise ConfigError(
+                f"{self.method} decides on held-out training images: --holdout {train.holdout} is less than one "
+                f"batch ({train.batch_size}); use --holdout {self.default_holdout} or leave it out"
+            )
+
+    def resolve_train(self, train: TrainConfig) -> TrainConfig:
+        """`train` with the method's default --holdout filled in where the run gives none."""
+        return train if train.holdout is not None else train.replace(holdout=self.default_holdout)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -100,6 +117,36 @@ class PruneConfig:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class AttemptConfig(PruneConfig):
+    """Options of the methods that decide by attempts on held-out images (docs/criteria.md#attempts)."""
+
+    default_holdout: ClassVar[int] = 5000
+
+    prune_span: float = option(
+        1.0,
+        "Epochs over which the removal steps are spread (the training between them is the recovery); steps "
+        "still needed at its end follow each other at once.",
+    )
+    decision_images: int = option(
+        512, "Held-out images each attempt is evaluated on (the first N of --holdout), kept on the device."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.prune_span > 0:
+            raise ConfigError(f"prune_span must be > 0 epochs (got {self.prune_span})")
+        at_least(self, "decision_images", 1)
+
+    def check_against(self, train: TrainConfig) -> None:
+        super().check_against(train)
+        if self.prune_epochs + self.prune_span > train.epochs:
+            raise ConfigError(
+                f"--prune-epochs {self.prune_epochs} + --prune-span {self.prune_span:g} must be <= --epochs "
+                f"{train.epochs}: the removal steps happen inside the training run"
+            )
 
 
 class PruningHook(Protocol):

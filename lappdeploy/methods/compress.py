@@ -87,6 +87,7 @@ def run_compress(
 ) -> dict[str, Any]:
     """Train `train` from scratch while pruning it with the method of `method` (its config: LappConfig,
     UniformConfig, GlobalConfig, ...); returns report.json's content."""
+    train = method.resolve_train(train)
     method.check_against(train)
     return run_training(
         train, out, force=force, resume=resume, hooks=hooks, dist=dist, extension=CompressExtension(method)

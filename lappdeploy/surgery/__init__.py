@@ -5,13 +5,14 @@ DependencyGraph API; nothing edits tensor shapes by hand. Portable checkpoints (
 
 from lappdeploy.surgery.bypass import add_bypass_, bypass_candidates, fold_bn_, fold_bypass_, has_bypass
 from lappdeploy.surgery.cost import CostModel, DeployCost, cost_model, deploy_cost, plan_cost
+from lappdeploy.surgery.criteria import CRITERIA, Criterion, channel_scores, register_criterion
 from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError, analyze, build_dependency_graph
 from lappdeploy.surgery.history import replay_, surgery_steps
 from lappdeploy.surgery.masking import ChannelMasker
 from lappdeploy.surgery.plan import (
     ChannelPlan,
     GroupPlan,
-    channel_scores,
+    compose_plans,
     plan_from_scores,
     random_plan,
     round_plan,
@@ -22,11 +23,13 @@ from lappdeploy.surgery.remove import kept_elements, remove_channels_
 from lappdeploy.surgery.repconv import RepConvBN, fuse_conv_bn
 
 __all__ = [
+    "CRITERIA",
     "ChannelGroup",
     "ChannelGroups",
     "ChannelMasker",
     "ChannelPlan",
     "CostModel",
+    "Criterion",
     "DeployCost",
     "GroupPlan",
     "LoadedModel",
@@ -37,6 +40,7 @@ __all__ = [
     "build_dependency_graph",
     "bypass_candidates",
     "channel_scores",
+    "compose_plans",
     "cost_model",
     "deploy_cost",
     "fold_bn_",
@@ -48,6 +52,7 @@ __all__ = [
     "plan_cost",
     "plan_from_scores",
     "random_plan",
+    "register_criterion",
     "remove_channels_",
     "replay_",
     "round_plan",

@@ -145,6 +145,7 @@ class ChannelGroups:
     bn_after_conv: dict[str, str]
     # output elements per channel per sample, summed over calls, of every conv/linear layer
     positions: dict[str, int]
+    fingerprint: tuple = ()  # parameter names and shapes at analysis time (see `check_fresh`)
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -153,6 +154,15 @@ class ChannelGroups:
     @property
     def global_channels(self) -> int:
         return sum(g.channels for g in self.prunable)
+
+    def check_fresh(self) -> None:
+        """Raise SurgeryError when the model's parameters changed shape since this analysis (channels were
+        removed): its channel maps no longer describe the model; analyse it again."""
+        if self.fingerprint != model_fingerprint(self.model):
+            raise SurgeryError(
+                "the channel-group analysis is stale: the model's channels changed since it was made; "
+                "call analyze(model, example_inputs) again"
+            )
 
     def group(self, group_id: str) -> ChannelGroup:
         for g in self.groups:
@@ -165,6 +175,11 @@ class ChannelGroups:
         if not g.prunable:
             raise SurgeryError(f"channel group {group_id!r} cannot be pruned: {g.excluded}")
         return g
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """Names and shapes of every parameter: changes whenever channels are removed or modules replaced."""
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
 def _terminal_nodes(graph) -> set:
@@ -302,7 +317,10 @@ def analyze(
             g.offset, offset = offset, offset + g.channels
     layers = _layer_maps(model, groups, pending)
     bn_after_conv = _bn_after_conv(model, graph, names)
-    return ChannelGroups(model, graph, example_inputs, groups, layers, bn_after_conv, _positions(model, example_inputs))
+    positions = _positions(model, example_inputs)
+    return ChannelGroups(
+        model, graph, example_inputs, groups, layers, bn_after_conv, positions, model_fingerprint(model)
+    )
 
 
 def _width(module: nn.Module, direction: str) -> int:

@@ -19,12 +19,13 @@ import torch
 
 from lappdeploy.io import atomic_write_json, read_json
 from lappdeploy.surgery.cost import plan_cost
+from lappdeploy.surgery.criteria import channel_scores
 from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError
 
 __all__ = [
     "ChannelPlan",
     "GroupPlan",
-    "channel_scores",
+    "compose_plans",
     "plan_from_scores",
     "plan_id",
     "random_plan",
@@ -138,36 +139,6 @@ class ChannelPlan:
         return plan
 
 
-def channel_scores(groups: ChannelGroups, kind: str = "l2") -> torch.Tensor:
-    """Importance of every channel of the global vector (differentiable in the weights).
-
-    `l2`: L2 norm of the channel's weights over all producing conv/linear layers of its group.
-    `bn`: |gamma| averaged over the group's BatchNorms (groups without a BatchNorm fall back to l2).
-    """
-    if kind not in ("l2", "bn"):
-        raise SurgeryError(f"unknown channel score {kind!r}; choose l2 or bn")
-    device = next(groups.model.parameters()).device
-    n = groups.global_channels
-    squares = torch.zeros(n + 1, device=device)  # slot n collects channels no prunable group owns
-    gamma = torch.zeros(n + 1, device=device)
-    bn_count = torch.zeros(n + 1, device=device)
-    for layer in groups.layers.values():
-        if layer.out_map is None:
-            continue
-        index = torch.where(layer.out_map >= 0, layer.out_map, n).to(device)
-        module = layer.module
-        if isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
-            squares = squares.index_add(0, index, module.weight.flatten(1).pow(2).sum(1).float())
-        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-            gamma = gamma.index_add(0, index, module.weight.abs().float())
-            bn_count = bn_count.index_add(0, index, torch.ones_like(module.weight, dtype=torch.float))
-    l2 = squares[:n].sqrt()
-    if kind == "l2":
-        return l2
-    has_bn = bn_count[:n] > 0
-    return torch.where(has_bn, gamma[:n] / bn_count[:n].clamp(min=1), l2)
-
-
 def _segment_scores(g: ChannelGroup, scores: torch.Tensor) -> torch.Tensor:
     """Score per decision unit: a channel, or a position across the blocks of a grouped conv."""
     return scores.detach().float().view(g.segments, g.segment_size).mean(0)
@@ -264,6 +235,25 @@ def round_plan(
         if gid in plan.groups:
             gp.threshold = plan.groups[gid].threshold
     out.info = dict(plan.info, round_to=k)
+    return out
+
+
+def compose_plans(first: ChannelPlan, then: ChannelPlan) -> ChannelPlan:
+    """The one plan equal to removing `first`'s channels, then `then`'s from the result (whose channel
+    indices number the channels `first` kept): kept indices of the dense model, info of `then`."""
+    out = ChannelPlan(
+        groups={gid: GroupPlan(gp.channels, list(gp.keep), gp.threshold) for gid, gp in first.groups.items()}
+    )
+    for gid, gp in then.groups.items():
+        before = first.groups.get(gid)
+        kept = before.keep if before is not None else list(range(gp.channels))
+        if gp.channels != len(kept):
+            raise SurgeryError(
+                f"plan group {gid!r} has {gp.channels} channels, but {len(kept)} remain after the earlier plan"
+            )
+        dense = before.channels if before is not None else gp.channels
+        out.groups[gid] = GroupPlan(dense, sorted(kept[i] for i in gp.keep), gp.threshold)
+    out.info = dict(then.info)
     return out
 
 

@@ -93,10 +93,13 @@ def remove_channels_(
     Works on models with bypass blocks. With `optimizer`, its parameter groups are re-pointed at the new
     parameters and their per-element state is cut to the kept channels, so training continues as if the
     dropped channels had been frozen at zero. Prune before DDP wrapping, torch.compile or autocast.
-    `groups` may pass an `analyze` result of this very model to skip re-tracing it.
+    `groups` may pass an `analyze` result of this very model to skip re-tracing it (refused when stale).
     """
     example_inputs = example_inputs.to(next(model.parameters()).device)
-    groups = groups if groups is not None and groups.model is model else analyze(model, example_inputs)
+    if groups is not None and groups.model is model:
+        groups.check_fresh()
+    else:
+        groups = analyze(model, example_inputs)
     plan.validate(groups)
     if plan.is_empty:
         return model

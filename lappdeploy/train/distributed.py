@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,14 @@ class DistContext:
         value = torch.tensor([1.0 if flag else 0.0], device=self.device if self.backend == "nccl" else "cpu")
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (a decision made once, e.g. which channels to prune)."""
+        if not self.is_distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
+        return box[0]
 
     def shutdown(self) -> None:
         if self.is_distributed and dist.is_initialized():

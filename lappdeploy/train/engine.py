@@ -133,6 +133,7 @@ class Trainer:
         self.card = card  # stored in checkpoints so `lappdeploy inspect` can read them
         self.train_loader = train_loader
         self.val_loader = val_loader
+        self.holdout, self.holdout_loader = None, None  # see attach_holdout
         self.steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
         if self.steps_per_epoch == 0:
             raise ConfigError("the training set yields no batch; use a smaller --batch-size or more data")
@@ -197,6 +198,16 @@ class Trainer:
         for hook in self.hooks:
             getattr(hook, event)(self, *args)
 
+    def attach_holdout(self, holdout, loader: Iterable | None = None) -> None:
+        """Held-out training images (`data.HeldOut`): methods that decide on data read `loop.holdout`; with
+        `loader`, their loss and top-1 are logged every epoch (holdout_loss, holdout_top1)."""
+        self.holdout, self.holdout_loader = holdout, loader
+
+    def _evaluate(self, loader: Iterable | None) -> dict[str, float]:
+        if loader is None:
+            return {}
+        return evaluate(self.module, loader, device=self.device, dist=self.dist, config=self.config)
+
     # ------------------------------------------------------------------------------------------
     def fit(self, checkpoint_path: str | None = None) -> list[dict[str, Any]]:
         """Train the remaining epochs; after each, write a training checkpoint (rank 0, atomically)."""
@@ -206,11 +217,8 @@ class Trainer:
             train_metrics = self.train_one_epoch(epoch)
             train_s = time.perf_counter() - started
             self._sync_batchnorm_statistics()
-            val = (
-                evaluate(self.module, self.val_loader, device=self.device, dist=self.dist, config=self.config)
-                if self.val_loader is not None
-                else {}
-            )
+            val = self._evaluate(self.val_loader)
+            held = self._evaluate(self.holdout_loader)
             epoch_s = time.perf_counter() - started
             self.state.epoch = epoch + 1
             self.state.elapsed_s += epoch_s
@@ -220,6 +228,7 @@ class Trainer:
                 "lr": self.lr,
                 **train_metrics,
                 **{f"val_{k}": v for k, v in val.items() if k != "samples"},
+                **{f"holdout_{k}": v for k, v in held.items() if k in ("loss", "top1")},
                 "train_s": round(train_s, 3),
                 "epoch_s": round(epoch_s, 3),
                 "train_images_per_s": round(train_metrics["train_samples"] / max(train_s, 1e-9), 1),

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,9 +22,19 @@ from typing import Any, Protocol
 import torch
 
 from lappdeploy.config import TrainConfig
-from lappdeploy.data import DATASETS, DataBundle, DatasetInfo, DeviceLoader, auto_workers, fixed_subset, locate_dataset
+from lappdeploy.data import (
+    DATASETS,
+    DataBundle,
+    DatasetInfo,
+    DeviceLoader,
+    HeldOut,
+    auto_workers,
+    fixed_subset,
+    locate_dataset,
+    split_holdout,
+)
 from lappdeploy.environment import versions
-from lappdeploy.errors import LappDeployError
+from lappdeploy.errors import ConfigError, LappDeployError
 from lappdeploy.hooks import Hook
 from lappdeploy.io import atomic_write_json, atomic_write_text
 from lappdeploy.models import MODELS, ModelCard, count_macs, create_model, model_card, resolve_input_shape
@@ -36,7 +47,7 @@ from lappdeploy.rundir import (
     data_request,
     write_run_config,
 )
-from lappdeploy.surgery import save_model
+from lappdeploy.surgery import load_model, save_model
 from lappdeploy.train.distributed import DistContext, init_distributed
 from lappdeploy.train.engine import Trainer, check_device_support
 
@@ -126,6 +137,7 @@ def run_training(
         # the method changes the fresh model (bypass) and checks its target: still before any write
         example_inputs = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(config.seed))
         method_hooks = list(extension.prepare_(model, example_inputs)) if extension is not None else []
+        data = _data(config, info, input_shape, dist)
         if dist.is_main and not resume:
             create_output(run.root, force=force)
             write_run_config(run, config, extension.config_dict() if extension is not None else None)
@@ -133,7 +145,9 @@ def run_training(
         # method hooks first (the progress display reads what they add to the metrics); the writer last,
         # so that metrics added by other hooks' on_epoch_end are logged too
         all_hooks = method_hooks + list(hooks) + ([_MetricsWriter(run.metrics)] if dist.is_main else [])
-        trainer, bundle = _trainer(config, info, input_shape, model, card, all_hooks, dist)
+        trainer = Trainer(model, data.train, data.val, config=config, hooks=all_hooks, dist=dist, card=card)
+        trainer.attach_holdout(data.holdout, data.holdout_loader)
+        bundle = data.bundle
         resumed_from = _resume(trainer, run, dist) if resume else 0
         history = trainer.fit(checkpoint_path=str(run.checkpoint))
         extra_report, extra_files = extension.finish_(trainer.module) if extension is not None else ({}, {})
@@ -173,32 +187,78 @@ def _model_and_card(config: TrainConfig, info: DatasetInfo, input_shape) -> tupl
         dataset=config.dataset,
         class_names=info.class_names or None,
     )
+    if config.init_from is not None:
+        model = _initial_model(config.init_from, card)
     return model, card
 
 
-def _trainer(config, info, input_shape, model, card, hooks, dist: DistContext) -> tuple[Trainer, DataBundle]:
-    """Load the data and build the loop around the (prepared) model."""
+def _initial_model(source: str, card: ModelCard) -> torch.nn.Module:
+    """The model of `source` (a run directory or model.pt), after checking it is the architecture, builder
+    arguments and input this run trains; its recorded surgery (pruned channels) comes with it."""
+    try:
+        loaded = load_model(source)
+    except LappDeployError as exc:
+        raise ConfigError(f"--init-from {source}: {exc}") from None
+    got, want = loaded.card, card
+    for what, a, b in (
+        ("architecture", got.architecture, want.architecture),
+        ("builder arguments", got.kwargs, want.kwargs),
+        ("input shape", tuple(got.input_shape), tuple(want.input_shape)),
+    ):
+        if a != b:
+            raise ConfigError(f"--init-from {source} has {what} {a}, this run trains {b}; start from a matching model")
+    return loaded.model.train()
+
+
+@dataclass
+class _Data:
+    bundle: DataBundle
+    train: DeviceLoader
+    val: DeviceLoader
+    holdout: HeldOut | None
+    holdout_loader: DeviceLoader | None
+
+
+def _data(config: TrainConfig, info: DatasetInfo, input_shape, dist: DistContext) -> _Data:
+    """Load the dataset; the training subset minus the held-out images; loaders on the run's device."""
     request = data_request(config, input_shape[1] if input_shape[1:] != info.image_hw else None)
     bundle = DATASETS.get(config.dataset).load(info, request)
     if tuple(bundle.input_shape) != tuple(input_shape):
         raise LappDeployError(f"{config.dataset} loads {bundle.input_shape} images, expected {input_shape}")
+    train_set = fixed_subset(bundle.train, config.train_subset)
+    holdout = config.holdout or 0
+    if holdout and len(train_set) - holdout < config.batch_size:
+        raise ConfigError(
+            f"--holdout {holdout} leaves {len(train_set) - holdout} of {len(train_set)} training images, less than "
+            f"one batch ({config.batch_size}); hold out fewer images"
+        )
+    train_set, holdout_set = split_holdout(train_set, holdout)
+    val_set = fixed_subset(bundle.val, config.val_subset)
     workers = config.workers if config.workers is not None else auto_workers(bundle.in_memory, dist.world_size)
     common = {"device": dist.device, "seed": config.seed, "rank": dist.rank, "world_size": dist.world_size}
-    train_set, val_set = fixed_subset(bundle.train, config.train_subset), fixed_subset(bundle.val, config.val_subset)
+    common.update(workers=workers)
     train = DeviceLoader(
-        train_set, batch_size=config.batch_size, train=True, batch_transform=bundle.train_batch_transform,
-        workers=workers, **common,
-    )  # fmt: skip
+        train_set, batch_size=config.batch_size, train=True, batch_transform=bundle.train_batch_transform, **common
+    )
     val = DeviceLoader(
-        val_set, batch_size=config.batch_size * 2, train=False, batch_transform=bundle.val_batch_transform,
-        workers=workers, **common,
-    )  # fmt: skip
+        val_set, batch_size=config.batch_size * 2, train=False, batch_transform=bundle.val_batch_transform, **common
+    )
+    held, held_loader = None, None
+    if holdout:
+        held = HeldOut(holdout_set, bundle.val_batch_transform)
+        held_loader = DeviceLoader(
+            holdout_set,
+            batch_size=config.batch_size * 2,
+            train=False,
+            batch_transform=bundle.val_batch_transform,
+            **common,
+        )
     logger.info(
-        "training %s on %s (%s): %d train / %d val images, %d steps per epoch, %d process(es) on %s",
-        config.model, config.dataset, "x".join(map(str, input_shape)), len(train_set), len(val_set), len(train),
-        dist.world_size, dist.device,
+        "training %s on %s (%s): %d train / %d held-out / %d val images, %d steps per epoch, %d process(es) on %s",
+        config.model, config.dataset, "x".join(map(str, input_shape)), len(train_set), holdout, len(val_set),
+        len(train), dist.world_size, dist.device,
     )  # fmt: skip
-    return Trainer(model, train, val, config=config, hooks=hooks, dist=dist, card=card), bundle
+    return _Data(bundle, train, val, held, held_loader)
 
 
 def _resume(trainer: Trainer, run: RunDir, dist: DistContext) -> int:

@@ -38,17 +38,18 @@ def _session(width_model: str = "tiny_resnet") -> TorchSession:
 
 
 def test_protocol_statistics_are_complete_and_ordered():
-    (timing,) = measure_batch([_session()], 4, POLICY)
+    (timing,) = measure_batch([_session()], 8, POLICY)
     lat = timing.latency
     assert lat.samples >= POLICY.min_samples and timing.measured_s >= POLICY.min_seconds
     assert lat.samples == len(timing.latencies_ms)
     assert lat.min_ms <= lat.median_ms <= lat.p90_ms <= lat.p99_ms <= max(timing.latencies_ms)
     assert lat.std_ms > 0 and lat.mean_ms > 0
     assert timing.warmup_calls >= 2 and timing.host_latency is None  # CPU: one clock
-    # throughput with the pipeline full ~ batch / latency for a synchronous CPU runtime
-    expected = 4 / (lat.median_ms / 1e3)
-    assert 0.5 * expected < timing.throughput_ips < 2.0 * expected
-    assert sum(w[2] for w in timing.throughput_windows) % 4 == 0
+    # throughput with the pipeline full ~ batch / latency for a synchronous CPU runtime; the factor 3 leaves
+    # room for a loaded machine (pytest -n 2 on 2 cores) yet catches images counted per call (a factor 8)
+    expected = 8 / (lat.median_ms / 1e3)
+    assert expected / 3 < timing.throughput_ips < 3 * expected
+    assert sum(w[2] for w in timing.throughput_windows) % 8 == 0
 
 
 def test_protocol_interleaves_sessions_with_rotating_order():

@@ -379,7 +379,10 @@ def test_global_ranking_differs_from_uniform():
 
     limit = 0.5 * plan_cost(groups, ChannelPlan()).macs
     config = _config()
-    uniform, glob = uniform_budget_plan(groups, config, limit), global_plan(groups, config, limit)
+    from lappdeploy.surgery import channel_scores
+
+    l2, group_l2 = channel_scores(groups, "l2").detach(), channel_scores(groups, "group_l2")
+    uniform, glob = uniform_budget_plan(groups, config, limit, l2), global_plan(groups, config, limit, group_l2)
     ratio = lambda plan, g: len(plan.groups[g].keep) / plan.groups[g].channels if g in plan.groups else 1.0  # noqa: E731
     uniform_ratios = {ratio(uniform, g.id) for g in groups.prunable}
     assert max(uniform_ratios) - min(uniform_ratios) < 0.3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lappdeploy.config import option
 from lappdeploy.methods.base import PruneConfig, register_method
 
 __all__ = ["GlobalConfig", "UniformConfig"]
@@ -15,23 +16,27 @@ __all__ = ["GlobalConfig", "UniformConfig"]
 
 @dataclass(frozen=True)
 class UniformConfig(PruneConfig):
-    """`uniform`: the same keep ratio for every group, L2 magnitude picks the channels."""
+    """`uniform`: the same keep ratio for every group, a criterion picks the channels."""
+
+    criterion: str = option("l2", "The criterion that ranks channels (`lappdeploy list criteria`).")
 
 
 @dataclass(frozen=True)
 class GlobalConfig(PruneConfig):
-    """`global`: all channels of all groups ranked together by torch-pruning's group L2 importance."""
+    """`global`: all channels of all groups ranked together by a criterion, mean-normalised per group."""
+
+    criterion: str = option("group_l2", "The criterion that ranks channels (`lappdeploy list criteria`).")
 
 
 register_method(
     "uniform",
     UniformConfig,
     handler="lappdeploy.methods.baselines.oneshot:prepare_uniform_",
-    summary="prune once after the dense phase: the same keep ratio in every group, L2 magnitude",
+    summary="prune once after the dense phase: the same keep ratio in every group (--criterion, default l2)",
 )
 register_method(
     "global",
     GlobalConfig,
     handler="lappdeploy.methods.baselines.oneshot:prepare_global_",
-    summary="prune once after the dense phase: torch-pruning's group L2 importance, ranked globally",
+    summary="prune once after the dense phase: channels ranked across all groups (default: torch-pruning group L2)",
 )

@@ -1,9 +1,9 @@
 """The one-shot baselines: train dense for `prune_epochs`, then remove one plan that meets the MACs target.
 
-`uniform` keeps the same fraction of every group (L2 magnitude picks the channels); `global` ranks all
-channels of all groups together by torch-pruning's group L2 importance (mean-normalised per group, as
-torch-pruning's global pruning does) and drops the lowest up to the MACs target. Both round widths and
-meet the budget with the same guarantee as LAPP's freeze.
+`uniform` keeps the same fraction of every group (the criterion picks the channels); `global` ranks all
+channels of all groups together by the criterion (default torch-pruning's group L2 importance),
+mean-normalised per group as torch-pruning's global pruning does, and drops the lowest up to the MACs
+target. Both round widths and meet the budget with the same guarantee as LAPP's freeze.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lappdeploy.methods.attempts import held_out_tensors, taylor_gradients_
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
 from lappdeploy.methods.common import GroupThresholds, PruningHookBase, log_to, plan_within_budget, prepare_groups_
 from lappdeploy.surgery import (
+    CRITERIA,
     ChannelGroups,
     ChannelPlan,
     SurgeryError,
@@ -26,42 +28,26 @@ from lappdeploy.surgery import (
     round_plan,
     uniform_plan,
 )
-from lappdeploy.surgery.graph import resolve_module
 
 __all__ = ["OneShotPruning", "global_plan", "prepare_global_", "prepare_uniform_", "uniform_budget_plan"]
 
 log = logging.getLogger(__name__)
 
-Planner = Callable[[ChannelGroups, PruneConfig, float], ChannelPlan]  # (groups, config, MACs limit) -> plan
+# (groups, config, MACs limit, channel scores) -> plan
+Planner = Callable[[ChannelGroups, PruneConfig, float, torch.Tensor], ChannelPlan]
+_TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
 
 
-def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float) -> ChannelPlan:
-    scores = channel_scores(groups, "l2").detach()
+def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
     plan = uniform_plan(groups, config.target_macs, scores=scores)
     if config.round_to > 1:
         plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
     return plan
 
 
-def torch_pruning_importance(groups: ChannelGroups) -> torch.Tensor:
-    """torch-pruning's GroupMagnitudeImportance (L2 over every coupled layer) of each global channel."""
-    import torch_pruning as tp
-
-    importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
-    scores = torch.zeros(groups.global_channels)
-    model, graph = groups.model, groups.graph
-    for g in groups.prunable:
-        root = resolve_module(model, g.id)
-        pruner = graph.get_pruner_of_module(root)
-        tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(g.channels)))
-        with torch.no_grad():
-            scores[g.offset : g.offset + g.channels] = importance(tp_group).detach().float().cpu()
-    return scores
-
-
-def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float) -> ChannelPlan:
+def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
-    normalised = thresholds.normalise(torch_pruning_importance(groups))  # torch-pruning's "mean" normaliser
+    normalised = thresholds.normalise(scores)  # torch-pruning's "mean" normaliser
     common_cut = torch.zeros(len(thresholds.ids))
     plan, _ = plan_within_budget(groups, thresholds, normalised, common_cut, limit, round_to=config.round_to)
     for gp in plan.groups.values():
@@ -70,16 +56,32 @@ def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float) -> Cha
 
 
 class OneShotPruning(PruningHookBase):
-    """Removes `planner`'s channels once, after `config.prune_epochs` epochs of dense training."""
+    """Removes `planner`'s channels once, after `config.prune_epochs` epochs of dense training (at once
+    when that is 0: a model given by --init-from)."""
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig, planner: Planner, name: str):
         super().__init__(model, groups, config)
         self.planner, self.method = planner, name
 
+    def on_train_start(self, loop) -> None:
+        if not self.frozen and self.phase_steps(loop) == 0:
+            self._prune(loop)
+
     def on_step_end(self, loop, loss: torch.Tensor) -> None:
-        if self.frozen or loop.state.step < self.phase_steps(loop):
-            return
-        plan = self.planner(self.groups, self.config, self.budget_limit())
+        if not self.frozen and loop.state.step >= self.phase_steps(loop):
+            self._prune(loop)
+
+    def _scores(self, loop) -> torch.Tensor:
+        """The criterion's scores; a gradient criterion reads the held-out loss gradient when there are
+        held-out images, else the gradient of the last training batch."""
+        if CRITERIA.get(self.config.criterion).needs_grad and getattr(loop, "holdout", None):
+            device = next(loop.module.parameters()).device
+            taylor_gradients_(loop.module, *held_out_tensors(loop, _TAYLOR_IMAGES, device))
+        scores = channel_scores(self.groups, self.config.criterion).detach().float().cpu()
+        return scores
+
+    def _prune(self, loop) -> None:
+        plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop))
         cost = plan_cost(self.groups, plan)
         if cost.macs > self.budget_limit():
             raise SurgeryError(
@@ -89,10 +91,18 @@ class OneShotPruning(PruningHookBase):
         self.apply_(loop, plan)
         log_to(loop, {"type": "prune", "step": loop.state.step, "macs": cost.macs / self.dense.macs})
 
+    def report_extra(self) -> dict:
+        return {"criterion": self.config.criterion}
+
+
+def _prepare(model, example_inputs, config: PruneConfig, planner: Planner, name: str) -> OneShotPruning:
+    CRITERIA.get(config.criterion)  # an unknown criterion stops here, before anything is written
+    return OneShotPruning(model, prepare_groups_(model, example_inputs, config), config, planner, name)
+
 
 def prepare_uniform_(model: nn.Module, example_inputs: torch.Tensor, config: UniformConfig) -> OneShotPruning:
-    return OneShotPruning(model, prepare_groups_(model, example_inputs, config), config, uniform_budget_plan, "uniform")
+    return _prepare(model, example_inputs, config, uniform_budget_plan, "uniform")
 
 
 def prepare_global_(model: nn.Module, example_inputs: torch.Tensor, config: GlobalConfig) -> OneShotPruning:
-    return OneShotPruning(model, prepare_groups_(model, example_inputs, config), config, global_plan, "global")
+    return _prepare(model, example_inputs, config, global_plan, "global")

@@ -29,6 +29,8 @@ class LappConfig(PruneConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prune_epochs < 1:
+            raise ConfigError("prune_epochs must be >= 1: LAPP learns its thresholds while it trains (got 0)")
         for name in ("tau", "threshold_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")

@@ -1,0 +1,250 @@
+"""Pruning methods compared on real Fashion-MNIST: equal epochs, equal MACs targets, several seeds.
+
+Every run trains ResNet-20 from scratch for --epochs on the first --train-subset training images minus
+--holdout held-out ones (the same split for every run). The methods finish pruning by the end of epoch
+--prune-epochs: lapp learns its thresholds during those epochs; uniform and global train dense for them
+and prune once; laasp and pcp train dense for one epoch less and spread their removal steps over the
+last one (their recovery is the training in between, inside the same epoch budget). Decisions that use
+data (laasp, pcp) use the held-out images; the test split gives only the reported top-1.
+
+    python benchmarks/fashion_mnist_methods.py                       # 6 methods x R 0.5, 0.3 x seeds 0-2
+    python benchmarks/fashion_mnist_methods.py --runs lapp,lapp[bypass=rep] --targets 0.5,0.4,0.3,0.2
+    python benchmarks/fashion_mnist_methods.py --train-subset 60000 --holdout 5000 --targets 0.5
+
+A run is NAME or NAME[option=value,...] (method options, e.g. lapp[bypass=rep]); `dense` trains
+unpruned. Runs whose report.json exists are reused and interrupted ones resumed, so the script can be
+stopped and started again. Prints a table of mean +- std over seeds and the per-seed paired difference
+against --reference, writes JSON, a Markdown table and accuracy_vs_macs.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+from pathlib import Path
+
+from lappdeploy.config import TrainConfig, parse_int_list
+from lappdeploy.environment import write_benchmark
+from lappdeploy.io import atomic_write_text, read_json
+from lappdeploy.methods import METHODS, AttemptConfig, method_config
+from lappdeploy.methods.compress import run_compress
+from lappdeploy.train import run_training
+
+RESULTS = Path(__file__).with_name("results")
+_RUN = re.compile(r"^(?P<name>[\w-]+)(\[(?P<options>[^\]]*)\])?$")
+
+
+def parse_runs(text: str) -> list[tuple[str, str, dict]]:
+    """'lapp,lapp[bypass=rep]' -> [(label, method, options)]."""
+    runs = []
+    for item in re.findall(r"[\w-]+(?:\[[^\]]*\])?", text):
+        match = _RUN.match(item)
+        options = dict(kv.split("=", 1) for kv in (match["options"] or "").split(",") if kv)
+        runs.append((item, match["name"], options))
+    return runs
+
+
+def _train_config(args, seed: int, holdout: int) -> TrainConfig:
+    return TrainConfig(
+        model=args.model,
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_subset=args.train_subset,
+        holdout=holdout,
+        channels_last=True,
+        device=args.device,
+        seed=seed,
+    )
+
+
+def _method(args, method: str, target: float, options: dict):
+    attempts = issubclass(METHODS.get(method).config, AttemptConfig)
+    # every method finishes pruning by the end of epoch --prune-epochs
+    schedule = {"prune_epochs": args.prune_epochs - 1, "prune_span": 1.0} if attempts else {}
+    schedule.setdefault("prune_epochs", args.prune_epochs)
+    return method_config({"name": method, "target_macs": target, "round_to": args.round_to, **schedule, **options})
+
+
+def run_one(args, label: str, method: str, options: dict, target: float | None, seed: int) -> dict:
+    name = f"{label}-r{target}-s{seed}" if target is not None else f"{label}-s{seed}"
+    out = args.out / "runs" / name
+    resume = out.is_dir() and (out / "config.yaml").is_file() and not (out / "report.json").is_file()
+    if (out / "report.json").is_file():
+        report = read_json(out / "report.json")
+    else:
+        print(f"--- {name}{' (resumed)' if resume else ''}", flush=True)
+        train = _train_config(args, seed, args.holdout)
+        if method == "dense":
+            report = run_training(train, out, resume=resume, force=out.exists() and not resume)
+        else:
+            config = _method(args, method, target, options)
+            report = run_compress(train, config, out, resume=resume, force=out.exists() and not resume)
+    metrics = [read_json_line(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m for m in metrics if "type" not in m]
+    return {
+        "run": name,
+        "label": label,
+        "method": method,
+        "target": target if target is not None else 1.0,
+        "seed": seed,
+        "top1": report["top1"],
+        "holdout_top1": epochs[-1].get("holdout_top1"),
+        "macs_ratio": report.get("macs_ratio", 1.0),
+        "deploy_macs": report.get("deploy_macs"),
+        "params": report["params"],
+        "wall_s": report["wall_s"],
+        "decision_s": report.get("prune_decision_s"),
+        "prune_steps": report.get("prune_steps"),
+        "layers": report.get("layers"),
+    }
+
+
+def read_json_line(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict], reference: str) -> list[dict]:
+    """Mean +- std per (label, target) and the paired per-seed difference against `reference`."""
+    dense_wall = {r["seed"]: r["wall_s"] for r in rows if r["method"] == "dense"}
+    out = []
+    for label, target in sorted({(r["label"], r["target"]) for r in rows}, key=lambda k: (-k[1], k[0])):
+        group = [r for r in rows if (r["label"], r["target"]) == (label, target)]
+        ref = {r["seed"]: r["top1"] for r in rows if (r["label"], r["target"]) == (reference, target)}
+        diffs = [r["top1"] - ref[r["seed"]] for r in group if r["seed"] in ref and label != reference]
+        top1, top1_std = _mean_std([r["top1"] for r in group])
+        ratios = [r["macs_ratio"] for r in group]
+        decisions = [r["decision_s"] / r["wall_s"] for r in group if r["decision_s"] is not None]
+        out.append(
+            {
+                "label": label,
+                "target": target,
+                "seeds": len(group),
+                "top1_mean": top1,
+                "top1_std": top1_std,
+                "holdout_top1_mean": statistics.mean(r["holdout_top1"] for r in group)
+                if group[0]["holdout_top1"]
+                else None,
+                "macs_ratio_min": min(ratios),
+                "macs_ratio_max": max(ratios),
+                "params_mean": statistics.mean(r["params"] for r in group),
+                "wall_vs_dense": statistics.mean(
+                    r["wall_s"] / dense_wall[r["seed"]] for r in group if r["seed"] in dense_wall
+                )
+                if dense_wall
+                else None,
+                "decision_share": statistics.mean(decisions) if decisions else None,
+                "diff_vs_reference": _mean_std(diffs) if diffs else None,
+            }
+        )
+    return out
+
+
+def markdown(summary: list[dict], reference: str) -> str:
+    lines = [
+        f"| method | target | seeds | top-1 % (mean +- std) | paired diff vs {reference} (pts) | held-out top-1 % | "
+        "deploy MACs / dense | params | wall time vs dense | decisions / wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        diff = s["diff_vs_reference"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    s["label"],
+                    f"{s['target']:g}",
+                    str(s["seeds"]),
+                    f"{100 * s['top1_mean']:.2f} +- {100 * s['top1_std']:.2f}",
+                    f"{100 * diff[0]:+.2f} +- {100 * diff[1]:.2f}" if diff else "",
+                    f"{100 * s['holdout_top1_mean']:.2f}" if s["holdout_top1_mean"] is not None else "",
+                    f"{s['macs_ratio_min']:.3f}-{s['macs_ratio_max']:.3f}",
+                    f"{s['params_mean'] / 1e3:.1f}K",
+                    f"{s['wall_vs_dense']:.2f}" if s["wall_vs_dense"] else "",
+                    f"{100 * s['decision_share']:.0f}%" if s["decision_share"] is not None else "",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    from lappdeploy.optional import require
+
+    require("matplotlib", purpose="plotting")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label in sorted({s["label"] for s in summary}):
+        points = sorted((s["target"], s["top1_mean"], s["top1_std"]) for s in summary if s["label"] == label)
+        xs, ys, es = zip(*points, strict=True)
+        axes.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3, label=label)
+    axes.set_xlabel("deploy MACs target (fraction of dense)")
+    axes.set_ylabel("test top-1 % (mean +- std over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="dense,lapp,uniform,global,laasp,pcp")
+    parser.add_argument("--targets", default="0.5,0.3", help="deploy MACs targets (fractions of dense)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--reference", default="lapp", help="the run the paired differences are taken against")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--prune-epochs", type=int, default=3)
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--train-subset", type=int, default=12000, help="training images before the hold-out")
+    parser.add_argument("--holdout", type=int, default=2000, help="held out of training for decisions, every run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_methods")
+    args = parser.parse_args()
+    runs = parse_runs(args.runs)
+    targets = [float(t) for t in args.targets.split(",")]
+    seeds = [int(s) for s in parse_int_list(args.seeds)]
+    for _, method, _ in runs:
+        if method != "dense":
+            METHODS.get(method)  # an unknown method stops here
+    rows = []
+    for seed in seeds:  # seed-major: a partial result is balanced over methods
+        for label, method, options in runs:
+            for target in [None] if method == "dense" else targets:
+                rows.append(run_one(args, label, method, options, target, seed))
+    summary = summarise(rows, args.reference)
+    table = markdown(summary, args.reference)
+    print("\n" + table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "summary.md", table)
+    plot(summary, args.out / "accuracy_vs_macs.png")
+    write_benchmark(
+        "fashion_mnist_methods",
+        rows,
+        args.out / "fashion_mnist_methods.json",
+        device=args.device if args.device != "auto" else "cpu",
+        summary=summary,
+        settings={k: str(v) for k, v in vars(args).items()},
+    )
+
+
+if __name__ == "__main__":
+    main()

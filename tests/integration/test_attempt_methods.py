@@ -1,0 +1,275 @@
+"""LAASP and PCP (attempt -> select -> prune) on tiny models: the attempt engine equals physical removal,
+each method meets the budget, LAASP picks the criterion that fits each group, PCP prunes several groups
+per step, a run interrupted mid-pruning resumes to identical weights, the iterative plans replay in a
+fresh process and export with ONNX Runtime parity, and bad input is refused before anything is written."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from lappdeploy.config import TrainConfig
+from lappdeploy.data import HeldOut
+from lappdeploy.hooks import Hook
+from lappdeploy.io import read_json
+from lappdeploy.methods import LaaspConfig, PcpConfig, UniformConfig, spec_for
+from lappdeploy.methods.attempts import Attempts
+from lappdeploy.models import create_model
+from lappdeploy.surgery import analyze, plan_cost, random_plan, register_criterion, remove_channels_
+from lappdeploy.testing import randomize_norms_
+
+SIZE = 16  # px
+
+
+@register_criterion("test_evens", "test only: keeps the even channels of every group")
+def _evens(groups):
+    return torch.tensor([float(c % 2 == 0) for g in groups.prunable for c in range(g.channels)])
+
+
+@register_criterion("test_odds", "test only: keeps the odd channels of every group")
+def _odds(groups):
+    return 1 - _evens(groups)
+
+
+def _held_out(model, n=64, seed=5):
+    """Images and the dense model's own confident labels: any change of its function raises the loss."""
+    images = torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        labels = model.eval()(images).argmax(1)
+    model.train()
+    return images, labels
+
+
+def _loop(model, images, labels):
+    holdout = HeldOut(TensorDataset(images, labels), lambda x, _generator: x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    return types.SimpleNamespace(
+        module=model, optimizer=optimizer, steps_per_epoch=10, state=types.SimpleNamespace(step=0), holdout=holdout
+    )
+
+
+def _drive(hook, loop, max_steps=200):
+    """The hook's calls of a training loop with no training between them (recovery left out)."""
+    hook.on_train_start(loop)
+    while not hook.frozen and loop.state.step < max_steps:
+        loop.state.step += 1
+        hook.on_step_end(loop, torch.tensor(0.0))
+    assert hook.frozen, "the method did not reach its target"
+
+
+def test_an_attempt_equals_the_physically_pruned_copy():
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_resnet", num_classes=4))
+    images, labels = _held_out(model)
+    groups = analyze(model, images[:2])
+    plan = random_plan(groups, 0.5, seed=3)
+    attempts = Attempts(model, groups, images, labels)
+    outcome = attempts.keep({gid: gp.keep for gid, gp in plan.groups.items()})
+    pruned = copy.deepcopy(model)
+    remove_channels_(pruned, plan, images[:2])
+    with torch.no_grad():
+        logits = pruned.eval()(images)
+    assert abs(outcome.loss - float(F.cross_entropy(logits, labels))) < 1e-5
+    assert outcome.top1 == float((logits.argmax(1) == labels).float().mean())
+    assert model.training, "attempts leave the model's mode as they found it"
+    again = attempts.keep({gid: gp.keep for gid, gp in plan.groups.items()})
+    assert again == outcome and attempts.evaluations == 1, "cached by (group, kept channels)"
+
+
+def _two_group_convnet():
+    """tiny_convnet whose first group matters on its even channels only and second on its odd ones."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_convnet", num_classes=4))
+    with torch.no_grad():
+        for conv, bn, dead in ((model.features[0], model.features[1], 1), (model.features[3], model.features[4], 0)):
+            conv.weight[dead::2] = 0
+            bn.weight[dead::2] = 0
+            bn.bias[dead::2] = 0
+        model.fc.weight *= 20  # confident logits: a live channel's removal shows in the loss
+    return model
+
+
+def test_laasp_picks_the_criterion_that_fits_each_group_and_meets_the_budget():
+    model = _two_group_convnet()
+    images, labels = _held_out(model)
+    config = LaaspConfig(
+        target_macs=0.3, prune_epochs=0, round_to=1, criteria=("test_evens", "test_odds"), step_macs=0.3, cap=0.9
+    )
+    hook = spec_for(config).prepare(model, images[:2], config)
+    records = []
+    loop = _loop(model, images, labels)
+    loop.log = records.append
+    _drive(hook, loop)
+    result = hook.result()
+    assert result.deploy.macs <= 0.3 * 1.005 * result.dense.macs
+    chosen = {(r["group"], r["criterion"]) for r in records}
+    assert ("features.0", "test_evens") in chosen and ("features.3", "test_odds") in chosen, chosen
+    assert result.extra["chosen"].keys() == {"test_evens", "test_odds"}
+    # the kept channels are the live ones: dense indices of the composed plan
+    assert all(c % 2 == 0 for c in result.plan.groups["features.0"].keep)
+    assert all(c % 2 == 1 for c in result.plan.groups["features.3"].keep)
+
+
+def test_pcp_prunes_several_groups_per_step_and_meets_the_budget():
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_resnet", num_classes=4))
+    images, labels = _held_out(model)
+    config = PcpConfig(target_macs=0.4, prune_epochs=0, round_to=1, groups_per_step=3, attempt_fraction=0.2)
+    hook = spec_for(config).prepare(model, images[:2], config)
+    records = []
+    loop = _loop(model, images, labels)
+    loop.log = records.append
+    _drive(hook, loop)
+    assert len(records[0]["groups"]) == 3 and records[0]["attempts"] >= 3
+    assert hook.result().deploy.macs <= 0.4 * 1.005 * hook.dense.macs
+    assert plan_cost(hook.groups, hook.plan).macs == hook.result().deploy.macs
+
+
+class Interrupt(Hook):
+    """Stops training right after the checkpoint of `epoch` is written, as a kill would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_checkpoint(self, loop, path: str) -> None:
+        if loop.state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+TRAIN = {
+    "model": "tiny_resnet",
+    "dataset": "synthetic",
+    "synthetic_shape": (3, SIZE, SIZE),
+    "synthetic_samples": 160,
+    "synthetic_classes": 4,
+    "batch_size": 16,
+    "epochs": 4,
+    "lr": 0.05,
+    "device": "cpu",
+    "holdout": 32,
+    "seed": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def laasp_runs(tmp_path_factory):
+    from lappdeploy.methods.compress import run_compress
+
+    root = tmp_path_factory.mktemp("laasp")
+    config = LaaspConfig(target_macs=0.5, prune_epochs=1, prune_span=2.0, step_macs=0.1, round_to=1)
+    straight = run_compress(TrainConfig(**TRAIN), config, root / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_compress(TrainConfig(**TRAIN), config, root / "killed", hooks=[Interrupt(epoch=2)])
+    state = torch.load(root / "killed" / "checkpoint.pt", weights_only=True)["hooks"]["LaaspPruning"]
+    resumed = run_compress(TrainConfig(**TRAIN), config, root / "killed", resume=True)
+    return root, straight, resumed, state
+
+
+def test_interrupted_mid_pruning_then_resumed_gives_identical_weights(laasp_runs):
+    root, straight, resumed, state = laasp_runs
+    assert state["steps"] and not state["done"], "interrupted inside the pruning window"
+    assert resumed["prune_steps"] > len(state["steps"]), "more removal steps after the resume"
+    a = torch.load(root / "straight" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(root / "killed" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_json(root / "straight" / "plan.json")["groups"] == read_json(root / "killed" / "plan.json")["groups"]
+    assert resumed["deploy_macs"] <= 0.5 * 1.005 * resumed["dense_deploy_macs"]
+    for key in ("prune_decision_s", "prune_recovery_s", "prune_evaluations", "chosen", "layers"):
+        assert key in straight, key
+    steps = [r for r in map(read_json_line, (root / "straight" / "metrics.jsonl").read_text().splitlines())]
+    prune_steps = [r for r in steps if r.get("type") == "prune_step"]
+    assert len(prune_steps) == straight["prune_steps"] and all("criterion" in r for r in prune_steps)
+    assert all("holdout_top1" in r for r in steps if "type" not in r), "held-out top-1 logged per epoch"
+
+
+def read_json_line(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def test_iterative_plans_replay_in_a_fresh_process_and_export_with_parity(laasp_runs, tmp_path):
+    from lappdeploy import load_model
+    from lappdeploy.export import to_onnx
+
+    root = laasp_runs[0]
+    model = load_model(root / "straight" / "model.pt").model
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch; from lappdeploy import load_model;"
+        "m = load_model(sys.argv[1]).model; x = torch.load(sys.argv[2]);"
+        "torch.save(m(x).detach(), sys.argv[3])"
+    )
+    args = [
+        sys.executable,
+        "-c",
+        code,
+        str(root / "straight" / "model.pt"),
+        str(tmp_path / "x.pt"),
+        str(tmp_path / "y.pt"),
+    ]
+    subprocess.run(args, check=True, timeout=120)
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-6)
+    record = to_onnx(model, x, tmp_path / "model.onnx")
+    assert record.parity and max(r["relative_error"] for r in record.parity) < 1e-3
+    assert record.macs == record.torch_macs
+
+
+def test_uniform_from_a_trained_model_prunes_at_once(laasp_runs, tmp_path):
+    from lappdeploy.methods.compress import run_compress
+
+    dense = tmp_path / "dense"
+    from lappdeploy.train import run_training
+
+    run_training(TrainConfig(**{**TRAIN, "epochs": 1, "holdout": 0}), dense)
+    report = run_compress(
+        TrainConfig(**{**TRAIN, "epochs": 1, "holdout": 0, "init_from": str(dense)}),
+        UniformConfig(target_macs=0.5, prune_epochs=0, round_to=1),
+        tmp_path / "pruned",
+    )
+    lines = [read_json_line(line) for line in (tmp_path / "pruned" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r.get("type") == "prune"] == [0], "pruned before the first step"
+    assert report["deploy_macs"] <= 0.5 * 1.005 * report["dense_deploy_macs"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "laasp", "--criteria", "l1,l7"], "unknown criterion 'l7'"),
+        (["--method", "laasp", "--cap", "1.5"], "cap must be in (0.0, 1.0]"),
+        (["--method", "laasp", "--step-macs", "0"], "step_macs must be in (0.0, 1.0]"),
+        (["--method", "pcp", "--holdout", "8"], "less than one batch"),
+        (["--method", "pcp", "--holdout", "150"], "leaves 10 of 160 training images"),
+        (["--method", "laasp", "--cap", "0.1", "--target-macs", "0.3"], "unreachable under --cap 0.1"),
+        (["--method", "uniform", "--criterion", "l9"], "unknown criterion 'l9'"),
+        (["--method", "uniform", "--prune-epochs", "0"], "needs --init-from"),
+        (["--method", "lapp", "--holdout", "32", "--init-from", "nowhere/model.pt"], "--init-from nowhere/model.pt"),
+    ],
+)
+def test_bad_input_is_one_line_before_anything_is_written(cli, tmp_path, args, message):
+    base = ["compress", "--model", "tiny_resnet", "--dataset", "synthetic", "--synthetic-shape", "3x16x16"]
+    base += ["--synthetic-samples", "160", "--batch-size", "16", "--epochs", "3", "--device", "cpu", "--round-to", "1"]
+    result = cli(*base, *args, "--out", tmp_path / "run")
+    assert result.code == 2, result
+    assert len(result.err.strip().splitlines()) == 1 and message in result.err, result.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_another_architecture_is_refused(laasp_runs, cli, tmp_path):
+    root = laasp_runs[0]
+    base = ["compress", "--model", "tiny_convnet", "--dataset", "synthetic", "--synthetic-shape", "3x16x16"]
+    result = cli(*base, "--init-from", root / "straight", "--device", "cpu", "--out", tmp_path / "run")
+    assert result.code == 2 and "has architecture tiny_resnet, this run trains tiny_convnet" in result.err, result.err
+    (tmp_path / "notes.pt").write_text("not a model")
+    result = cli(*base, "--init-from", tmp_path / "notes.pt", "--device", "cpu", "--out", tmp_path / "run")
+    assert result.code == 2 and "is not a lappdeploy checkpoint" in result.err, result.err
+    assert not (tmp_path / "run").exists()
