@@ -24,7 +24,14 @@ from torch import nn
 
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.base import PruneConfig
-from lappdeploy.methods.common import GroupThresholds, PruningHookBase, apply_plan_, log_to
+from lappdeploy.methods.common import (
+    GroupThresholds,
+    PruningHookBase,
+    apply_plan_,
+    log_to,
+    recalibrate_bn_,
+    training_batches,
+)
 from lappdeploy.surgery import (
     CRITERIA,
     ChannelGroups,
@@ -207,6 +214,8 @@ class IterativePruning(PruningHookBase):
             groups={gid: GroupPlan(self.current.prunable_group(gid).channels, sorted(k)) for gid, k in keep.items()}
         )
         self._apply_step(loop, step_plan)
+        if self.config.recalibrate_bn:
+            recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
         after = plan_cost(self.groups, self.composed).macs
         record.update(type="prune_step", step=loop.state.step, index=len(self.steps), macs=after / self.dense.macs)
         record.update(epoch=round(loop.state.step / loop.steps_per_epoch, 4), decision_s=round(self.decision_s, 3))

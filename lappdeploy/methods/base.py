@@ -77,6 +77,9 @@ class PruneConfig:
         choices=("none", "rep"),
     )
     log_every: int = option(10, "Log the pruning state to metrics.jsonl every N steps of the pruning phase.")
+    recalibrate_bn: int = option(
+        20, "After channels are removed, re-estimate BatchNorm statistics on N training batches (0: do not)."
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -85,6 +88,7 @@ class PruneConfig:
         at_least(self, "round_to", 1)
         at_least(self, "min_channels", 1)
         at_least(self, "log_every", 1)
+        at_least(self, "recalibrate_bn", 0)
         check_choices(self)
 
     def check_against(self, train: TrainConfig) -> None:

@@ -7,8 +7,10 @@ A method module imports from here and from `lappdeploy.surgery`, never from anot
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,9 @@ __all__ = [
     "minimum_plan",
     "plan_within_budget",
     "prepare_groups_",
+    "recalibrate_bn_",
+    "smallest_offset",
+    "training_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,6 +147,18 @@ def minimum_plan(groups: ChannelGroups, thresholds: GroupThresholds, scores: tor
     return ChannelPlan.from_keep_mask(groups, thresholds.hard(thresholds.normalise(scores), never))
 
 
+def smallest_offset(fits: Callable[[float], bool], high: float, steps: int = _BISECTION_STEPS) -> float:
+    """The smallest offset in [0, high] for which `fits` holds (monotone: a larger offset prunes more), by
+    bisection; `fits(high)` must hold."""
+    if fits(0.0):
+        return 0.0
+    low = 0.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
 def plan_within_budget(
     groups: ChannelGroups,
     mask: GroupThresholds,
@@ -167,23 +184,14 @@ def plan_within_budget(
     def fits(plan: ChannelPlan) -> bool:
         return plan_cost(groups, plan).macs <= budget_macs
 
-    best, offset = plan_at(0.0), 0.0
-    if not fits(best):
-        low, high = 0.0, float(normalised.max() - thresholds.min()) + 1.0  # high: every group at its minimum
-        best = plan_at(high)
-        if not fits(best):
-            raise SurgeryError(
-                f"no plan reaches {budget_macs:.0f} MACs: even the minimum widths cost "
-                f"{plan_cost(groups, best).macs}; raise the MACs target or lower --min-channels/--round-to"
-            )
-        for _ in range(_BISECTION_STEPS):
-            middle = (low + high) / 2
-            candidate = plan_at(middle)
-            if fits(candidate):
-                high, best = middle, candidate
-            else:
-                low = middle
-        offset = high
+    high = float(normalised.max() - thresholds.min()) + 1.0  # every group at its minimum width
+    if not fits(plan_at(high)):
+        raise SurgeryError(
+            f"no plan reaches {budget_macs:.0f} MACs: even the minimum widths cost "
+            f"{plan_cost(groups, plan_at(high)).macs}; raise the MACs target or lower --min-channels/--round-to"
+        )
+    offset = smallest_offset(lambda o: fits(plan_at(o)), high)
+    best = plan_at(offset)
     for index, gid in enumerate(mask.ids):
         if gid in best.groups:
             best.groups[gid].threshold = float(thresholds[index]) + offset
@@ -200,6 +208,48 @@ def apply_plan_(loop, plan: ChannelPlan, example_inputs: torch.Tensor, groups: C
         rewrap()
     elif getattr(getattr(loop, "dist", None), "is_distributed", False):
         raise SurgeryError("channels were removed under DDP but the training loop has no rewrap_() to re-wrap it")
+
+
+@torch.no_grad()
+def recalibrate_bn_(model: nn.Module, batches) -> int:
+    """Re-estimate every BatchNorm's running mean and variance as the plain average over `batches` of
+    images (train-mode forward passes, no gradients): after channels are removed, downstream layers see
+    inputs whose statistics the running averages of the wider network do not describe. Returns the
+    number of batches used (0: nothing to do)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    batches = iter(batches)
+    first = next(batches, None)
+    if not norms or first is None:  # no data: keep the running averages rather than wipe them
+        return 0
+    batches = itertools.chain([first], batches)
+    momenta = {norm: norm.momentum for norm in norms}
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    was_training, used = model.training, 0
+    model.train()
+    try:
+        for images in batches:
+            model(images)
+            used += 1
+    finally:
+        model.train(was_training)
+        for norm, momentum in momenta.items():
+            norm.momentum = momentum
+    return used
+
+
+def training_batches(loop, count: int):
+    """Up to `count` batches of images the loop trains on (`loop.train_loader`), else of its held-out
+    images; empty when it has neither."""
+    loader = getattr(loop, "train_loader", None)
+    if loader is not None:
+        return (images for images, _ in itertools.islice(iter(loader), count))
+    holdout = getattr(loop, "holdout", None)
+    if holdout is not None and len(holdout):
+        images, _ = holdout.tensors(count * 64, next(loop.module.parameters()).device)
+        return iter(images.split(64))
+    return iter(())
 
 
 def log_to(loop, record: dict) -> None:
@@ -257,10 +307,13 @@ class PruningHookBase(Hook):
         """The most deploy MACs per image a final plan may have."""
         return self.target_macs * (1 + BUDGET_TOLERANCE)
 
-    def apply_(self, loop, plan: ChannelPlan) -> None:
-        """Remove `plan`'s channels from the training model and remember its cost."""
+    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True) -> None:
+        """Remove `plan`'s channels from the training model, re-estimate its BatchNorm statistics
+        (`recalibrate_bn` batches; not when replaying a checkpoint) and remember its cost."""
         self.detach_hooks()  # removal deep-copies and re-traces the model, which must not see mask hooks
         apply_plan_(loop, plan, self.example_inputs, groups=self.groups)
+        if recalibrate and self.config.recalibrate_bn:
+            recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
         self.plan = plan
         self.deploy = plan_cost(self.groups, plan)
         plan.info.update(
@@ -291,7 +344,7 @@ class PruningHookBase(Hook):
         """Replay the channel removal if it had happened (called before the weights are loaded, so they
         then fit the compact architecture)."""
         if state.get("plan") is not None:
-            self.apply_(loop, ChannelPlan.from_dict(state["plan"]))
+            self.apply_(loop, ChannelPlan.from_dict(state["plan"]), recalibrate=False)
 
     # ------------------------------------------------------------------ the result
     def report_thresholds(self) -> dict[str, float]:

@@ -58,7 +58,9 @@ def register_criterion(name: str, summary: str, *, needs_grad: bool = False):
 
 def channel_scores(groups: ChannelGroups, kind: str = "l2") -> torch.Tensor:
     """Importance of every channel of the global vector by criterion `kind` (higher = keep)."""
-    return CRITERIA.get(kind).score(groups)
+    criterion = CRITERIA.get(kind)
+    groups.check_fresh()  # scores of a pruned model on the maps of its dense analysis would be wrong
+    return criterion.score(groups)
 
 
 def _index_sum(groups: ChannelGroups, per_layer: Callable[[nn.Module], torch.Tensor | None]) -> torch.Tensor:

@@ -109,7 +109,8 @@ def test_straight_through_mask_is_hard_with_the_sigmoid_surrogate_gradient():
     expected_kept = (z > 0) | mask.forced(scores.detach())
     assert torch.equal(m.detach().bool(), expected_kept)
     m.sum().backward()
-    sigmoid_prime = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    # channels kept only by their group's minimum width pass no surrogate gradient
+    sigmoid_prime = torch.sigmoid(z) * (1 - torch.sigmoid(z)) * ((z > 0) | ~expected_kept)
     expected_t = -torch.zeros(len(mask.ids)).index_add(0, owner, sigmoid_prime / 0.1)
     assert torch.allclose(thresholds.grad, expected_t, rtol=1e-5)
     assert torch.allclose(scores.grad, sigmoid_prime / 0.1, rtol=1e-5)
@@ -188,11 +189,12 @@ def lapp_run():
 
 def test_macs_follow_the_budget_and_thresholds_move_smoothly(lapp_run):
     steps = [r for r in lapp_run.records if r["type"] == "lapp"]
-    assert [r["step"] for r in steps] == list(range(1, 25))
+    # logged every step until the masks are fixed to the final plan, after 90% of the 24-step phase (snap 0.1)
+    assert [r["step"] for r in steps] == list(range(1, 23))
     # the budget of each step: dense at step 0, cubically down to the target
     assert steps[0]["budget"] == 1.0 and steps[-1]["budget"] == pytest.approx(0.5, abs=1e-3)
     assert all(a["budget"] > b["budget"] for a, b in itertools.pairwise(steps))
-    # the thresholds rise from 0 under the penalty, each step by at most about one Adam step (lr 0.05)
+    # the thresholds rise under the penalty, each step by at most about one Adam step (lr 0.05)
     first = steps[0]["thresholds"]
     last = steps[-1]["thresholds"]
     assert all(last[g] > first[g] for g in first)
@@ -208,7 +210,7 @@ def test_freeze_meets_the_budget_and_removes_the_masked_channels(lapp_run):
     assert plan is not None and not plan.is_empty
     assert plan.info["macs"] <= 0.5 * 1.005 * controller.dense.macs
     freeze = [r for r in lapp_run.records if r["type"] == "lapp_freeze"]
-    assert len(freeze) == 1 and freeze[0]["step"] == 24
+    assert len(freeze) == 1 and freeze[0]["step"] == 22, "the widths are fixed for the last 10% of the phase"
     assert controller._masker is None, "the mask hooks are gone after removal"
     # the model trained on after removal: its parameters are the pruned ones, in the optimizer
     optimizer_params = {id(p) for group in lapp_run.trainer.optimizer.param_groups for p in group["params"]}

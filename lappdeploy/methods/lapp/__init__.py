@@ -26,6 +26,16 @@ class LappConfig(PruneConfig):
     tau: float = option(0.1, "Temperature of the straight-through sigmoid surrogate.")
     penalty: float = option(2.0, "Weight lambda of the MACs penalty (log(MACs / budget))^2.")
     threshold_lr: float = option(0.01, "Adam learning rate of the per-group thresholds.")
+    project: bool = option(
+        False,
+        "Hold the masked MACs at the annealed budget at every training step by shifting all thresholds by one "
+        "common offset (exact tracking; the allocation then follows the task gradient alone).",
+    )
+    snap: float = option(
+        0.1,
+        "Share of the pruning phase at its end during which the masks are fixed to the final, rounded plan, so "
+        "training sees the deployed widths before the channels are removed; 0 fixes them at the very end.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,6 +46,8 @@ class LappConfig(PruneConfig):
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.penalty < 0:
             raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
+        if not 0 <= self.snap < 1:
+            raise ConfigError(f"snap must be in [0, 1) (got {self.snap})")
         check_choices(self)
 
 

@@ -17,20 +17,34 @@ the thresholds' gradients are averaged over ranks, under fp16 AMP they are unsca
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from lappdeploy.methods.common import PruningHookBase, log_to, plan_within_budget, prepare_groups_
+from lappdeploy.methods.common import PruningHookBase, log_to, plan_within_budget, prepare_groups_, smallest_offset
 from lappdeploy.methods.lapp import LappConfig
 from lappdeploy.methods.lapp.budget import cubic_budget
 from lappdeploy.methods.lapp.masks import ThresholdMask
-from lappdeploy.surgery import ChannelGroups, ChannelMasker, ChannelPlan, SurgeryError, channel_scores, cost_model
+from lappdeploy.surgery import (
+    ChannelGroups,
+    ChannelMasker,
+    ChannelPlan,
+    SurgeryError,
+    channel_scores,
+    cost_model,
+    plan_cost,
+)
 
 __all__ = ["LappController", "prepare_"]
 
 log = logging.getLogger(__name__)
+
+_INIT_MARGIN = 0.01  # initial threshold below a group's lowest normalised score (scores average 1)
+PROJECTION_TOLERANCE = 0.01  # masked MACs may exceed the next step's budget by this fraction before projection
+PROJECTION_BAND = 0.05  # ... and fall below it by this fraction
+_PROJECTION_STEPS = 20  # bisection halvings: ~1e-6 of the score range, a few ms per projected step
 
 
 def prepare_(model: nn.Module, example_inputs: torch.Tensor, config: LappConfig | None = None) -> LappController:
@@ -52,20 +66,31 @@ class LappController(PruningHookBase):
         self.mask = ThresholdMask(groups, tau=config.tau, min_channels=config.min_channels, round_to=config.round_to)
         self.cost = cost_model(groups)
         device = next(model.parameters()).device
-        # t_g = 0 at init: every normalised score (about 1) is above it, so the masks start all ones
-        # t_g, one per prunable group in `mask.ids` order, with its own Adam optimizer
-        self.thresholds = nn.Parameter(torch.zeros(len(self.mask.ids), device=device))
+        # t_g, one per prunable group in `mask.ids` order, with its own Adam optimizer; it starts just below
+        # the group's lowest normalised score: every mask is all ones, and the first update already prunes
+        self.thresholds = nn.Parameter(self._edge_of_scores().to(device))
         self.optimizer = torch.optim.Adam([self.thresholds], lr=config.threshold_lr, weight_decay=0.0)
         self.threshold_offset = 0.0  # common offset the budget guarantee added at the freeze
+        self.snapped: ChannelPlan | None = None  # the final, rounded plan, fixed for the phase's last stretch
+        self._snapped_mask: torch.Tensor | None = None
         self._masker: ChannelMasker | None = ChannelMasker(groups)
         self._pre_hook = model.register_forward_pre_hook(self._set_masks)
         self._normalised: torch.Tensor | None = None  # this step's normalised scores (detached)
         self._last: dict[str, torch.Tensor | float] = {}  # this step's MACs, budget, penalty (for logs)
+        self._budget: float | None = None  # MACs budget of the next training step (set by the loop's hooks)
 
     def __deepcopy__(self, memo: dict) -> LappController:
         # A deep copy of the prepared model (EMA, snapshots) copies its forward pre-hook, a bound method of
         # this controller: share the controller (its torch-pruning graph cannot be copied) instead.
         return self
+
+    def _edge_of_scores(self) -> torch.Tensor:
+        with torch.no_grad():
+            normalised = self.normalised_scores().cpu()
+        lowest = torch.full((len(self.mask.ids),), math.inf).scatter_reduce(
+            0, self.mask.owner(normalised.device), normalised, reduce="amin"
+        )
+        return lowest - _INIT_MARGIN
 
     # ------------------------------------------------------------------ state of the schedule
     def budget_macs(self, step: int, steps_per_epoch: int) -> float:
@@ -80,10 +105,17 @@ class LappController(PruningHookBase):
         with torch.no_grad():
             return self.mask.hard(self.normalised_scores(), self.thresholds.detach())
 
+    def snap_step(self, loop) -> int:
+        """Optimizer step at which the masks are fixed to the final, rounded plan (the last `snap` of the
+        phase trains exactly the widths that will be deployed)."""
+        return round((1 - self.config.snap) * self.phase_steps(loop))
+
     def current_macs(self) -> float:
         """Deploy MACs per image of the model as masked now (after the freeze: of the pruned model)."""
         if self.frozen:
             return super().current_macs()
+        if self.snapped is not None:
+            return float(plan_cost(self.groups, self.snapped).macs)
         with torch.no_grad():
             return float(self.cost(self.current_mask())[0])
 
@@ -92,8 +124,13 @@ class LappController(PruningHookBase):
         """Forward pre-hook: this forward's masks from the current scores and thresholds."""
         if self._masker is None:
             return
+        if self._snapped_mask is not None:  # the widths are fixed: no thresholds, no scores
+            self._masker.set(self._snapped_mask.to(next(module.parameters()).device))
+            return
         if module.training and torch.is_grad_enabled():
             scores = self.normalised_scores()
+            if self.config.project and self._budget is not None:
+                self._project(scores.detach(), self._budget)
             self._masker.set(self.mask(scores, self.thresholds))
         else:  # evaluation: hard masks, no graph
             with torch.no_grad():
@@ -111,6 +148,7 @@ class LappController(PruningHookBase):
 
     def on_train_start(self, loop) -> None:
         self._move_to(getattr(loop, "device", self.thresholds.device))
+        self._budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
 
     def _task_gradient(self, loop) -> torch.Tensor:
         """The thresholds' gradient from the task loss (through the masks), unscaled and rank-averaged."""
@@ -128,7 +166,7 @@ class LappController(PruningHookBase):
 
     def after_backward(self, loop) -> None:
         """Thresholds' update: task-loss gradient (through the masks) + MACs penalty gradient, then Adam."""
-        if self.frozen or self._normalised is None:
+        if self.frozen or self.snapped is not None or self._normalised is None:
             return
         task_grad = self._task_gradient(loop)
         # The penalty moves thresholds only: the scores are detached here, so it never acts on weights.
@@ -142,15 +180,42 @@ class LappController(PruningHookBase):
         self.optimizer.zero_grad(set_to_none=True)
         self._last = {"macs": macs.detach(), "budget": budget, "penalty": penalty.detach()}
 
+    @torch.no_grad()
+    def _project(self, normalised: torch.Tensor, budget: float) -> None:
+        """Hold the masked MACs of this training forward at the step's budget: when the hard masks are outside
+        [1 - PROJECTION_BAND, 1 + PROJECTION_TOLERANCE] x budget, shift every threshold by the one common
+        offset (up or down) that brings them just under it. What the thresholds learned is how the groups
+        differ, which a common shift keeps; the penalty still drives that."""
+        thresholds = self.thresholds.detach()
+
+        def macs(offset: float) -> float:
+            return float(self.cost(self.mask.hard(normalised, thresholds, offset))[0])
+
+        now = macs(0.0)
+        if (1 - PROJECTION_BAND) * budget <= now <= (1 + PROJECTION_TOLERANCE) * budget:
+            return
+        span = float(normalised.max() - normalised.min()) + 1.0  # from all kept to all at minimum
+        low = -span - float(thresholds.max() - thresholds.min())
+        offset = smallest_offset(
+            lambda o: macs(low + o) <= budget,
+            2 * span + float(thresholds.max() - thresholds.min()),
+            steps=_PROJECTION_STEPS,
+        )
+        self.thresholds += low + offset
+
     def on_step_end(self, loop, loss: torch.Tensor) -> None:
         if self.frozen:
             return
         step = loop.state.step
-        done = step >= self.phase_steps(loop)
-        if self._last and (step % self.config.log_every == 0 or done):
-            log_to(loop, self.step_record(step, loop.steps_per_epoch))
-        if done:
-            self.freeze_(loop)
+        self._budget = self.budget_macs(step, loop.steps_per_epoch)  # the next step's
+        if self.snapped is None:
+            snap = step >= self.snap_step(loop)
+            if self._last and (step % self.config.log_every == 0 or snap):
+                log_to(loop, self.step_record(step, loop.steps_per_epoch))
+            if snap:
+                self.freeze_(loop)
+        if step >= self.phase_steps(loop):
+            self.remove_(loop)
 
     def step_record(self, step: int, steps_per_epoch: int) -> dict[str, Any]:
         """Budget, MACs (as fractions of dense), penalty, every threshold and kept width, at `step`."""
@@ -173,7 +238,8 @@ class LappController(PruningHookBase):
         metrics["budget_ratio"] = round(budget / self.dense.macs, 5)
 
     def freeze_(self, loop) -> ChannelPlan:
-        """End of the pruning phase: fix the masks, meet the budget, round, remove the channels."""
+        """Fix the masks: meet the budget, round the widths, and train exactly this plan, masked, until the
+        phase ends; then `remove_` takes the channels out, which changes nothing the model computes."""
         with torch.no_grad():
             normalised = self.normalised_scores()
         plan, offset = plan_within_budget(
@@ -181,24 +247,32 @@ class LappController(PruningHookBase):
         )
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the MACs budget", offset)
-        self.threshold_offset = offset
-        self.apply_(loop, plan)
-        log.info(
-            "pruning phase over: removed %d channels; deploy MACs %.3f of dense (target %.3f)",
-            sum(len(gp.dropped) for gp in plan.groups.values()),
-            self.deploy.macs / self.dense.macs,
-            self.config.target_macs,
-        )
+        self.threshold_offset, self.snapped = offset, plan
+        self._snapped_mask = plan.keep_mask(self.groups).float()
+        self.thresholds.grad = None
+        macs = plan_cost(self.groups, plan).macs / self.dense.macs
         record = {
             "type": "lapp_freeze",
             "step": loop.state.step,
             "epoch": round(loop.state.step / loop.steps_per_epoch, 4),
         }
-        log_to(loop, {**record, "macs": self.deploy.macs / self.dense.macs, "threshold_offset": offset})
+        log_to(loop, {**record, "macs": macs, "threshold_offset": offset})
         return plan
 
-    def apply_(self, loop, plan: ChannelPlan) -> None:
-        super().apply_(loop, plan)
+    def remove_(self, loop) -> None:
+        """End of the pruning phase: remove the fixed plan's channels (physically)."""
+        if self.snapped is None:
+            self.freeze_(loop)
+        self.apply_(loop, self.snapped)
+        log.info(
+            "pruning phase over: removed %d channels; deploy MACs %.3f of dense (target %.3f)",
+            sum(len(gp.dropped) for gp in self.snapped.groups.values()),
+            self.deploy.macs / self.dense.macs,
+            self.config.target_macs,
+        )
+
+    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True) -> None:
+        super().apply_(loop, plan, recalibrate=recalibrate)
         plan.info.update(self.report_extra(), thresholds=self.report_thresholds())
         self.thresholds.grad = None
 
@@ -224,6 +298,7 @@ class LappController(PruningHookBase):
             "thresholds": self.thresholds.detach().cpu().clone(),
             "optimizer": self.optimizer.state_dict(),
             "threshold_offset": self.threshold_offset,
+            "snapped": self.snapped.to_dict() if self.snapped is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], loop) -> None:
@@ -236,4 +311,7 @@ class LappController(PruningHookBase):
             self.thresholds.copy_(state["thresholds"].to(self.thresholds.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.threshold_offset = float(state.get("threshold_offset", 0.0))
+        if state.get("snapped") is not None:
+            self.snapped = ChannelPlan.from_dict(state["snapped"])
+            self._snapped_mask = self.snapped.keep_mask(self.groups).float()
         super().load_state_dict(state, loop)

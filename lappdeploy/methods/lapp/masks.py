@@ -2,7 +2,8 @@
 
 Forward: m = 1[s~ > t_g] (the shared `GroupThresholds`, minimum widths included), so the MACs seen in
 training are the deploy model's. Backward, a sigmoid surrogate of temperature tau:
-dm/dt = -sigmoid'((s~ - t)/tau)/tau and dm/ds~ = +sigmoid'((s~ - t)/tau)/tau.
+dm/dt = -sigmoid'((s~ - t)/tau)/tau and dm/ds~ = +sigmoid'((s~ - t)/tau)/tau, except for channels kept
+only by the group's minimum width, whose mask does not depend on t (gradient 0).
 """
 
 from __future__ import annotations
@@ -26,5 +27,10 @@ class ThresholdMask(GroupThresholds):
         """Kept mask over the global vector: exactly 0/1 in value, with the straight-through gradient."""
         z = (normalised - thresholds[self.owner(normalised.device)]) / self.tau
         soft = torch.sigmoid(z)
-        hard = ((z > 0) | self.forced(normalised)).to(soft.dtype)
-        return hard + (soft - soft.detach())
+        above = z > 0
+        forced = self.forced(normalised) & ~above
+        hard = (above | forced).to(soft.dtype)
+        # A channel kept only by its group's minimum width stays kept whatever the threshold does: no
+        # surrogate gradient, so a group at its minimum stops pushing its threshold up (and its scores).
+        surrogate = torch.where(forced, torch.zeros_like(soft), soft - soft.detach())
+        return hard + surrogate
