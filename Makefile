@@ -26,11 +26,12 @@ test: $(STAMP) data lint
 test-all: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
-# ruff (style), then the layer contracts of setup.cfg [importlinter] (no import cycles, cli on top, ...)
+# ruff (style), the layer contracts of setup.cfg [importlinter] (no import cycles, cli on top, ...), hadolint
 lint: $(STAMP)
 	$(BIN)/ruff check lappdeploy tests benchmarks tools
 	$(BIN)/ruff format --check lappdeploy tests benchmarks tools
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/hadolint Dockerfile Dockerfile.jetson
 
 install: $(STAMP)
 
