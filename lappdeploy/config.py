@@ -196,11 +196,12 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device"})
 
 
-EXPORTERS = ("legacy", "dynamo")
+EXPORTERS = ("auto", "legacy", "dynamo")
 # legacy: the TorchScript exporter at opset 17, what TensorRT 8.5/8.6 (older JetPack) parses;
-# dynamo: torch.export-based, needs opset >= 18 (18 is the most widely parsed of those).
-DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
-MIN_OPSET = {"legacy": 9, "dynamo": 18}
+# dynamo: torch.export-based, needs opset >= 18 (18 is the most widely parsed of those);
+# auto: legacy, and dynamo where the legacy exporter cannot export the model (recorded).
+DEFAULT_OPSET = {"auto": 17, "legacy": 17, "dynamo": 18}
+MIN_OPSET = {"auto": 9, "legacy": 9, "dynamo": 18}
 MAX_OPSET = 20
 
 
@@ -235,9 +236,10 @@ class ExportConfig:
     )
     opset: int | None = option(None, "ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")
     exporter: str = option(
-        "legacy",
-        "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6) or dynamo (torch.export).",
-        choices=("legacy", "dynamo"),
+        "auto",
+        "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6), dynamo (torch.export), "
+        "or auto: legacy, and dynamo where legacy cannot export the model (recorded in export.json).",
+        choices=EXPORTERS,
     )
     fallback: bool = option(
         False, "If the dynamo exporter fails, export with the legacy one (recorded in export.json)."
@@ -251,8 +253,15 @@ class ExportConfig:
     opt_level: int = option(3, "TensorRT builder optimization level 0-5 (TensorRT's default: 3).")
     trt_version: str | None = option(
         None,
-        "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.6, 10 or 11 [default: 10].",
-        choices=("8.6", "10", "11"),
+        "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.5 (JetPack 5.1), "
+        "8.6 (JetPack 6.0), 10 (JetPack 6.x), 11, or auto (the script reads trtexec's version on the target) "
+        "[default: 10].",
+        choices=("auto", "8.5", "8.6", "10", "11"),
+    )
+    cuda_graph: bool = option(
+        True,
+        "trtexec.sh: time with CUDA graphs (trtexec 11's default, spelled out for older families); "
+        "--no-cuda-graph launches every inference (8.5-10 only). `lappdeploy bench --runtime trt` has the same flag.",
     )
     timing_cache_dir: str | None = option(
         None, "Directory of the per-device TensorRT timing caches [default: ~/.cache/lappdeploy/tensorrt]."

@@ -222,7 +222,7 @@ for _spec in (
     RuntimeSpec(
         "ort",
         "ONNX Runtime, CPU / CUDA / TensorRT providers",
-        "lappdeploy[onnx]",
+        "lappdeploy[onnx,ort] (CPU) or lappdeploy[onnx,ort-gpu]",
         auto_device=_ort_auto_device,
         check_device=_check_ort_device,
         open_session=_open_ort,
