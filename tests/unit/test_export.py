@@ -118,6 +118,38 @@ def test_dynamo_failure_falls_back_to_legacy_only_when_asked(tmp_path):
     assert record.fallback_reason
 
 
+class VggHead(nn.Module):
+    """VGG's and AlexNet's head: an adaptive pool to 7x7, which the legacy exporter cannot export from a
+    feature map whose size is not a multiple of 7 (any input below 224 px)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(4 * 7 * 7, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x).relu()), 1))
+
+
+def test_default_exporter_falls_back_to_dynamo_quietly_and_explicit_legacy_fails_in_one_line(tmp_path, capfd, caplog):
+    model = VggHead().eval()
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="lappdeploy"):
+        record = to_onnx(model, _example(), tmp_path / "model.onnx")  # the default: exporter="auto"
+    out, err = capfd.readouterr()
+    assert out == err == "", "exporter noise (the legacy exporter's TorchScript graph) reached the terminal"
+    assert (record.requested_exporter, record.exporter, record.opset) == ("auto", "dynamo", 18)
+    assert "adaptive_avg_pool2d" in record.fallback_reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "exporting with dynamo" in warnings[0]
+    with pytest.raises(ExportError, match=r"legacy ONNX exporter failed.*adaptive_avg_pool2d") as failure:
+        to_onnx(model, _example(), tmp_path / "legacy.onnx", exporter="legacy")
+    assert "\n" not in str(failure.value) and not (tmp_path / "legacy.onnx").exists()
+    out, err = capfd.readouterr()
+    assert out == err == ""
+
+
 class ChannelsLastLinear(nn.Module):
     """A Linear on an (N, H, W, C) tensor, as in ConvNeXt: exported as MatMul + Add."""
 
