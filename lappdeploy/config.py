@@ -266,6 +266,11 @@ class ExportConfig:
     timing_cache_dir: str | None = option(
         None, "Directory of the per-device TensorRT timing caches [default: ~/.cache/lappdeploy/tensorrt]."
     )
+    tf32: bool = option(
+        False,
+        "TensorRT fp32 engines may use TF32 Tensor Cores (the builder's TF32 flag, trtexec without --noTF32); "
+        "off: fp32 means fp32, as `lappdeploy bench --no-tf32` does for torch and ONNX Runtime.",
+    )
     seed: int = option(0, "Seed of the random parity inputs.")
 
     def __post_init__(self) -> None:
@@ -370,7 +375,16 @@ class BenchConfig:
     min_seconds: float = option(10.0, "Measure each model for at least this long per batch size (s).")
     min_samples: int = option(50, "...and for at least this many timed calls per batch size.")
     warmup_seconds: float = option(
-        2.0, "Warm-up after every build or batch-size change: this long (s), or 50 calls if sooner."
+        2.0, "Warm-up after every build or batch-size change: at least this long (s) and at least 50 calls."
+    )
+    tf32: bool = option(
+        False,
+        "fp32 on a GPU may use TF32 Tensor Cores: torch (cuDNN and matmul), ONNX Runtime's CUDA provider, and "
+        "for --runtime trt the engine (built with `lappdeploy export --tf32`); off: fp32 means fp32. Recorded.",
+    )
+    cuda_graph: bool = option(
+        True,
+        "--runtime trt: launch each inference as a CUDA graph, as trtexec.sh does with the same flag (recorded).",
     )
     threads: int | None = option(
         None, "CPU threads of torch and ONNX Runtime (intra-op) [default: torch's, usually the physical cores]."

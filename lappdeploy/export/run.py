@@ -233,6 +233,7 @@ def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, 
         calibration=export.calibration,
         timing_cache_dir=config.timing_cache_dir,
         trt=export.trt,
+        tf32=config.tf32,
     )
     profile = (build.profile["min"], build.profile["max"])
     build.parity = engine_parity(
@@ -263,6 +264,7 @@ def _stage_trtexec_script(export: _Export, staging: Path, onnx_path: Path) -> di
         "workspace_mib": config.workspace_mib,
         "opt_level": config.opt_level,
         "cuda_graph": config.cuda_graph,
+        "tf32": config.tf32,
     }
     script = trtexec_script(family, config.precision, model=export.loaded.card.architecture, **options)
     atomic_write_text(staging / TRTEXEC_SCRIPT, script)

@@ -226,7 +226,7 @@ def _network_flags(trt, recipe: TrtRecipe) -> int:
     return sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, name)) for name in recipe.network_flags)
 
 
-def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib: int, opt_level: int):
+def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib, opt_level, tf32):
     """The builder, the network parsed from `source` and the builder config of `recipe` (no calibrator)."""
     builder = trt.Builder(logger_obj)
     network = builder.create_network(_network_flags(trt, recipe))
@@ -236,7 +236,7 @@ def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *,
     if recipe.has_opt_level:
         config.builder_optimization_level = int(opt_level)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, precisions, tactics
-    if recipe.clears_tf32:
+    if recipe.clears_tf32 and not tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, *shapes)
@@ -308,6 +308,7 @@ def build_engine(
     trt=None,
     device: str | None = None,
     capability: tuple[int, int] | None = None,
+    tf32: bool = False,
 ) -> EngineBuild:
     """Build `model_<precision>.engine` (+ `layers_<precision>.json`) in `out_dir` from the fp32 ONNX at
     `onnx_path`. INT8 quantizes a Q/DQ copy with float32 `calibration` batches (normalised images).
@@ -322,7 +323,14 @@ def build_engine(
     source, reduced = _builder_onnx(recipe, onnx_path, out_dir, calibration)
     logger_obj = tensorrt_logger(trt)
     builder, network, config = _define_network(
-        trt, logger_obj, recipe, source, profile.shapes(input_shape), workspace_mib=workspace_mib, opt_level=opt_level
+        trt,
+        logger_obj,
+        recipe,
+        source,
+        profile.shapes(input_shape),
+        workspace_mib=workspace_mib,
+        opt_level=opt_level,
+        tf32=tf32,
     )
     cache_file, cache_hit = _load_timing_cache(trt, config, timing_cache_dir, device)
     size, io_dtypes = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)

@@ -54,6 +54,7 @@ def trtexec_args(
     opt_level: int = 3,
     timing_cache: str = TIMING_CACHE,
     cuda_graph: bool = True,
+    tf32: bool = False,
 ) -> list[str]:
     """trtexec arguments (without the program name) for one engine build + timing run."""
     recipe = trt_recipe(family, precision, error=ConfigError)
@@ -78,7 +79,7 @@ def trtexec_args(
         f"--exportTimes={trtexec_times_file(precision)}",
         f"--exportProfile=profile_{precision}.json",
         f"--exportLayerInfo={layer_info_file(precision)}",
-        *recipe.trtexec_flags,
+        *(flag for flag in recipe.trtexec_flags if not (tf32 and flag == "--noTF32")),
         *recipe.cuda_graph_flags(cuda_graph),
     ]
 
@@ -115,6 +116,7 @@ def trtexec_script(
     workspace_mib: int = 1024,
     opt_level: int = 3,
     cuda_graph: bool = True,
+    tf32: bool = False,
     model: str = "",
 ) -> str:
     """A bash script that runs trtexec from its own directory, with a timing cache per device. `family`
@@ -125,6 +127,7 @@ def trtexec_script(
         "workspace_mib": workspace_mib,
         "opt_level": opt_level,
         "cuda_graph": cuda_graph,
+        "tf32": tf32,
     }
     families = FAMILIES if family == AUTO else (family,)
     commands = {f: trtexec_args(f, precision, **options) for f in families if _supports(f, cuda_graph)}
