@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lappdeploy.bench.cuda_timing import back_to_back, event_timed
 from lappdeploy.errors import BenchError
 from lappdeploy.optional import require
 
@@ -170,18 +171,7 @@ class OrtSession:
             self._run()
             ms = (time.perf_counter() - start) * 1e3
             return ms, ms
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start = time.perf_counter()
-        begin.record(self.stream)
-        self._run()  # synchronous: ORT waits for its kernels on self.stream before returning
-        end.record(self.stream)
-        end.synchronize()
-        return begin.elapsed_time(end), (time.perf_counter() - start) * 1e3
+        return event_timed(self.stream, self._run)  # ORT's run waits for its kernels on self.stream
 
     def run_back_to_back(self, calls: int) -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            self._run()
-        if self.stream is not None:
-            self.stream.synchronize()
-        return time.perf_counter() - start
+        return back_to_back(self.stream, self._run, calls)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lappdeploy.bench.cuda_timing import back_to_back, event_timed
 from lappdeploy.bench.ort_session import OrtSession, check_ort_provider, ort_provider_name
 from lappdeploy.errors import BenchError, ExportError
 from lappdeploy.export.tensorrt import check_engine_io, import_tensorrt, tensorrt_logger
@@ -172,17 +173,7 @@ class TensorRTSession:
                 self.graph.replay()
 
     def infer(self) -> tuple[float, float]:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start = time.perf_counter()
-        begin.record(self.stream)
-        self._launch()
-        end.record(self.stream)
-        end.synchronize()
-        return begin.elapsed_time(end), (time.perf_counter() - start) * 1e3
+        return event_timed(self.stream, self._launch)
 
     def run_back_to_back(self, calls: int) -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            self._launch()
-        self.stream.synchronize()
-        return time.perf_counter() - start
+        return back_to_back(self.stream, self._launch, calls)

@@ -322,15 +322,9 @@ def build_engine(
     start = time.perf_counter()
     source, reduced = _builder_onnx(recipe, onnx_path, out_dir, calibration)
     logger_obj = tensorrt_logger(trt)
+    shapes = profile.shapes(input_shape)
     builder, network, config = _define_network(
-        trt,
-        logger_obj,
-        recipe,
-        source,
-        profile.shapes(input_shape),
-        workspace_mib=workspace_mib,
-        opt_level=opt_level,
-        tf32=tf32,
+        trt, logger_obj, recipe, source, shapes, workspace_mib=workspace_mib, opt_level=opt_level, tf32=tf32
     )
     cache_file, cache_hit = _load_timing_cache(trt, config, timing_cache_dir, device)
     size, io_dtypes = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)
@@ -354,7 +348,7 @@ def build_engine(
         calibration_images=(reduced or {}).get("calibration_images"),
         reduced_onnx=reduced,
         io_dtypes=io_dtypes,
-    )
+    )  # fmt: skip
     _log_build(build)
     return build
 

@@ -131,23 +131,7 @@ def trtexec_script(
     }
     families = FAMILIES if family == AUTO else (family,)
     commands = {f: trtexec_args(f, precision, **options) for f in families if _supports(f, cuda_graph)}
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# Build and time the {precision} TensorRT engine of {model or 'this export'} on the target device",
-        f"# (TensorRT family: {family}), written by `lappdeploy export --trt`.",
-        "# Engines are specific to the GPU and the TensorRT version: run this on the device that will use it.",
-        "#   bash trtexec.sh            (TRTEXEC=/path/to/trtexec bash trtexec.sh to choose the binary)",
-        "# TensorRT 11 defaults, spelled out for older families: no host<->device transfers in the timing,",
-        "# spin-wait, separate profile run; CUDA graphs " + ("on" if cuda_graph else "off") + " (--cuda-graph).",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
-        "# one timing cache per device model and TensorRT version",
-        "DEVICE=$( (tr -d '\\0' 2>/dev/null < /proc/device-tree/model || "
-        "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) "
-        "| tr -c 'A-Za-z0-9._-' '_')",
-        *_FAMILY_OF_VERSION.strip().splitlines(),
-    ]
+    lines = _header(family, precision, model, cuda_graph)
     log_file = trtexec_log_file(precision)
     if family != AUTO:
         lines += [
@@ -167,6 +151,27 @@ def trtexec_script(
         "esac",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _header(family: str, precision: str, model: str, cuda_graph: bool) -> list[str]:
+    """The script up to the trtexec command: where trtexec is, the device tag and the TensorRT family."""
+    return [
+        "#!/usr/bin/env bash",
+        f"# Build and time the {precision} TensorRT engine of {model or 'this export'} on the target device",
+        f"# (TensorRT family: {family}), written by `lappdeploy export --trt`.",
+        "# Engines are specific to the GPU and the TensorRT version: run this on the device that will use it.",
+        "#   bash trtexec.sh            (TRTEXEC=/path/to/trtexec bash trtexec.sh to choose the binary)",
+        "# TensorRT 11 defaults, spelled out for older families: no host<->device transfers in the timing,",
+        "# spin-wait, separate profile run; CUDA graphs " + ("on" if cuda_graph else "off") + " (--cuda-graph).",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        "# one timing cache per device model and TensorRT version",
+        "DEVICE=$( (tr -d '\\0' 2>/dev/null < /proc/device-tree/model || "
+        "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) "
+        "| tr -c 'A-Za-z0-9._-' '_')",
+        *_FAMILY_OF_VERSION.strip().splitlines(),
+    ]
 
 
 def _supports(family: str, cuda_graph: bool) -> bool:
