@@ -81,7 +81,7 @@ def write_precision_onnx(
         images = to_int8_qdq_onnx(src, dst, calibration)
         return {
             "onnx": variant,
-            "converter": "modelopt.onnx.quantization (int8, entropy, TensorRT histogram)",
+            "converter": "modelopt.onnx.quantization (int8, entropy calibration on the CPU provider)",
             "calibration_images": images,
             "parity": graph_parity(src, dst, "int8"),
         }

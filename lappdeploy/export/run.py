@@ -100,11 +100,16 @@ def export_run(
     if export.recipe is not None and export.trt is None:
         raise TensorRTUnavailableError(
             f"the tensorrt Python package is not installed here, so no engine was built; wrote "
-            f"{export.out / TRTEXEC_SCRIPT} for the TensorRT {export.config.trt_version or DEFAULT_FAMILY} family: "
-            f"copy {export.out} to "
+            f"{export.out / TRTEXEC_SCRIPT} for {_family_words(export.config.trt_version)}: copy {export.out} to "
             "the target and run `bash trtexec.sh` there (or install lappdeploy[trt] and re-run)"
         )
     return {**report, "out": str(export.out)}
+
+
+def _family_words(trt_version: str | None) -> str:
+    if trt_version == AUTO:
+        return "TensorRT 8.5 to 11 (the script picks the family from trtexec's version)"
+    return f"the TensorRT {trt_version or DEFAULT_FAMILY} family"
 
 
 # --------------------------------------------------------------------------------------------------
