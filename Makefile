@@ -36,11 +36,12 @@ lint: $(STAMP)
 install: $(STAMP)
 
 # torch/torchvision first, as ranges (on a machine with a local wheel cache or pip constraints, pip picks
-# those); then lappdeploy itself, editable, with the ONNX, report and test extras.
+# those); then lappdeploy itself, editable, with the ONNX, CPU ONNX Runtime, ModelOpt (FP16/INT8 graphs),
+# report and test extras (on a GPU machine: ort-gpu instead of ort, never both).
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'torch>=2.1' 'torchvision>=0.16'
-	$(BIN)/python -m pip install --quiet -e '.[onnx,report,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[onnx,ort,modelopt,report,dev]'
 	touch $@
 
 # Real Fashion-MNIST from Debian's package when we can install it; otherwise `lappdeploy train --download`

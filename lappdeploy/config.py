@@ -196,11 +196,12 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device"})
 
 
-EXPORTERS = ("legacy", "dynamo")
+EXPORTERS = ("auto", "legacy", "dynamo")
 # legacy: the TorchScript exporter at opset 17, what TensorRT 8.5/8.6 (older JetPack) parses;
-# dynamo: torch.export-based, needs opset >= 18 (18 is the most widely parsed of those).
-DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
-MIN_OPSET = {"legacy": 9, "dynamo": 18}
+# dynamo: torch.export-based, needs opset >= 18 (18 is the most widely parsed of those);
+# auto: legacy, and dynamo where the legacy exporter cannot export the model (recorded).
+DEFAULT_OPSET = {"auto": 17, "legacy": 17, "dynamo": 18}
+MIN_OPSET = {"auto": 9, "legacy": 9, "dynamo": 18}
 MAX_OPSET = 20
 
 
@@ -235,9 +236,10 @@ class ExportConfig:
     )
     opset: int | None = option(None, "ONNX opset (default: 17 with the legacy exporter, 18 with dynamo).")
     exporter: str = option(
-        "legacy",
-        "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6) or dynamo (torch.export).",
-        choices=("legacy", "dynamo"),
+        "auto",
+        "torch.onnx exporter: legacy (TorchScript; opset 17 parses on TensorRT 8.5/8.6), dynamo (torch.export), "
+        "or auto: legacy, and dynamo where legacy cannot export the model (recorded in export.json).",
+        choices=EXPORTERS,
     )
     fallback: bool = option(
         False, "If the dynamo exporter fails, export with the legacy one (recorded in export.json)."
@@ -251,11 +253,23 @@ class ExportConfig:
     opt_level: int = option(3, "TensorRT builder optimization level 0-5 (TensorRT's default: 3).")
     trt_version: str | None = option(
         None,
-        "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.6, 10 or 11 [default: 10].",
-        choices=("8.6", "10", "11"),
+        "TensorRT family of the target when tensorrt is not installed here (trtexec.sh): 8.5 (JetPack 5.1), "
+        "8.6 (JetPack 6.0), 10 (JetPack 6.x), 11, or auto (the script reads trtexec's version on the target) "
+        "[default: 10].",
+        choices=("auto", "8.5", "8.6", "10", "11"),
+    )
+    cuda_graph: bool = option(
+        True,
+        "trtexec.sh: time with CUDA graphs (trtexec 11's default, spelled out for older families); "
+        "--no-cuda-graph launches every inference (8.5-10 only). `lappdeploy bench --runtime trt` has the same flag.",
     )
     timing_cache_dir: str | None = option(
         None, "Directory of the per-device TensorRT timing caches [default: ~/.cache/lappdeploy/tensorrt]."
+    )
+    tf32: bool = option(
+        False,
+        "TensorRT fp32 engines may use TF32 Tensor Cores (the builder's TF32 flag, trtexec without --noTF32); "
+        "off: fp32 means fp32, as `lappdeploy bench --no-tf32` does for torch and ONNX Runtime.",
     )
     seed: int = option(0, "Seed of the random parity inputs.")
 
@@ -361,7 +375,16 @@ class BenchConfig:
     min_seconds: float = option(10.0, "Measure each model for at least this long per batch size (s).")
     min_samples: int = option(50, "...and for at least this many timed calls per batch size.")
     warmup_seconds: float = option(
-        2.0, "Warm-up after every build or batch-size change: this long (s), or 50 calls if sooner."
+        2.0, "Warm-up after every build or batch-size change: at least this long (s) and at least 50 calls."
+    )
+    tf32: bool = option(
+        False,
+        "fp32 on a GPU may use TF32 Tensor Cores: torch (cuDNN and matmul), ONNX Runtime's CUDA provider, and "
+        "for --runtime trt the engine (built with `lappdeploy export --tf32`); off: fp32 means fp32. Recorded.",
+    )
+    cuda_graph: bool = option(
+        True,
+        "--runtime trt: launch each inference as a CUDA graph, as trtexec.sh does with the same flag (recorded).",
     )
     threads: int | None = option(
         None, "CPU threads of torch and ONNX Runtime (intra-op) [default: torch's, usually the physical cores]."

@@ -12,8 +12,9 @@ __all__ = ["require"]
 # module name -> extra of lappdeploy that installs it
 _EXTRA_FOR = {
     "onnx": "onnx",
-    "onnxruntime": "onnx",
+    "onnxruntime": "ort",  # or lappdeploy[ort-gpu]: onnxruntime-gpu (never both)
     "onnxslim": "onnx",
+    "modelopt": "modelopt",  # FP16 (AutoCast) and INT8 Q/DQ graphs
     "tensorrt": "trt",
     "matplotlib": "report",
 }

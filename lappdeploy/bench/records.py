@@ -57,6 +57,8 @@ class BenchRecord:
     host_latency_median_ms: float | None = None  # GPU: enqueue + wait as the host sees it
     warmup_s: float = 0.0
     warmup_calls: int = 0
+    tf32: bool | None = None  # GPU fp32 math allowed TF32 (torch, ORT CUDA, the TensorRT engine); None on CPU
+    cuda_graph: bool | None = None  # trt / trtexec: inferences launched as a CUDA graph; None elsewhere
     energy_mj_per_image: float | None = None  # Jetson: tegrastats total power integrated over the run
     power_w: float | None = None
     power_rail: str | None = None

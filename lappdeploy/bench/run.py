@@ -103,6 +103,8 @@ def _record(
         host_latency_median_ms=timing.host_latency.median_ms if timing.host_latency else None,
         warmup_s=timing.warmup_s,
         warmup_calls=timing.warmup_calls,
+        tf32=getattr(ran, "tf32", None),
+        cuda_graph=getattr(ran, "cuda_graph", None),
         order=order,
         **(energy or {}),
         **common,

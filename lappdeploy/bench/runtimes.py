@@ -27,8 +27,10 @@ from lappdeploy.errors import BenchError
 from lappdeploy.export.onnx_export import to_onnx
 from lappdeploy.export.precision import to_fp16_onnx
 from lappdeploy.export.trt_recipes import FP32_ONNX, QDQ_ONNX, engine_file
+from lappdeploy.io import read_json
 from lappdeploy.optional import require
 from lappdeploy.registry import Registry
+from lappdeploy.rundir import EXPORT_FILE
 
 __all__ = [
     "RUNTIMES",
@@ -52,6 +54,8 @@ class RecordedTiming:
     provider: str  # what ran the model, e.g. "trtexec-10.3.0"
     timing: str  # how latency was measured (BenchRecord.timing)
     device_name: str
+    tf32: bool | None = None
+    cuda_graph: bool | None = None
 
 
 OpenSession = Callable[[BenchTarget, BenchConfig, str, int, Path], Session]  # target, config, device, threads, workdir
@@ -104,6 +108,7 @@ def _open_torch(target: BenchTarget, config: BenchConfig, device: str, threads: 
         channels_last=config.channels_last,
         compile=config.compile,
         seed=config.seed,
+        tf32=config.tf32,
     )
 
 
@@ -159,7 +164,7 @@ def _onnx_for(target: BenchTarget, precision: str, workdir: Path) -> Path:
 
 def _open_ort(target: BenchTarget, config: BenchConfig, device: str, threads: int, workdir: Path) -> Session:
     onnx = _onnx_for(target, config.precision, workdir)
-    return OrtSession(onnx, provider=_ort_provider(config, device), threads=threads, seed=config.seed)
+    return OrtSession(onnx, provider=_ort_provider(config, device), threads=threads, seed=config.seed, tf32=config.tf32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +183,24 @@ def _open_trt(target: BenchTarget, config: BenchConfig, device: str, threads: in
             f"no {config.precision} TensorRT engine for {target.label} (looked for {engine or 'an export directory'}); "
             f"build it with `lappdeploy export {target.source} --trt --precision {config.precision}`"
         )
-    return TensorRTSession(engine, seed=config.seed)
+    built = _export_section(target).get("tf32", False)  # exports before --tf32 existed cleared TF32 for fp32
+    if config.precision == "fp32" and bool(built) != config.tf32:
+        raise BenchError(
+            f"the fp32 engine of {target.label} was built {'with' if built else 'without'} TF32 but --"
+            f"{'' if config.tf32 else 'no-'}tf32 was asked for: TensorRT fixes TF32 at build time, so rebuild with "
+            f"`lappdeploy export {target.source} --trt {'--tf32' if config.tf32 else '--no-tf32'}` or drop the flag"
+        )
+    session = TensorRTSession(engine, seed=config.seed, cuda_graph=config.cuda_graph)
+    session.tf32 = bool(built) if config.precision == "fp32" else None
+    return session
+
+
+def _export_section(target: BenchTarget) -> dict:
+    """The tensorrt section of the target's export.json ({} where there is none)."""
+    path = target.export_dir / EXPORT_FILE if target.export_dir else None
+    if path is None or not path.is_file():
+        return {}
+    return (read_json(path).get("tensorrt") or {}) | {"tf32": (read_json(path).get("config") or {}).get("tf32")}
 
 
 def _read_trtexec(targets: list[BenchTarget], config: BenchConfig) -> list[RecordedTiming]:
@@ -202,7 +224,14 @@ def _read_trtexec(targets: list[BenchTarget], config: BenchConfig) -> list[Recor
             warmup_calls=0,
         )
         provider = f"trtexec-{result.trt_version or 'unknown'}"
-        results.append(RecordedTiming(timing, provider, "trtexec-gpu-compute", result.device_name or "unknown GPU"))
+        section = _export_section(target)
+        graphs = section.get("cuda_graph", True)  # trtexec.sh before --cuda-graph: --useCudaGraph / 11's default
+        results.append(
+            RecordedTiming(
+                timing, provider, "trtexec-gpu-compute", result.device_name or "unknown GPU",
+                tf32=bool(section.get("tf32")) if config.precision == "fp32" else None, cuda_graph=graphs,
+            )
+        )  # fmt: skip
     return results
 
 
@@ -222,7 +251,7 @@ for _spec in (
     RuntimeSpec(
         "ort",
         "ONNX Runtime, CPU / CUDA / TensorRT providers",
-        "lappdeploy[onnx]",
+        "lappdeploy[onnx,ort] (CPU) or lappdeploy[onnx,ort-gpu]",
         auto_device=_ort_auto_device,
         check_device=_check_ort_device,
         open_session=_open_ort,

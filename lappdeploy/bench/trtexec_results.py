@@ -69,7 +69,10 @@ def read_trtexec(export_dir: str | Path, precision: str) -> TrtexecResult:
     args: list[str] = []
     export_json = export_dir / EXPORT_FILE
     if export_json.is_file():
-        args = list((json.loads(export_json.read_text()).get("tensorrt") or {}).get("trtexec_args") or [])
+        args = (json.loads(export_json.read_text()).get("tensorrt") or {}).get("trtexec_args") or []
+        if isinstance(args, dict):  # --trt-version auto: one command per family, all with the same shapes
+            args = next(iter(args.values()), [])
+        args = list(args)
     batch = next((int(m.group(1)) for a in args if (m := _SHAPES.match(a))), None)
     if batch is None:
         raise BenchError(f"{export_json} does not say which batch trtexec timed (no --shapes); re-export with --trt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import inspect
 import io
 import logging
@@ -44,6 +45,8 @@ __all__ = [
     "check_onnx",
     "deploy_copy",
     "ort_session",
+    "save_checked",
+    "sort_topologically_",
     "to_onnx",
 ]
 
@@ -63,7 +66,7 @@ class OnnxExport:
     path: str
     exporter: str  # the exporter that produced the file
     requested_exporter: str
-    fallback_reason: str | None  # why the requested exporter was replaced (only with fallback=True)
+    fallback_reason: str | None  # why the first exporter tried was replaced (auto, or dynamo with fallback)
     opset: int
     dynamic_batch: bool
     simplified: bool
@@ -136,18 +139,41 @@ def _run_exporter(model, example, path: Path, *, exporter: str, opset: int, dyna
         kwargs["do_constant_folding"] = True
         if dynamic_batch:
             kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    captured = io.StringIO()
     with (
         warnings.catch_warnings(record=True) as caught,
-        contextlib.redirect_stdout(captured),
+        _fd_output_to_debug(f"torch.onnx ({exporter})"),
         torch.no_grad(),
     ):
         warnings.simplefilter("always")
         torch.onnx.export(model, (example,), str(path), **kwargs)
     for warning in caught:
         log.debug("torch.onnx (%s): %s", exporter, warning.message)
-    if captured.getvalue().strip():
-        log.debug("torch.onnx (%s) output:\n%s", exporter, captured.getvalue().rstrip())
+
+
+@contextlib.contextmanager
+def _fd_output_to_debug(what: str) -> Iterator[None]:
+    """Send everything written to stdout/stderr meanwhile, by Python or by C++ (the legacy exporter prints
+    its whole TorchScript graph from C++ before raising), to the debug log instead of the terminal."""
+    with tempfile.TemporaryFile(mode="w+b") as sink, contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        saved = []
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                ctypes.CDLL(None).fflush(None)  # C stdio buffers still holding exporter output
+            for fd, copy_fd in saved:
+                os.dup2(copy_fd, fd)
+                os.close(copy_fd)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("%s output:\n%s", what, text)
 
 
 def check_onnx(path: str | os.PathLike[str]):
@@ -159,6 +185,39 @@ def check_onnx(path: str | os.PathLike[str]):
     except Exception as exc:  # ValidationError, DecodeError, InferenceError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{path} is not a valid ONNX model: {first}") from None
+
+
+def sort_topologically_(graph) -> None:
+    """Reorder `graph.node` so every node comes after the producers of its inputs (stable otherwise)."""
+    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise ExportError("the ONNX graph has a cycle or an input no node produces")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        ready_ids = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in ready_ids]
+    copies = [type(node)() for node in ordered]
+    for copy_, node in zip(copies, ordered, strict=True):
+        copy_.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def save_checked(model, dst: str | os.PathLike[str]) -> Path:
+    """Save `model` to `dst` atomically, after the full checker passed on the written file."""
+    onnx = require("onnx", purpose="saving ONNX models")
+    dst = Path(dst)
+    with _temporary_next_to(dst) as tmp:
+        onnx.save(model, os.fspath(tmp))
+        check_onnx(tmp)
+        give_default_permissions(tmp)
+        os.replace(tmp, dst)
+    return dst
 
 
 def ort_session(path: str | os.PathLike[str], threads: int | None = None):
@@ -254,22 +313,36 @@ def _temporary_next_to(path: Path) -> Iterator[Path]:
 
 
 def _export(deploy, example, tmp: Path, *, exporter: str, opset: int, dynamic_batch: bool, fallback: bool):
-    """Run the exporter (with `fallback`, the legacy one after a dynamo failure); returns the exporter
-    used, why it replaced the requested one, the opset and the exporter's wall time (s)."""
+    """Run the exporter; "auto" is the legacy one, then dynamo where legacy fails; with `fallback`, a
+    dynamo failure retries with legacy. Returns the exporter used, why it replaced the first one tried,
+    the opset and the exporters' wall time (s)."""
     start = time.perf_counter()
+    first_try = "legacy" if exporter == "auto" else exporter
     try:
-        _run_exporter(deploy, example, tmp, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch)
-        return exporter, None, opset, time.perf_counter() - start
+        _run_exporter(deploy, example, tmp, exporter=first_try, opset=opset, dynamic_batch=dynamic_batch)
+        return first_try, None, opset, time.perf_counter() - start
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        if not (fallback and exporter == "dynamo"):
-            hint = "; retry with --exporter legacy (or --fallback)" if exporter == "dynamo" else ""
-            raise ExportError(f"the {exporter} ONNX exporter failed: {type(exc).__name__}: {first}{hint}") from exc
+        if not (exporter == "auto" or (fallback and exporter == "dynamo")):
+            hint = {
+                "dynamo": "; retry with --exporter legacy (or --fallback)",
+                "legacy": "; retry with --exporter auto",
+            }
+            raise ExportError(
+                f"the {exporter} ONNX exporter failed: {type(exc).__name__}: {first}{hint[exporter]}"
+            ) from exc
         reason = f"{type(exc).__name__}: {first}"
-    opset = DEFAULT_OPSET["legacy"]
-    log.warning("the dynamo exporter failed (%s); exporting with the legacy exporter, opset %d", reason, opset)
-    _run_exporter(deploy, example, tmp, exporter="legacy", opset=opset, dynamic_batch=dynamic_batch)
-    return "legacy", reason, opset, time.perf_counter() - start
+    second = "dynamo" if first_try == "legacy" else "legacy"
+    opset = max(opset, DEFAULT_OPSET[second]) if second == "dynamo" else DEFAULT_OPSET[second]
+    log.warning(
+        "the %s exporter cannot export this model (%s); exporting with %s, opset %d", first_try, reason, second, opset
+    )
+    try:
+        _run_exporter(deploy, example, tmp, exporter=second, opset=opset, dynamic_batch=dynamic_batch)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"neither ONNX exporter can export this model: {reason}; {second}: {first}") from exc
+    return second, reason, opset, time.perf_counter() - start
 
 
 def _checked_graph(tmp: Path, simplify: bool):
@@ -319,7 +392,7 @@ def to_onnx(
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
-    exporter: str = "legacy",
+    exporter: str = "auto",
     simplify: bool = True,
     fallback: bool = False,
     parity_batches: tuple[int, ...] | None = None,
@@ -328,11 +401,12 @@ def to_onnx(
     """Export `model` (bypass and BN folded, on a copy) to `path` and verify it.
 
     `example_inputs` is one (N, C, H, W) batch. With `dynamic_batch` the batch dimension is symbolic.
-    `exporter` is "legacy" (TorchScript, opset 17 by default) or "dynamo" (opset >= 18, weights
-    embedded); with `fallback`, a dynamo failure retries with the legacy exporter and says so in the
-    record. Checks: onnx.checker (full), ONNX Runtime vs PyTorch at two batch sizes (taken from
-    `parity_batches`, else 1 and 3), and ONNX-counted MACs equal to PyTorch's (up to the adds of
-    all-zero biases, which exporters drop). Raises ExportError.
+    `exporter` is "legacy" (TorchScript, opset 17 by default), "dynamo" (opset >= 18, weights embedded)
+    or "auto" (legacy, and dynamo where legacy cannot export the model, e.g. VGG/AlexNet below 224 px);
+    with `fallback`, a dynamo failure retries with the legacy exporter. A replacement is logged once
+    and recorded (`exporter`, `fallback_reason`). Checks: onnx.checker (full), ONNX Runtime vs PyTorch
+    at two batch sizes (taken from `parity_batches`, else 1 and 3), and ONNX-counted MACs equal to
+    PyTorch's (up to the adds of all-zero biases, which exporters drop). Raises ExportError.
     """
     opset = resolve_opset(exporter, opset)
     start, path = time.perf_counter(), Path(path)

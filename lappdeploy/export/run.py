@@ -3,8 +3,8 @@
     OUT/model.onnx            checked, simplified, parity-tested ONNX (dynamic batch)
     OUT/export.json           what was exported and every check's numbers (exporter, opset, versions,
                               parity errors, file sizes, MACs/params counted from the ONNX, TensorRT build)
-    OUT/model_<p>.engine      with --trt and TensorRT installed: the engine (+ layers_<p>.json, and for
-                              11.x the FP16 / Q/DQ ONNX it was built from; calibration.cache for 8.6/10 INT8)
+    OUT/model_<p>.engine      with --trt and TensorRT installed: the engine (+ layers_<p>.json, and the
+                              Q/DQ ONNX of INT8 / the FP16 ONNX of 11.x it was built from)
     OUT/trtexec.sh            with --trt and no TensorRT: the command to build on the target (exit code 3)
 
 Everything that can be wrong with the input is checked before anything is written; the files are
@@ -45,8 +45,8 @@ from lappdeploy.export.tensorrt import (
     import_tensorrt,
     trt_family,
 )
-from lappdeploy.export.trt_recipes import CALIBRATION_CACHE, FP32_ONNX, TrtRecipe, trt_recipe
-from lappdeploy.export.trtexec import DEFAULT_FAMILY, trtexec_args, trtexec_script
+from lappdeploy.export.trt_recipes import FAMILIES, FP32_ONNX, TrtRecipe, trt_recipe
+from lappdeploy.export.trtexec import AUTO, DEFAULT_FAMILY, trtexec_args, trtexec_script
 from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, give_default_permissions, read_json
 from lappdeploy.models import checkpoint_in
 from lappdeploy.rundir import EXPORT, EXPORT_FILE, calibration_images, check_new_output, check_writable, run_method
@@ -100,10 +100,16 @@ def export_run(
     if export.recipe is not None and export.trt is None:
         raise TensorRTUnavailableError(
             f"the tensorrt Python package is not installed here, so no engine was built; wrote "
-            f"{export.out / TRTEXEC_SCRIPT} for the TensorRT {export.recipe.family} family: copy {export.out} to "
+            f"{export.out / TRTEXEC_SCRIPT} for {_family_words(export.config.trt_version)}: copy {export.out} to "
             "the target and run `bash trtexec.sh` there (or install lappdeploy[trt] and re-run)"
         )
     return {**report, "out": str(export.out)}
+
+
+def _family_words(trt_version: str | None) -> str:
+    if trt_version == AUTO:
+        return "TensorRT 8.5 to 11 (the script picks the family from trtexec's version)"
+    return f"the TensorRT {trt_version or DEFAULT_FAMILY} family"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,11 +141,15 @@ def _resolve_tensorrt(config: ExportConfig) -> tuple[Any, TrtRecipe]:
     try:
         trt = import_tensorrt()
     except MissingDependencyError:
-        return None, trt_recipe(config.trt_version or DEFAULT_FAMILY, config.precision)
+        family = config.trt_version or DEFAULT_FAMILY
+        if family != AUTO:
+            trt_recipe(family, config.precision).cuda_graph_flags(config.cuda_graph)  # 11 has no --no-cuda-graph
+        # auto: every family's INT8 is the same Q/DQ graph, so any recipe says what needs calibrating
+        return None, trt_recipe(DEFAULT_FAMILY if family == AUTO else family, config.precision)
     family = trt_family(trt.__version__)
     _, capability = cuda_device_name()
     check_precision(trt, config.precision, capability=capability)
-    if config.trt_version and config.trt_version != family:
+    if config.trt_version not in (None, AUTO, family):
         raise ExportError(
             f"--trt-version {config.trt_version} names another family than the installed TensorRT "
             f"{trt.__version__}; drop it (it is for trtexec.sh where TensorRT is not installed)"
@@ -216,9 +226,7 @@ def _stage_onnx(export: _Export, staging: Path) -> tuple[dict[str, Any], Path]:
 
 
 def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:
-    config, earlier_cache = export.config, export.out / CALIBRATION_CACHE
-    if earlier_cache.is_file() and not config.onnx:
-        shutil.copy2(earlier_cache, staging / CALIBRATION_CACHE)  # same ONNX: its scales still hold
+    config = export.config
     build = build_engine(
         onnx_path,
         staging,
@@ -230,6 +238,7 @@ def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, 
         calibration=export.calibration,
         timing_cache_dir=config.timing_cache_dir,
         trt=export.trt,
+        tf32=config.tf32,
     )
     profile = (build.profile["min"], build.profile["max"])
     build.parity = engine_parity(
@@ -246,30 +255,38 @@ def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, 
 
 
 def _stage_trtexec_script(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:
-    """trtexec.sh for the target, with the FP16 / Q/DQ graph it reads where the recipe needs one."""
-    config, recipe = export.config, export.recipe
-    calibrated = None
-    if recipe.trtexec_onnx != FP32_ONNX:
-        calibrated = write_precision_onnx(
-            recipe.trtexec_onnx, onnx_path, staging / recipe.trtexec_onnx, export.calibration
-        )
+    """trtexec.sh for the target, with the FP16 / Q/DQ graph it reads where the recipe (of any family,
+    for --trt-version auto) needs one."""
+    config, family = export.config, export.config.trt_version or DEFAULT_FAMILY
+    families = FAMILIES if family == AUTO else (family,)
+    reduced = {}
+    for variant in dict.fromkeys(trt_recipe(f, config.precision).trtexec_onnx for f in families):
+        if variant != FP32_ONNX:
+            reduced[variant] = write_precision_onnx(variant, onnx_path, staging / variant, export.calibration)
     options = {
         "input_shape": export.input_shape,
         "batches": config.batch,
         "workspace_mib": config.workspace_mib,
         "opt_level": config.opt_level,
+        "cuda_graph": config.cuda_graph,
+        "tf32": config.tf32,
     }
-    script = trtexec_script(recipe.family, config.precision, model=export.loaded.card.architecture, **options)
+    script = trtexec_script(family, config.precision, model=export.loaded.card.architecture, **options)
     atomic_write_text(staging / TRTEXEC_SCRIPT, script)
     (staging / TRTEXEC_SCRIPT).chmod(0o755)
+    args = {f: trtexec_args(f, config.precision, **options) for f in families if config.cuda_graph or f != "11"}
     return {
         "status": "trtexec.sh written (TensorRT Python package not installed here)",
-        "family": recipe.family,
+        "family": family,
         "precision": config.precision,
         "script": TRTEXEC_SCRIPT,
-        "onnx": recipe.trtexec_onnx,
-        "trtexec_args": trtexec_args(recipe.family, config.precision, **options),
-        "calibration_images": calibrated,
+        "cuda_graph": config.cuda_graph,
+        "onnx": {f: trt_recipe(f, config.precision).trtexec_onnx for f in families},
+        "trtexec_args": args[family] if family != AUTO else args,
+        "reduced_onnx": reduced or None,
+        "calibration_images": next(
+            (r["calibration_images"] for r in reduced.values() if "calibration_images" in r), None
+        ),
     }
 
 

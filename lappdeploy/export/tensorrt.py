@@ -1,11 +1,11 @@
-"""TensorRT engines from a checked ONNX with the real TensorRT Python API, for TensorRT 8.6, 10.x and 11.x.
+"""TensorRT engines from a checked ONNX with the real TensorRT Python API, for TensorRT 8.5, 8.6, 10.x, 11.x.
 
 The module imports without TensorRT; `tensorrt` is imported when an engine is built (or passed in as
 `trt`, which is how the tests drive the version branches through `lappdeploy.testing.fake_tensorrt`).
 What differs between the families is one table, `lappdeploy.export.trt_recipes` (docs/deployment.md#tensorrt).
 
 Every build sets a dynamic-batch optimization profile (min/opt/max), the workspace limit, the builder
-optimization level and a timing cache kept per device and TensorRT version, saves the engine
+optimization level (8.6+) and a timing cache kept per device and TensorRT version, saves the engine
 inspector's layer information as JSON, and (where CUDA is present) compares the engine with ONNX
 Runtime on the parity inputs.
 """
@@ -29,7 +29,6 @@ from lappdeploy.errors import ExportError
 from lappdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
 from lappdeploy.export.precision import write_precision_onnx
 from lappdeploy.export.trt_recipes import (
-    CALIBRATION_CACHE,
     FAMILIES,
     FP32_ONNX,
     PRECISIONS,
@@ -49,6 +48,7 @@ __all__ = [
     "EngineBuild",
     "EngineProfile",
     "build_engine",
+    "check_engine_io",
     "check_precision",
     "engine_parity",
     "import_tensorrt",
@@ -69,17 +69,17 @@ def import_tensorrt():
 
 
 def trt_family(version: str) -> str:
-    """'8.6.1' -> '8.6', '10.3.0' -> '10', '11.1.0' -> '11'; other versions raise ExportError."""
+    """'8.5.2' -> '8.5', '8.6.1' -> '8.6', '10.3.0' -> '10', '11.1.0' -> '11'; others raise ExportError."""
     match = re.match(r"(\d+)\.(\d+)", str(version))
     if match:
         major, minor = int(match.group(1)), int(match.group(2))
-        if major == 8 and minor >= 6:
-            return "8.6"
+        if major == 8 and minor >= 5:
+            return "8.6" if minor >= 6 else "8.5"
         if major in (10, 11):
             return str(major)
     raise ExportError(
-        f"TensorRT {version} is not supported; lappdeploy builds engines with TensorRT 8.6, 10.x or 11.x "
-        "(on older JetPack, build with trtexec: run without the tensorrt package to get trtexec.sh)"
+        f"TensorRT {version} is not supported; lappdeploy builds engines with TensorRT 8.5, 8.6, 10.x or 11.x "
+        "(JetPack 5.1 or newer)"
     )
 
 
@@ -112,12 +112,12 @@ class EngineBuild:
     trt_version: str
     family: str
     precision: str
-    precision_mode: str  # how the precision was obtained (builder flag, calibrator, FP16 ONNX, Q/DQ ONNX)
+    precision_mode: str  # how the precision was obtained (builder flag, FP16 ONNX, Q/DQ ONNX)
     onnx: str  # the ONNX the parser read
     profile: dict[str, int]
     input_shape: list[int]
     workspace_mib: int
-    opt_level: int
+    opt_level: int | None  # None on 8.5, which has no optimization levels
     device: str
     timing_cache: str
     timing_cache_hit: bool  # the cache existed before this build
@@ -125,7 +125,8 @@ class EngineBuild:
     engine_bytes: int
     build_s: float
     calibration_images: int | None = None
-    calibration_cache: str | None = None
+    reduced_onnx: dict[str, Any] | None = None  # the FP16 / Q/DQ graph built from: converter, parity vs fp32
+    io_dtypes: dict[str, str] = field(default_factory=dict)  # engine tensor name -> dtype
     parity: list[dict[str, float]] = field(default_factory=list)
     parity_tolerance: float | None = None
 
@@ -194,38 +195,6 @@ def tensorrt_logger(trt):
     return Logger()
 
 
-def _entropy_calibrator(trt, batches: list[np.ndarray], cache_path: Path, device: str):
-    """An IInt8EntropyCalibrator2 serving `batches` (float32, equal batch sizes) from `device` memory and
-    keeping its scales in `cache_path` (a cache that exists is used instead of calibrating again)."""
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self._pending = iter(batches)
-            self._current = None  # keeps the served batch alive while TensorRT reads it
-            self.served = 0
-
-        def get_batch_size(self) -> int:
-            return int(batches[0].shape[0])
-
-        def get_batch(self, names, *args):
-            batch = next(self._pending, None)
-            if batch is None:
-                return None
-            self._current = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-            self.served += int(batch.shape[0])
-            return [int(self._current.data_ptr())]
-
-        def read_calibration_cache(self, *args):
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache, *args) -> None:
-            with atomic_open(cache_path, "wb") as handle:
-                handle.write(bytes(cache))
-
-    return EntropyCalibrator()
-
-
 def _parse(trt, network, logger_obj, onnx_path: Path) -> None:
     parser = trt.OnnxParser(network, logger_obj)
     if not parser.parse(onnx_path.read_bytes()):
@@ -237,20 +206,15 @@ def _parse(trt, network, logger_obj, onnx_path: Path) -> None:
 
 
 def _calibration_batches(calibration: Iterable[np.ndarray] | None) -> list[np.ndarray]:
-    """Materialise calibration batches of one batch size (a smaller last batch is dropped)."""
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in (calibration or ())]
     if not batches:
         raise ExportError("INT8 needs calibration images; give --calib-images N and a run with a dataset")
-    size = batches[0].shape[0]
-    kept = [b for b in batches if b.shape[0] == size]
-    if len(kept) < len(batches):
-        log.debug("calibration: dropped a last batch of %d images (TensorRT wants equal batches)", batches[-1].shape[0])
-    return kept
+    return batches
 
 
-def _builder_onnx(recipe: TrtRecipe, onnx_path: Path, out_dir: Path, calibration) -> tuple[Path, int | None]:
-    """The graph the builder parses: the fp32 ONNX, or (strong typing) its FP16 / Q/DQ copy written to
-    `out_dir`; with the calibration images a Q/DQ copy used."""
+def _builder_onnx(recipe: TrtRecipe, onnx_path: Path, out_dir: Path, calibration) -> tuple[Path, dict | None]:
+    """The graph the builder parses: the fp32 ONNX, or its FP16 / Q/DQ copy written to `out_dir` (with
+    what export.json records of it)."""
     if recipe.onnx_variant == FP32_ONNX:
         return onnx_path, None
     batches = _calibration_batches(calibration) if recipe.needs_calibration else None
@@ -262,16 +226,17 @@ def _network_flags(trt, recipe: TrtRecipe) -> int:
     return sum(1 << int(getattr(trt.NetworkDefinitionCreationFlag, name)) for name in recipe.network_flags)
 
 
-def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib: int, opt_level: int):
+def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *, workspace_mib, opt_level, tf32):
     """The builder, the network parsed from `source` and the builder config of `recipe` (no calibrator)."""
     builder = trt.Builder(logger_obj)
     network = builder.create_network(_network_flags(trt, recipe))
     _parse(trt, network, logger_obj, source)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)  # MiB -> bytes
-    config.builder_optimization_level = int(opt_level)
+    if recipe.has_opt_level:
+        config.builder_optimization_level = int(opt_level)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names, precisions, tactics
-    if recipe.clears_tf32:
+    if recipe.clears_tf32 and not tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, *shapes)
@@ -281,30 +246,22 @@ def _define_network(trt, logger_obj, recipe: TrtRecipe, source: Path, shapes, *,
     return builder, network, config
 
 
-def _add_calibrator(trt, builder, config, calibration, out_dir: Path, input_shape, device: str) -> int:
-    """Attach an entropy calibrator (8.6/10 INT8) keeping its scales in OUT_DIR/calibration.cache; returns
-    the number of calibration images it serves."""
-    batches = _calibration_batches(calibration)
-    config.int8_calibrator = _entropy_calibrator(trt, batches, out_dir / CALIBRATION_CACHE, device)
-    calib_profile = builder.create_optimization_profile()  # calibration runs at its own fixed batch
-    calib_shape = (batches[0].shape[0], *input_shape)
-    calib_profile.set_shape(INPUT_NAME, calib_shape, calib_shape, calib_shape)
-    config.set_calibration_profile(calib_profile)
-    return sum(int(b.shape[0]) for b in batches)
-
-
 def _load_timing_cache(trt, config, cache_dir, device: str) -> tuple[Path, bool]:
     """Give the builder the timing cache of this device and TensorRT version: (its file, whether it existed)."""
     cache_file = timing_cache_path(cache_dir or default_timing_cache_dir(), device, trt.__version__)
     hit = cache_file.is_file()
     timing_cache = config.create_timing_cache(cache_file.read_bytes() if hit else b"")
-    config.set_timing_cache(timing_cache, False)  # False: refuse a cache from another device
+    if not config.set_timing_cache(timing_cache, False):  # False: refuse a cache from another device
+        log.warning("TensorRT refused the timing cache %s (another device or version); building without it", cache_file)
+        if not config.set_timing_cache(config.create_timing_cache(b""), False):
+            raise ExportError(f"TensorRT {trt.__version__} refused even an empty timing cache")
+        hit = False
     return cache_file, hit
 
 
 def _build_and_save(trt, logger_obj, builder, network, config, source: Path, out_dir: Path, precision: str, cache_file):
     """Build the engine; write it, the updated timing cache and the engine inspector's layer information.
-    Returns the engine's size in bytes."""
+    Returns the engine's size in bytes and its I/O dtypes."""
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(
@@ -312,15 +269,29 @@ def _build_and_save(trt, logger_obj, builder, network, config, source: Path, out
             "(re-run with -v for the builder log)"
         )
     engine_bytes = bytes(serialized)
+    engine = trt.Runtime(logger_obj).deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise ExportError(f"TensorRT {trt.__version__} cannot load the {precision} engine it has just built")
+    io_dtypes = check_engine_io(trt, engine, source.name)
     with atomic_open(out_dir / engine_file(precision), "wb") as handle:
         handle.write(engine_bytes)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(cache_file, "wb") as handle:
         handle.write(bytes(config.get_timing_cache().serialize()))
-    engine = trt.Runtime(logger_obj).deserialize_cuda_engine(engine_bytes)
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     atomic_write_text(out_dir / layer_info_file(precision), json.dumps(json.loads(info), indent=1) + "\n")
-    return len(engine_bytes)
+    return len(engine_bytes), io_dtypes
+
+
+def check_engine_io(trt, engine, what: str) -> dict[str, str]:
+    """The engine's tensor dtypes by name, after checking it has one float32 input and one float32 output
+    (what every runner here binds); raises ExportError otherwise."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    dtypes = {name: str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1] for name in names}
+    wanted = {INPUT_NAME: "FLOAT", OUTPUT_NAME: "FLOAT"}
+    if dtypes != wanted:
+        raise ExportError(f"the engine of {what} has I/O {dtypes}; expected {wanted} (float32 input and logits)")
+    return dtypes
 
 
 def build_engine(
@@ -337,11 +308,11 @@ def build_engine(
     trt=None,
     device: str | None = None,
     capability: tuple[int, int] | None = None,
-    calibration_device: str = "cuda",
+    tf32: bool = False,
 ) -> EngineBuild:
     """Build `model_<precision>.engine` (+ `layers_<precision>.json`) in `out_dir` from the fp32 ONNX at
-    `onnx_path`. INT8 reads float32 `calibration` batches (normalised images). `trt`, `device`,
-    `capability` and `calibration_device` default to the installed TensorRT and CUDA device 0."""
+    `onnx_path`. INT8 quantizes a Q/DQ copy with float32 `calibration` batches (normalised images).
+    `trt`, `device` and `capability` default to the installed TensorRT and CUDA device 0."""
     trt = trt or import_tensorrt()
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if device is None:
@@ -349,17 +320,14 @@ def build_engine(
     recipe = trt_recipe(check_precision(trt, precision, capability=capability), precision)
     profile = EngineProfile.from_batches(batches)
     start = time.perf_counter()
-    source, calibration_images = _builder_onnx(recipe, onnx_path, out_dir, calibration)
+    source, reduced = _builder_onnx(recipe, onnx_path, out_dir, calibration)
     logger_obj = tensorrt_logger(trt)
+    shapes = profile.shapes(input_shape)
     builder, network, config = _define_network(
-        trt, logger_obj, recipe, source, profile.shapes(input_shape), workspace_mib=workspace_mib, opt_level=opt_level
+        trt, logger_obj, recipe, source, shapes, workspace_mib=workspace_mib, opt_level=opt_level, tf32=tf32
     )
-    if recipe.calibrator:
-        calibration_images = _add_calibrator(
-            trt, builder, config, calibration, out_dir, input_shape, calibration_device
-        )
     cache_file, cache_hit = _load_timing_cache(trt, config, timing_cache_dir, device)
-    size = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)
+    size, io_dtypes = _build_and_save(trt, logger_obj, builder, network, config, source, out_dir, precision, cache_file)
     build = EngineBuild(
         engine=engine_file(precision),
         trt_version=str(trt.__version__),
@@ -370,16 +338,17 @@ def build_engine(
         profile=asdict(profile),
         input_shape=list(input_shape),
         workspace_mib=int(workspace_mib),
-        opt_level=int(opt_level),
+        opt_level=int(opt_level) if recipe.has_opt_level else None,
         device=device,
         timing_cache=str(cache_file),
         timing_cache_hit=cache_hit,
         layer_info=layer_info_file(precision),
         engine_bytes=size,
         build_s=round(time.perf_counter() - start, 3),
-        calibration_images=calibration_images,
-        calibration_cache=CALIBRATION_CACHE if recipe.calibrator else None,
-    )
+        calibration_images=(reduced or {}).get("calibration_images"),
+        reduced_onnx=reduced,
+        io_dtypes=io_dtypes,
+    )  # fmt: skip
     _log_build(build)
     return build
 
@@ -397,7 +366,7 @@ def _log_build(build: EngineBuild) -> None:
 
 def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray], *, trt=None) -> list[np.ndarray]:
     """Run a serialized engine on CUDA device 0 for each float32 input batch (name-based I/O,
-    execute_async_v3 on a non-default stream; the API of 8.6, 10 and 11)."""
+    execute_async_v3 on a non-default stream; the API of 8.5 to 11)."""
     trt = trt or import_tensorrt()
     if not torch.cuda.is_available():
         raise ExportError("running a TensorRT engine needs a CUDA GPU")
@@ -405,6 +374,7 @@ def run_engine(engine_path: str | os.PathLike[str], inputs: Sequence[np.ndarray]
     engine = trt.Runtime(logger_obj).deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
         raise ExportError(f"{engine_path} is not an engine this TensorRT ({trt.__version__}) and GPU can load")
+    check_engine_io(trt, engine, Path(engine_path).name)
     context = engine.create_execution_context()
     stream = torch.cuda.Stream()
     outputs = []

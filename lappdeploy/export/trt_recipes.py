@@ -1,25 +1,27 @@
 """How each TensorRT family builds each precision: one table, read by the engine builder
 (`tensorrt.build_engine`), by trtexec.sh (`trtexec`), by `lappdeploy export` and by `lappdeploy bench`.
 
-    family  network flags         fp16                         int8
-    8.6     EXPLICIT_BATCH        BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
-    10      0 (explicit batch)    BuilderFlag.FP16             BuilderFlag.INT8 + IInt8EntropyCalibrator2
-    11      0 (strongly typed)    an FP16 ONNX, fp32 I/O       a Q/DQ ONNX calibrated on the same images
+    family  where                    network flags       fp16                     int8 (explicit quantization)
+    8.5     JetPack 5.1              EXPLICIT_BATCH      BuilderFlag.FP16         Q/DQ ONNX + BuilderFlag.INT8
+    8.6     JetPack 6.0              EXPLICIT_BATCH      BuilderFlag.FP16         Q/DQ ONNX + BuilderFlag.INT8
+    10      JetPack 6.x, desktop     0 (explicit batch)  BuilderFlag.FP16         Q/DQ ONNX + BuilderFlag.INT8
+    11      desktop                  0 (strongly typed)  an FP16 ONNX, fp32 I/O   Q/DQ ONNX
 
-fp32 clears TF32 everywhere. trtexec.sh builds INT8 from the Q/DQ ONNX on every family (explicit
-quantization: no calibration cache to carry to the target), and 11.x removed trtexec's precision flags
-and turned CUDA graphs, spin-wait and no-data-transfer timing on by default, so 8.6/10 get those as
-explicit flags and the numbers of all families mean the same thing. Pure data: no onnx, no tensorrt.
+INT8 is the same Q/DQ graph (`lappdeploy.export.qdq`) on every family, in the Python builder and in
+trtexec.sh alike: no implicit calibrator, so `--precision int8` never yields two different engines.
+fp32 clears TF32 everywhere. 8.5 has no builder optimization level (API or trtexec flag). 11.x removed
+trtexec's precision flags and turned CUDA graphs, spin-wait and no-data-transfer timing on by default,
+so older families get those as explicit flags and the numbers of all families mean the same thing.
+Pure data: no onnx, no tensorrt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lappdeploy.errors import ExportError, LappDeployError
+from lappdeploy.errors import ConfigError, ExportError, LappDeployError
 
 __all__ = [
-    "CALIBRATION_CACHE",
     "FAMILIES",
     "FP16_ONNX",
     "FP32_ONNX",
@@ -35,21 +37,21 @@ __all__ = [
     "trtexec_times_file",
 ]
 
-_FAMILIES = {  # family: (network creation flags, strongly typed)
-    "8.6": (("EXPLICIT_BATCH",), False),
-    "10": ((), False),  # explicit batch is the only mode (the flag is deprecated)
-    "11": ((), True),
+_FAMILIES = {  # family: (network creation flags, strongly typed, builder optimization level exists)
+    "8.5": (("EXPLICIT_BATCH",), False, False),  # JetPack 5.1; optimization levels came with 8.6
+    "8.6": (("EXPLICIT_BATCH",), False, True),
+    "10": ((), False, True),  # explicit batch is the only mode (the flag is deprecated)
+    "11": ((), True, True),
 }
 FAMILIES = tuple(_FAMILIES)
 PRECISIONS = ("fp32", "fp16", "int8")
 FP32_ONNX = "model.onnx"
 FP16_ONNX = "model_fp16.onnx"  # FP16 weights and activations, float32 inputs and outputs
 QDQ_ONNX = "model_int8_qdq.onnx"  # QuantizeLinear/DequantizeLinear pairs (explicit INT8)
-CALIBRATION_CACHE = "calibration.cache"  # the entropy calibrator's scales (8.6/10 INT8), reused when present
 # max |TensorRT - ONNX Runtime fp32| / max |logits| accepted after a build. fp32 builds clear TF32.
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 2.5e-1}
-# trtexec 11.x defaults, spelled out for 8.6/10
-_TRTEXEC_11_DEFAULTS = ("--useCudaGraph", "--noDataTransfers", "--useSpinWait", "--separateProfileRun")
+# trtexec 11.x defaults, spelled out for 8.5/8.6/10 (CUDA graphs: per --cuda-graph, see trtexec_args)
+_TRTEXEC_11_DEFAULTS = ("--noDataTransfers", "--useSpinWait", "--separateProfileRun")
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,10 @@ class TrtRecipe:
     trtexec_onnx: str  # the graph trtexec.sh reads
     network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag names, OR-ed into create_network()
     builder_flags: tuple[str, ...]  # BuilderFlag names to set
-    calibrator: bool  # IInt8EntropyCalibrator2 on the fp32 graph (+ calibration profile and cache)
     trtexec_flags: tuple[str, ...]  # appended to the shape, pool, timing and export flags
     precision_mode: str  # how the precision is obtained, as recorded in export.json
     strongly_typed: bool  # 11.x: no precision flags or platform_has_fast_*; the ONNX carries the types
+    has_opt_level: bool  # builder_optimization_level / --builderOptimizationLevel exist (8.6+)
 
     @property
     def clears_tf32(self) -> bool:
@@ -73,30 +75,42 @@ class TrtRecipe:
 
     @property
     def needs_calibration(self) -> bool:
-        """INT8 needs calibration images on every path (calibrator, or the Q/DQ graph's scales)."""
-        return self.calibrator or QDQ_ONNX in (self.onnx_variant, self.trtexec_onnx)
+        """INT8 needs calibration images for the Q/DQ graph's scales."""
+        return QDQ_ONNX in (self.onnx_variant, self.trtexec_onnx)
 
     @property
     def parity_tolerance(self) -> float:
         return TOLERANCE[self.precision]
 
+    def cuda_graph_flags(self, cuda_graph: bool) -> tuple[str, ...]:
+        """trtexec flags that launch the timed inferences as a CUDA graph, or not (--cuda-graph)."""
+        if not self.strongly_typed:
+            return ("--useCudaGraph",) if cuda_graph else ()
+        if not cuda_graph:  # 11.x made CUDA graphs trtexec's default and documents no switch to turn them off
+            raise ConfigError("trtexec of TensorRT 11 always times with CUDA graphs; drop --no-cuda-graph")
+        return ()
 
+
+_INT8_MODE = "explicit: Q/DQ ONNX (ModelOpt, entropy calibration)"
 _ROWS = (
-    # family, precision, builder parses, trtexec reads, builder flags, calibrator, trtexec flags, precision mode
-    ("8.6", "fp32", FP32_ONNX, FP32_ONNX, (), False, ("--noTF32",), "fp32 (TF32 off)"),
-    ("8.6", "fp16", FP32_ONNX, FP32_ONNX, ("FP16",), False, ("--fp16",), "BuilderFlag.FP16"),
-    ("8.6", "int8", FP32_ONNX, QDQ_ONNX, ("INT8",), True, ("--int8",), "BuilderFlag.INT8 + IInt8EntropyCalibrator2"),
-    ("10", "fp32", FP32_ONNX, FP32_ONNX, (), False, ("--noTF32",), "fp32 (TF32 off)"),
-    ("10", "fp16", FP32_ONNX, FP32_ONNX, ("FP16",), False, ("--fp16",), "BuilderFlag.FP16"),
-    ("10", "int8", FP32_ONNX, QDQ_ONNX, ("INT8",), True, ("--int8",), "BuilderFlag.INT8 + IInt8EntropyCalibrator2"),
-    ("11", "fp32", FP32_ONNX, FP32_ONNX, (), False, ("--noTF32",), "fp32 (TF32 off)"),
-    ("11", "fp16", FP16_ONNX, FP16_ONNX, (), False, (), "strongly typed: FP16 ONNX, fp32 I/O"),
-    ("11", "int8", QDQ_ONNX, QDQ_ONNX, (), False, (), "strongly typed: Q/DQ ONNX (entropy calibration)"),
+    # family, precision, builder parses, trtexec reads, builder flags, trtexec flags, precision mode
+    *(
+        row
+        for family in ("8.5", "8.6", "10")
+        for row in (
+            (family, "fp32", FP32_ONNX, FP32_ONNX, (), ("--noTF32",), "fp32 (TF32 off)"),
+            (family, "fp16", FP32_ONNX, FP32_ONNX, ("FP16",), ("--fp16",), "BuilderFlag.FP16"),
+            (family, "int8", QDQ_ONNX, QDQ_ONNX, ("INT8",), ("--int8",), f"{_INT8_MODE} + BuilderFlag.INT8"),
+        )
+    ),
+    ("11", "fp32", FP32_ONNX, FP32_ONNX, (), ("--noTF32",), "fp32 (TF32 off)"),
+    ("11", "fp16", FP16_ONNX, FP16_ONNX, (), (), "strongly typed: FP16 ONNX (ModelOpt AutoCast), fp32 I/O"),
+    ("11", "int8", QDQ_ONNX, QDQ_ONNX, (), (), f"strongly typed, {_INT8_MODE}"),
 )
 
 
-def _recipe(family, precision, onnx_variant, trtexec_onnx, builder_flags, calibrator, trtexec_flags, mode) -> TrtRecipe:
-    network_flags, strongly_typed = _FAMILIES[family]
+def _recipe(family, precision, onnx_variant, trtexec_onnx, builder_flags, trtexec_flags, mode) -> TrtRecipe:
+    network_flags, strongly_typed, has_opt_level = _FAMILIES[family]
     defaults = () if strongly_typed else _TRTEXEC_11_DEFAULTS
     return TrtRecipe(
         family=family,
@@ -105,10 +119,10 @@ def _recipe(family, precision, onnx_variant, trtexec_onnx, builder_flags, calibr
         trtexec_onnx=trtexec_onnx,
         network_flags=network_flags,
         builder_flags=builder_flags,
-        calibrator=calibrator,
         trtexec_flags=(*defaults, *trtexec_flags),
         precision_mode=mode,
         strongly_typed=strongly_typed,
+        has_opt_level=has_opt_level,
     )
 
 

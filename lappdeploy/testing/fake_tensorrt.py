@@ -3,6 +3,7 @@ on machines without TensorRT or a GPU. It builds nothing: `build_serialized_netw
 bytes, and every call is recorded in `fake.calls` so tests can assert which branch ran.
 
 What differs between the fake families mirrors the real API:
+  8.5: as 8.6, without IBuilderConfig.builder_optimization_level (added in 8.6);
   8.6: NetworkDefinitionCreationFlag.EXPLICIT_BATCH, BuilderFlag.FP16/INT8, IInt8EntropyCalibrator2,
        platform_has_fast_fp16/int8;
   10:  as 8.6 (EXPLICIT_BATCH deprecated, still present);
@@ -30,15 +31,19 @@ FAKE_ENGINE_BYTES = b"fake-tensorrt-engine"
 MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
 ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "DETAILED", "NONE"])
 LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
+DataType = enum.Enum("DataType", ["FLOAT", "HALF", "INT8", "INT32"])
+TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
 
 
 class _FakeState:
     """What one fake `tensorrt` module knows: its major version, its call log and its version's enums."""
 
     def __init__(self, version: str, fast_fp16: bool, fast_int8: bool) -> None:
-        self.major = int(version.split(".")[0])
+        self.major, self.minor = (int(part) for part in version.split(".")[:2])
         self.calls: list[tuple[str, Any]] = []
         self.fast_fp16, self.fast_int8 = fast_fp16, fast_int8
+        self.accept_timing_cache = True  # set_timing_cache's answer (False: a cache of another device)
+        self.io_dtypes = {"input": DataType.FLOAT, "logits": DataType.FLOAT}  # what built engines report
         weakly_typed = self.major < 11  # 11.x removed the precision flags, EXPLICIT_BATCH and calibrators
         self.BuilderFlag = enum.Enum("BuilderFlag", ["TF32"] + (["FP16", "INT8"] if weakly_typed else []))
         creation_flags = (["EXPLICIT_BATCH"] if weakly_typed else []) + ["STRONGLY_TYPED"]
@@ -167,11 +172,27 @@ class BuilderConfig(_Bound):
         return TimingCache(data)
 
     def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+        if not self._fake.accept_timing_cache and cache.data:
+            return False
         self.timing_cache = cache
         return True
 
     def get_timing_cache(self) -> TimingCache:
         return self.timing_cache or TimingCache(b"")
+
+
+class BuilderConfig85(BuilderConfig):
+    """8.5: no builder optimization levels (setting the attribute fails as on the real pybind class)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.__dict__["builder_optimization_level"]
+        self.__dict__["_sealed"] = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "builder_optimization_level" and self.__dict__.get("_sealed"):
+            raise AttributeError("'tensorrt.IBuilderConfig' object has no attribute 'builder_optimization_level'")
+        super().__setattr__(name, value)
 
 
 class CalibratingBuilderConfig(BuilderConfig):
@@ -222,7 +243,7 @@ class Builder(_Bound):
         build = {
             "flags": sorted(f.name for f in config.flags),
             "workspace": config.pool_limits.get(MemoryPoolType.WORKSPACE),
-            "opt_level": config.builder_optimization_level,
+            "opt_level": getattr(config, "builder_optimization_level", None),
             "verbosity": config.profiling_verbosity.name,
             "profiles": [p.shapes for p in config.profiles],
             "calibration_profile": getattr(getattr(config, "calibration_profile", None), "shapes", None),
@@ -238,17 +259,30 @@ class EngineInspector:
         return json.dumps({"Layers": ["fake layer"], "Bindings": ["input", "logits"]})
 
 
-class Engine:
+class Engine(_Bound):
     def create_engine_inspector(self) -> EngineInspector:
         return EngineInspector()
 
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._fake.io_dtypes)
 
-class Runtime:
+    def get_tensor_name(self, i: int) -> str:
+        return list(self._fake.io_dtypes)[i]
+
+    def get_tensor_dtype(self, name: str):
+        return self._fake.io_dtypes[name]
+
+    def get_tensor_mode(self, name: str):
+        return TensorIOMode.INPUT if name == "input" else TensorIOMode.OUTPUT
+
+
+class Runtime(_Bound):
     def __init__(self, logger: Any) -> None:
         pass
 
     def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-        return Engine() if bytes(data) == FAKE_ENGINE_BYTES else None
+        return self._engine_class() if bytes(data) == FAKE_ENGINE_BYTES else None
 
 
 def fake_tensorrt(version: str = "10.3.0", *, fast_fp16: bool = True, fast_int8: bool = True) -> types.ModuleType:
@@ -260,9 +294,12 @@ def fake_tensorrt(version: str = "10.3.0", *, fast_fp16: bool = True, fast_int8:
         return type(cls.__name__, (cls,), {"_fake": fake, **extra})
 
     config_class = bind(CalibratingBuilderConfig if weakly_typed else BuilderConfig)
+    if (fake.major, fake.minor) < (8, 6):
+        config_class = bind(type("BuilderConfig", (BuilderConfig85, CalibratingBuilderConfig), {}))
     module = types.ModuleType("tensorrt")
     module.__version__ = version
     module.calls = fake.calls
+    module.state = fake  # tests set state.accept_timing_cache / state.io_dtypes
     module.IS_FAKE = True
     names = {
         "ILogger": ILogger,
@@ -273,8 +310,10 @@ def fake_tensorrt(version: str = "10.3.0", *, fast_fp16: bool = True, fast_int8:
         "MemoryPoolType": MemoryPoolType,
         "ProfilingVerbosity": ProfilingVerbosity,
         "LayerInformationFormat": LayerInformationFormat,
+        "DataType": DataType,
+        "TensorIOMode": TensorIOMode,
         "OnnxParser": bind(OnnxParser),
-        "Runtime": Runtime,
+        "Runtime": bind(Runtime, _engine_class=bind(Engine)),
     }
     if weakly_typed:
         names["IInt8EntropyCalibrator2"] = IInt8EntropyCalibrator2

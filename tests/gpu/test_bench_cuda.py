@@ -41,14 +41,41 @@ def test_torch_cuda_uses_cuda_events_and_reports_host_latency(runs, tmp_path, cl
         assert r.latency_min_ms <= r.latency_median_ms <= r.latency_p90_ms <= r.latency_p99_ms
 
 
-def test_ort_cuda_runs_on_the_gpu_provider(runs, tmp_path, cli):
+def test_torch_cuda_fp32_means_fp32_unless_tf32(runs, tmp_path, cli):
+    for flag, allowed in (("--no-tf32", False), ("--tf32", True)):
+        out = tmp_path / flag
+        result = cli("bench", runs[0], "--runtime", "torch", "--device", "cuda", flag, *QUICK, "--out", out)
+        assert result.code == 0, result.err
+        assert {r.tf32 for r in read_records(out)} == {allowed}
+        assert torch.backends.cudnn.allow_tf32 is allowed and torch.backends.cuda.matmul.allow_tf32 is allowed
+        assert torch.backends.cudnn.benchmark
+
+
+def test_ort_cuda_runs_on_the_gpu_provider_with_cuda_events(runs, tmp_path, cli):
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install lappdeploy[ort-gpu])")
     out = tmp_path / "b"
     result = cli("bench", *runs, "--runtime", "ort", "--device", "cuda", *QUICK, "--out", out)
     assert result.code == 0, result.err
-    assert {r.provider for r in read_records(out)} == {"CUDAExecutionProvider"}
+    records = read_records(out)
+    assert {r.provider for r in records} == {"CUDAExecutionProvider"}
+    # the same clock as torch and trt: CUDA events on the provider's stream, the host's view separately
+    assert {r.timing for r in records} == {"cuda-events"} and {r.tf32 for r in records} == {False}
+    assert all(r.host_latency_median_ms >= r.latency_median_ms - 0.01 for r in records)
+
+
+def test_ort_gpu_session_places_every_conv_on_the_gpu(runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider (install lappdeploy[ort-gpu])")
+    from lappdeploy.bench.runtimes import OrtSession
+    from lappdeploy.export import to_onnx
+    from lappdeploy.models import create_model
+
+    to_onnx(create_model("tiny_resnet", num_classes=10).eval(), torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    session = OrtSession(tmp_path / "m.onnx", provider="cuda", threads=1)
+    assert set(session.placement) == {"CUDAExecutionProvider"} and session.placement["CUDAExecutionProvider"] > 0
 
 
 def test_tensorrt_engines_are_timed(runs, tmp_path, cli):
@@ -61,6 +88,8 @@ def test_tensorrt_engines_are_timed(runs, tmp_path, cli):
     assert result.code == 0, result.err
     records = read_records(out)
     assert {r.provider for r in records} == {f"tensorrt-{trt.__version__}"} and len(records) == 4
-    assert all(r.timing == "cuda-events" for r in records)
+    assert all(r.timing == "cuda-events" and r.cuda_graph is True for r in records)
+    eager = cli("bench", *runs, "--runtime", "trt", "--precision", "fp16", "--no-cuda-graph", *QUICK, "--out", out)
+    assert eager.code == 0 and {r.cuda_graph for r in read_records(out)[4:]} == {False}
     outside = cli("bench", runs[0], "--runtime", "trt", "--precision", "fp16", "--batch", "32", "--out", tmp_path / "c")
     assert outside.code == 2 and "optimization profile" in outside.err

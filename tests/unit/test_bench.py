@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lappdeploy.bench import BenchRecord, TimingPolicy, measure_batch, plan_id, read_records
+from lappdeploy.bench.ort_session import check_gpu_placement
 from lappdeploy.bench.runtimes import RUNTIMES, OrtSession, TorchSession
 from lappdeploy.bench.trtexec_results import read_trtexec
 from lappdeploy.config import RUNTIMES as RUNTIME_NAMES
@@ -50,6 +51,30 @@ def test_protocol_statistics_are_complete_and_ordered():
     expected = 8 / (lat.median_ms / 1e3)
     assert expected / 3 < timing.throughput_ips < 3 * expected
     assert sum(w[2] for w in timing.throughput_windows) % 8 == 0
+
+
+def test_warm_up_needs_both_its_time_and_its_call_count():
+    quick = TimingPolicy(min_seconds=0.02, min_samples=2, warmup_seconds=0.0, throughput_seconds=0.02)
+    (timing,) = measure_batch([_session()], 1, quick)
+    assert timing.warmup_calls >= 50  # was 2: the time was reached, so the count did not matter
+    slow = TimingPolicy(min_seconds=0.02, min_samples=2, warmup_seconds=0.4, throughput_seconds=0.02)
+    (timing,) = measure_batch([_session()], 1, slow)
+    assert timing.warmup_s >= 0.4 and timing.warmup_calls >= 50  # was: 50 quick calls ended it after ~0.05 s
+
+
+def test_profiled_run_refuses_conv_on_the_cpu_provider(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from lappdeploy.export import to_onnx
+
+    to_onnx(create_model("tiny_convnet", num_classes=10).eval(), torch.randn(2, 3, 16, 16), tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"input": np.zeros((1, 3, 16, 16), np.float32)})
+    profile = session.end_profiling()
+    with pytest.raises(BenchError, match=r"Conv/Gemm/MatMul node\(s\) of m.onnx on CPUExecutionProvider"):
+        check_gpu_placement(profile, "m.onnx")  # the check a GPU OrtSession runs before timing anything
 
 
 def test_protocol_interleaves_sessions_with_rotating_order():
@@ -99,6 +124,7 @@ def test_bench_dense_vs_pruned_records_and_report(runs, tmp_path, cli):
         assert r.latency_min_ms <= r.latency_median_ms <= r.latency_p90_ms <= r.latency_p99_ms
         assert r.samples >= 5 and r.throughput_ips > 0 and r.warmup_calls >= 2
         assert r.environment["versions"]["onnxruntime"] and r.environment["config"]["runtime"] == "ort"
+        assert r.tf32 is None and r.cuda_graph is None and r.environment["config"]["tf32"] is False
         assert r.order == (0 if r.label == "dense" else 1)
     # the table shows the speed-up next to the MACs ratio
     assert "speed-up" in result.out and "MACs ratio" in result.out
@@ -199,6 +225,7 @@ def test_trtexec_results_become_records(runs, tmp_path, cli):
     (record,) = read_records(out)
     assert record.provider == "tensorrt-10.3.0".replace("tensorrt", "trtexec") and record.device_name == "Orin"
     assert record.timing == "trtexec-gpu-compute" and record.batch == 8 and record.macs == 1_000_000
+    assert record.cuda_graph is True and record.tf32 is None  # recorded with every trtexec record
 
     (export / "times_fp16.json").unlink()
     missing = cli("bench", export, "--runtime", "trtexec", "--precision", "fp16", "--out", tmp_path / "c")
@@ -241,6 +268,9 @@ def test_engine_present_but_tensorrt_missing_is_a_clear_error(runs, tmp_path, cl
     (run / "export" / "model_fp32.engine").write_bytes(b"not really an engine")
     result = cli("bench", run, "--runtime", "trt", "--out", tmp_path / "out")
     assert result.code == 2 and "lappdeploy[trt]" in result.err
+    # TensorRT fixes TF32 at build time: a TF32 timing of an engine built without it is refused, not mislabelled
+    result = cli("bench", run, "--runtime", "trt", "--tf32", "--out", tmp_path / "out")
+    assert result.code == 2 and "built without TF32" in result.err
 
 
 def test_out_dir_holding_other_files_is_refused(runs, tmp_path, cli):

@@ -19,9 +19,10 @@ from lappdeploy.config import ExportConfig
 from lappdeploy.errors import ConfigError, ExportError
 from lappdeploy.export import check_onnx, count_onnx_macs, deploy_copy, to_onnx
 from lappdeploy.export.onnx_export import ort_session
-from lappdeploy.export.precision import to_fp16_onnx, to_int8_qdq_onnx
+from lappdeploy.export.precision import write_precision_onnx
+from lappdeploy.export.qdq import qdq_violations
 from lappdeploy.export.tensorrt import EngineProfile, build_engine, trt_family
-from lappdeploy.export.trt_recipes import FAMILIES, PRECISIONS, RECIPES
+from lappdeploy.export.trt_recipes import FAMILIES, FP16_ONNX, PRECISIONS, QDQ_ONNX, RECIPES
 from lappdeploy.export.trtexec import trtexec_args, trtexec_script
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import add_bypass_, analyze, has_bypass, random_plan, remove_channels_
@@ -117,6 +118,38 @@ def test_dynamo_failure_falls_back_to_legacy_only_when_asked(tmp_path):
     assert record.fallback_reason
 
 
+class VggHead(nn.Module):
+    """VGG's and AlexNet's head: an adaptive pool to 7x7, which the legacy exporter cannot export from a
+    feature map whose size is not a multiple of 7 (any input below 224 px)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(4 * 7 * 7, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x).relu()), 1))
+
+
+def test_default_exporter_falls_back_to_dynamo_quietly_and_explicit_legacy_fails_in_one_line(tmp_path, capfd, caplog):
+    model = VggHead().eval()
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="lappdeploy"):
+        record = to_onnx(model, _example(), tmp_path / "model.onnx")  # the default: exporter="auto"
+    out, err = capfd.readouterr()
+    assert out == err == "", "exporter noise (the legacy exporter's TorchScript graph) reached the terminal"
+    assert (record.requested_exporter, record.exporter, record.opset) == ("auto", "dynamo", 18)
+    assert "adaptive_avg_pool2d" in record.fallback_reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "exporting with dynamo" in warnings[0]
+    with pytest.raises(ExportError, match=r"legacy ONNX exporter failed.*adaptive_avg_pool2d") as failure:
+        to_onnx(model, _example(), tmp_path / "legacy.onnx", exporter="legacy")
+    assert "\n" not in str(failure.value) and not (tmp_path / "legacy.onnx").exists()
+    out, err = capfd.readouterr()
+    assert out == err == ""
+
+
 class ChannelsLastLinear(nn.Module):
     """A Linear on an (N, H, W, C) tensor, as in ConvNeXt: exported as MatMul + Add."""
 
@@ -165,31 +198,75 @@ def _calibration(count: int = 4, batch: int = 8):
     return [rng.standard_normal((batch, *SHAPE), dtype=np.float32) for _ in range(count)]
 
 
-def test_fp16_onnx_keeps_fp32_io_and_agrees_with_fp32(fp32_onnx, tmp_path):
-    to_fp16_onnx(fp32_onnx, tmp_path / "model_fp16.onnx")
-    graph = onnx.load(str(tmp_path / "model_fp16.onnx")).graph
+def test_fp16_onnx_comes_from_autocast_with_fp32_io_and_recorded_parity(fp32_onnx, tmp_path):
+    record = write_precision_onnx(FP16_ONNX, fp32_onnx, tmp_path / FP16_ONNX, None)
+    # the converter and the parity against the fp32 graph are recorded (was: nothing returned)
+    assert record["converter"] == "modelopt.onnx.autocast"
+    assert 0 <= record["parity"]["relative_error"] < 1e-2 and record["parity"]["top1_agreement"] >= 0.875
+    graph = onnx.load(str(tmp_path / FP16_ONNX)).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert {i.data_type for i in graph.initializer if i.dims} == {onnx.TensorProto.FLOAT16}
-    x = _calibration(1, 4)[0]
-    ref = ort_session(fp32_onnx).run(None, {"input": x})[0]
-    got = ort_session(tmp_path / "model_fp16.onnx").run(None, {"input": x})[0]
-    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-2
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in graph.initializer if i.dims}
 
 
-def test_int8_qdq_onnx_is_symmetric_and_close(fp32_onnx, tmp_path):
-    used = to_int8_qdq_onnx(fp32_onnx, tmp_path / "model_int8_qdq.onnx", _calibration())
-    assert used == 32
-    model = onnx.load(str(tmp_path / "model_int8_qdq.onnx"))
-    ops = [n.op_type for n in model.graph.node]
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
-    assert zero_points and all(not zp.any() and zp.dtype == np.int8 for zp in zero_points)  # TensorRT: symmetric
-    x = _calibration(1, 4)[0]
-    ref = ort_session(fp32_onnx).run(None, {"input": x})[0]
-    got = ort_session(tmp_path / "model_int8_qdq.onnx").run(None, {"input": x})[0]
-    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.25
+def _tensorrt_rule_breaks(model) -> dict[str, list[str]]:
+    """TensorRT's explicit-quantization rules, checked here independently of lappdeploy.export.qdq."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    kind = {name: producer[name].op_type if name in producer else "initializer" for name in producer.keys() | inits}
+    breaks: dict[str, list[str]] = {"int32 dq": [], "shared pair": [], "residual": [], "output": [], "weights": []}
+    for node in graph.node:
+        source = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is not None and source.data_type == onnx.TensorProto.INT32:
+            breaks["int32 dq"].append(node.name)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(users.get(node.output[0], [])) > 1:
+            breaks["shared pair"].append(node.name)
+        if node.op_type == "Add" and not set(node.input) & inits.keys():
+            for name in node.input:  # dequantized, or an INT8 Conv that TensorRT fuses the Add into
+                fused = kind.get(name) == "Conv" and kind.get(producer[name].input[0]) == "DequantizeLinear"
+                if kind.get(name) != "DequantizeLinear" and not fused:
+                    breaks["residual"].append(f"{node.name}:{name}")
+        if node.op_type == "Conv" and kind.get(node.input[1]) == "DequantizeLinear":
+            dq = producer[node.input[1]]
+            q = dq if dq.input[0] in inits else producer[dq.input[0]]  # int8 initializer, or fp32 + Q
+            scale, zero = (numpy_helper.to_array(inits[q.input[k]]) for k in (1, 2))
+            if scale.size != inits[q.input[0]].dims[0] or zero.any() or zero.dtype != np.int8:
+                breaks["weights"].append(node.name)
+    breaks["output"] = [o.name for o in graph.output if kind.get(o.name) in ("QuantizeLinear", "DequantizeLinear")]
+    return breaks
+
+
+@pytest.mark.parametrize("name", ["tiny_resnet", "resnet20"])
+def test_int8_qdq_graph_follows_tensorrt_rules(tmp_path, name):
+    shape = (1, 28, 28) if name == "resnet20" else SHAPE
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model(name, num_classes=10, in_channels=shape[0]))
+    to_onnx(model, torch.randn(2, *shape), tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((8, *shape), dtype=np.float32) for _ in range(4)]
+    record = write_precision_onnx(QDQ_ONNX, tmp_path / "model.onnx", tmp_path / QDQ_ONNX, calibration)
+    assert record["calibration_images"] == 32 and record["converter"].startswith("modelopt.onnx.quantization")
+    assert record["parity"]["relative_error"] < 0.1
+    model = onnx.load(str(tmp_path / QDQ_ONNX))
+    assert _tensorrt_rule_breaks(model) == {
+        "int32 dq": [],
+        "shared pair": [],
+        "residual": [],
+        "output": [],
+        "weights": [],
+    }
+    assert qdq_violations(model) == []
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [
+        n for n in convs if any(p.output[0] == n.input[1] for p in model.graph.node if p.op_type == "DequantizeLinear")
+    ]
+    assert len(quantized) >= len(convs) // 2  # ModelOpt keeps only convs TensorRT has no INT8 kernel for in fp32
+    assert model.opset_import[0].version == 17  # the source opset, which TensorRT 8.5 parses
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,15 +274,16 @@ def test_int8_qdq_onnx_is_symmetric_and_close(fp32_onnx, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("version", "family"), [("8.6.1", "8.6"), ("10.3.0", "10"), ("10.13.3", "10"), ("11.1.0", "11")]
+    ("version", "family"),
+    [("8.5.2", "8.5"), ("8.6.1", "8.6"), ("10.3.0", "10"), ("10.13.3", "10"), ("11.1.0", "11")],
 )
 def test_trt_family(version, family):
-    assert trt_family(version) == family
+    assert trt_family(version) == family  # 8.5.2 is JetPack 5.1's (was refused)
 
 
-@pytest.mark.parametrize("version", ["8.5.2", "9.2.0", "12.0.0", "garbage"])
+@pytest.mark.parametrize("version", ["8.4.3", "9.2.0", "12.0.0", "garbage"])
 def test_unsupported_trt_versions_are_refused(version):
-    with pytest.raises(ExportError, match=r"8.6, 10.x or 11.x"):
+    with pytest.raises(ExportError, match=r"8.5, 8.6, 10.x or 11.x"):
         trt_family(version)
 
 
@@ -224,22 +302,22 @@ def _fake_build(fp32_onnx, tmp_path, version, precision, **kwargs):
         trt=trt,
         device="Fake GPU sm90",
         capability=(9, 0),
-        calibration_device="cpu",
         **kwargs,
     )
     calls = dict(trt.calls)
     return build, calls
 
 
-@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.1.0"])
+@pytest.mark.parametrize("version", ["8.5.2", "8.6.1", "10.3.0", "11.1.0"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precision):
     build, calls = _fake_build(fp32_onnx, tmp_path, version, precision)
     family = trt_family(version)
     built = calls["build"]
     # common to every family
-    assert calls["create_network"] == (1 if family == "8.6" else 0)  # EXPLICIT_BATCH only on 8.6
-    assert built["workspace"] == 256 << 20 and built["opt_level"] == 4 and built["verbosity"] == "DETAILED"
+    assert calls["create_network"] == (1 if family in ("8.5", "8.6") else 0)  # EXPLICIT_BATCH only on 8.x
+    assert built["workspace"] == 256 << 20 and built["verbosity"] == "DETAILED"
+    assert built["opt_level"] == (None if family == "8.5" else 4) == build.opt_level  # 8.5 has no levels
     assert built["profiles"] == [{"input": ((1, *SHAPE), (8, *SHAPE), (32, *SHAPE))}]
     assert ("TF32" in built["flags"]) == (precision != "fp32")
     assert (tmp_path / f"model_{precision}.engine").read_bytes() == FAKE_ENGINE_BYTES
@@ -247,31 +325,36 @@ def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precisio
     assert build.timing_cache.endswith("fake-gpu-sm90-trt" + version + ".timing-cache")
     assert (tmp_path / "cache" / build.timing_cache.rsplit("/", 1)[1]).read_bytes() == b"fake-timing-cache"
     assert build.family == family and build.precision == precision
+    assert build.io_dtypes == {"input": "FLOAT", "logits": "FLOAT"}
     parsed = calls["parse"]
-    if family in ("8.6", "10"):
-        # weakly typed: the fp32 graph plus builder flags; INT8 through the entropy calibrator and its cache
+    assert parsed["input_types"] == parsed["output_types"] == [onnx.TensorProto.FLOAT]
+    assert built["calibration_profile"] is None and built["calibrated_images"] is None  # no implicit calibrator
+    if precision == "int8":  # one INT8 everywhere: the Q/DQ graph (+ BuilderFlag.INT8 where flags exist)
+        assert build.onnx == "model_int8_qdq.onnx" and "QuantizeLinear" in parsed["ops"]
+        assert build.calibration_images == 24 and build.reduced_onnx["parity"]["relative_error"] < 0.25
+        assert ("INT8" in built["flags"]) == (family != "11")
+        assert not (tmp_path / "calibration.cache").exists()
+    elif family != "11":  # weakly typed: the fp32 graph plus builder flags
         assert parsed["initializer_types"] == [onnx.TensorProto.FLOAT]
-        assert ("FP16" in built["flags"]) == (precision == "fp16")
-        assert ("INT8" in built["flags"]) == (precision == "int8")
-        if precision == "int8":
-            assert built["calibrated_images"] == 24 == build.calibration_images
-            assert built["calibration_profile"] == {"input": ((8, *SHAPE),) * 3}
-            assert (tmp_path / "calibration.cache").read_bytes() == b"fake-calibration-cache"
-    else:
-        # strongly typed: the precision is in the ONNX the parser reads, and there are no flags to set
+        assert ("FP16" in built["flags"]) == (precision == "fp16") and "INT8" not in built["flags"]
+    else:  # strongly typed: the precision is in the ONNX the parser reads, and there are no flags to set
         assert built["flags"] in ([], ["TF32"])
-        assert parsed["input_types"] == parsed["output_types"] == [onnx.TensorProto.FLOAT]
         if precision == "fp16":
             assert build.onnx == "model_fp16.onnx" and onnx.TensorProto.FLOAT16 in parsed["initializer_types"]
-        if precision == "int8":
-            assert build.onnx == "model_int8_qdq.onnx" and "QuantizeLinear" in parsed["ops"]
-            assert build.calibration_images == 24
 
 
-def test_int8_calibration_cache_is_reused(fp32_onnx, tmp_path):
-    (tmp_path / "calibration.cache").write_bytes(b"scales from an earlier build")
-    _, calls = _fake_build(fp32_onnx, tmp_path, "10.3.0", "int8")
-    assert calls["build"]["calibrated_images"] == 0
+def test_a_refused_timing_cache_is_replaced_and_engine_io_is_checked(fp32_onnx, tmp_path):
+    _fake_build(fp32_onnx, tmp_path, "10.3.0", "fp32")
+    trt = fake_tensorrt("10.3.0")
+    trt.state.accept_timing_cache = False  # set_timing_cache returns False: a cache of another device
+    kwargs = dict(precision="fp32", input_shape=SHAPE, trt=trt, device="Fake GPU sm90", capability=(9, 0))
+    build = build_engine(fp32_onnx, tmp_path, timing_cache_dir=tmp_path / "cache", **kwargs)
+    assert build.timing_cache_hit is False  # was: reported as a hit although TensorRT ignored it
+    trt.state.io_dtypes = {"input": trt.DataType.HALF, "logits": trt.DataType.FLOAT}
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ExportError, match="float32 input and logits"):
+        build_engine(fp32_onnx, tmp_path / "x", timing_cache_dir=tmp_path / "cache", **kwargs)
+    assert not list((tmp_path / "x").iterdir()), "an engine with the wrong I/O is not written"
 
 
 def test_timing_cache_is_read_back_on_the_next_build(fp32_onnx, tmp_path):
@@ -303,13 +386,15 @@ def test_engine_profile_from_batches():
 # trtexec.sh
 
 
-@pytest.mark.parametrize("family", ["8.6", "10", "11"])
+@pytest.mark.parametrize("family", ["8.5", "8.6", "10", "11"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_trtexec_flags_per_family(family, precision):
     args = trtexec_args(family, precision, input_shape=SHAPE, batches=(1, 8, 32), workspace_mib=512, opt_level=5)
     assert "--minShapes=input:1x3x16x16" in args and "--maxShapes=input:32x3x16x16" in args
     assert "--optShapes=input:8x3x16x16" in args and "--memPoolSize=workspace:512M" in args
-    assert "--builderOptimizationLevel=5" in args and any(a.startswith("--timingCacheFile=") for a in args)
+    assert any(a.startswith("--timingCacheFile=") for a in args)
+    # trtexec 8.5 stops at an unknown option, and --builderOptimizationLevel came with 8.6
+    assert ("--builderOptimizationLevel=5" in args) == (family != "8.5")
     for export in ("--exportTimes=", "--exportLayerInfo=", "--exportProfile="):
         assert any(a.startswith(export) for a in args)
     legacy_defaults = {"--useCudaGraph", "--noDataTransfers", "--useSpinWait", "--separateProfileRun"}
@@ -322,9 +407,47 @@ def test_trtexec_flags_per_family(family, precision):
         expected_onnx = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_int8_qdq.onnx"}
     assert f"--onnx={expected_onnx[precision]}" in args
     assert ("--noTF32" in args) == (precision == "fp32")
+    no_graph = (
+        trtexec_args(family, precision, input_shape=SHAPE, batches=(8,), cuda_graph=False) if family != "11" else []
+    )
+    assert "--useCudaGraph" not in no_graph
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_is_the_same_qdq_graph_for_builder_and_trtexec(family):
+    recipe = RECIPES[(family, "int8")]
+    assert recipe.onnx_variant == recipe.trtexec_onnx == QDQ_ONNX  # was: the fp32 graph + a calibrator on 8.6/10
+    assert ("--int8" in recipe.trtexec_flags) == ("INT8" in recipe.builder_flags) == (family != "11")
+
+
+@pytest.mark.parametrize(
+    ("banner", "family"),
+    [
+        ("[TensorRT v8502]", "8.5"),
+        ("[TensorRT v8601]", "8.6"),
+        ("[TensorRT v100300]", "10"),
+        ("[TensorRT v110100]", "11"),
+    ],
+)
+def test_trtexec_script_auto_picks_the_family_of_the_targets_trtexec(tmp_path, banner, family):
+    script = tmp_path / "trtexec.sh"
+    script.write_text(trtexec_script("auto", "int8", input_shape=SHAPE, batches=(1, 8, 32)))
+    trtexec = tmp_path / "trtexec"  # a stand-in printing the banner real trtexec prints, then its arguments
+    trtexec.write_text(f'#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec {banner} # trtexec $*"\n')
+    trtexec.chmod(0o755)
+    env = {"TRTEXEC": str(trtexec), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True)
+    ran = done.stdout.splitlines()[-1]
+    assert "--onnx=model_int8_qdq.onnx" in ran and ("--builderOptimizationLevel" in ran) == (family != "8.5")
+    assert ("--int8" in ran) == (family != "11")
+    wrong = "10" if family != "10" else "8.5"
+    (tmp_path / "fixed.sh").write_text(trtexec_script(wrong, "int8", input_shape=SHAPE, batches=(1, 8, 32)))
+    refused = subprocess.run(["bash", str(tmp_path / "fixed.sh")], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "re-export with --trt-version auto" in refused.stderr
 
 
 def test_one_recipe_per_family_and_precision():
+    assert FAMILIES == ("8.5", "8.6", "10", "11")
     assert set(RECIPES) == {(family, precision) for family in FAMILIES for precision in PRECISIONS}
     for (family, precision), recipe in RECIPES.items():
         assert (recipe.family, recipe.precision) == (family, precision)
