@@ -65,6 +65,18 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _restore_lappdeploy_logger():
+    """The in-process CLI (`cli` fixture) installs a rich handler on the "lappdeploy" logger and stops
+    propagation; undo it after every test so later tests' caplog/capfd see what they expect."""
+    import logging
+
+    logger = logging.getLogger("lappdeploy")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.fixture(autouse=True)
 def _isolate_environment(monkeypatch, tmp_path):
     # Never let a developer's $LAPPDEPLOY_DATA or download cache change what a test sees.
     monkeypatch.delenv("LAPPDEPLOY_DATA", raising=False)
