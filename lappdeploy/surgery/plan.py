@@ -26,6 +26,7 @@ __all__ = [
     "ChannelPlan",
     "GroupPlan",
     "compose_plans",
+    "fill_plan",
     "plan_from_scores",
     "plan_id",
     "random_plan",
@@ -235,6 +236,27 @@ def round_plan(
         if gid in plan.groups:
             gp.threshold = plan.groups[gid].threshold
     out.info = dict(plan.info, round_to=k)
+    return out
+
+
+def fill_plan(plan: ChannelPlan, groups: ChannelGroups, k: int, *, scores: torch.Tensor, budget: float) -> ChannelPlan:
+    """Grow `plan` by whole units (multiples of `k`, whole blocks of grouped convs), the least-kept group
+    first, while its deploy MACs stay within `budget`: a rounded plan lands close under the budget instead
+    of up to one unit per group below it. Best-scored dropped channels come back first."""
+    mask = plan.keep_mask(groups)
+    counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
+    ranking = scores.detach().float() + mask.float() * (scores.detach().abs().max() + 1)
+    grown = True
+    while grown:
+        grown = False
+        for g in sorted(groups.prunable, key=lambda g: counts[g.id] / g.channels):
+            step = math.lcm(k, g.segments)
+            trial = {**counts, g.id: counts[g.id] + step}
+            if trial[g.id] <= g.channels and plan_cost(groups, plan_from_scores(groups, ranking, trial)).macs <= budget:
+                counts, grown = trial, True
+                break
+    out = plan_from_scores(groups, ranking, counts)
+    out.info = dict(plan.info)
     return out
 
 

@@ -24,6 +24,7 @@ from lappdeploy.surgery import (
     ChannelPlan,
     SurgeryError,
     channel_scores,
+    fill_plan,
     plan_cost,
     round_plan,
     uniform_plan,
@@ -42,7 +43,7 @@ def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float
     plan = uniform_plan(groups, config.target_macs, scores=scores)
     if config.round_to > 1:
         plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    return plan
+    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit)
 
 
 def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
