@@ -10,8 +10,9 @@
 ARG BASE=nvcr.io/nvidia/pytorch:25.10-py3
 
 FROM ${BASE} AS build
-# pip extras of lappdeploy: onnxruntime-gpu for the GPU image (never together with onnxruntime)
-ARG EXTRAS=onnx,ort-gpu,report
+# pip extras of lappdeploy: onnxruntime-gpu for the GPU image (never together with onnxruntime), ModelOpt
+# for the FP16 / INT8 graphs TensorRT builds from
+ARG EXTRAS=onnx,ort-gpu,modelopt,report
 # requirements installed before lappdeploy (e.g. a CPU torch wheel from /wheels); empty: keep the base's
 ARG PREINSTALL=""
 WORKDIR /src

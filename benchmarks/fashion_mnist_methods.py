@@ -14,7 +14,10 @@ data (laasp, pcp) use the held-out images; the test split gives only the reporte
 A run is NAME or NAME[option=value,...] (method options, e.g. lapp[bypass=rep]); `dense` trains
 unpruned. Runs whose report.json exists are reused and interrupted ones resumed, so the script can be
 stopped and started again. Prints a table of mean +- std over seeds and the per-seed paired difference
-against --reference, writes JSON, a Markdown table and accuracy_vs_macs.png.
+against --reference, writes JSON, a Markdown table and accuracy_vs_macs.png. --step-times also measures
+what a LAPP run costs against dense training: training steps of the dense model, the masked model of the
+pruning phase and the compact model after removal, interleaved step by step (medians), giving
+(P * t_masked + (E - P) * t_compact) / (E * t_dense); separate runs' wall times drift with the machine.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import time
 from pathlib import Path
+
+import torch
 
 from lappdeploy.config import TrainConfig, parse_int_list
 from lappdeploy.environment import write_benchmark
 from lappdeploy.io import atomic_write_text, read_json
-from lappdeploy.methods import METHODS, AttemptConfig, method_config
+from lappdeploy.methods import METHODS, AttemptConfig, LappConfig, method_config
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.train import run_training
 
@@ -201,6 +207,56 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def _step_seconds(model, optimizer, batch, before_step=None) -> float:
+    images, labels = batch
+    started = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+def measure_step_times(args, lapp_run: Path, steps: int = 30) -> dict:
+    """Median seconds per training step (batch --batch-size) of dense, masked (LAPP phase) and compact
+    models, measured interleaved on the same batch."""
+    from types import SimpleNamespace
+
+    from lappdeploy import load_model
+    from lappdeploy.methods.lapp import prepare_
+    from lappdeploy.models import create_model
+
+    torch.manual_seed(0)
+    shape = tuple(read_json(lapp_run / "report.json")["input_shape"])
+    batch = (torch.randn(args.batch_size, *shape), torch.randint(0, 10, (args.batch_size,)))
+    dense = create_model(args.model, num_classes=10, in_channels=shape[0])
+    masked = create_model(args.model, num_classes=10, in_channels=shape[0])
+    controller = prepare_(masked, batch[0][:2], LappConfig(target_macs=0.5))
+    compact = load_model(lapp_run / "model.pt").model
+    timings = {"dense": [], "masked": [], "compact": []}
+    loops = {}
+    for name, model in (("dense", dense), ("masked", masked), ("compact", compact)):
+        model.train().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loops[name] = SimpleNamespace(
+            module=model, optimizer=optimizer, steps_per_epoch=1000, state=SimpleNamespace(step=0)
+        )
+    controller.on_train_start(loops["masked"])
+    for i in range(steps + 3):  # the first 3 rounds warm up
+        for name, loop in loops.items():
+            hook = (lambda loop=loop: controller.after_backward(loop)) if name == "masked" else None
+            seconds = _step_seconds(loop.module, loop.optimizer, batch, hook)
+            if i >= 3:
+                timings[name].append(seconds)
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    estimate = (args.prune_epochs * medians["masked"] + (args.epochs - args.prune_epochs) * medians["compact"]) / (
+        args.epochs * medians["dense"]
+    )
+    return {"step_s": medians, "estimated_run_cost_vs_dense": estimate, "lapp_run": lapp_run.name}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="dense,lapp,uniform,global,laasp,pcp")
@@ -218,6 +274,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_methods")
+    parser.add_argument(
+        "--step-times", action="store_true", help="also time dense, masked (LAPP phase) and compact steps, interleaved"
+    )
     args = parser.parse_args()
     runs = parse_runs(args.runs)
     targets = [float(t) for t in args.targets.split(",")]
@@ -230,6 +289,11 @@ def main() -> None:
         for label, method, options in runs:
             for target in [None] if method == "dense" else targets:
                 rows.append(run_one(args, label, method, options, target, seed))
+    step_times = None
+    lapp_rows = [r for r in rows if r["label"] == "lapp" and r["target"] == 0.5]
+    if args.step_times and lapp_rows:
+        step_times = measure_step_times(args, args.out / "runs" / lapp_rows[0]["run"])
+        print(f"training steps, interleaved medians: {step_times}")
     summary = summarise(rows, args.reference)
     table = markdown(summary, args.reference)
     print("\n" + table)
@@ -242,6 +306,7 @@ def main() -> None:
         args.out / "fashion_mnist_methods.json",
         device=args.device if args.device != "auto" else "cpu",
         summary=summary,
+        step_times=step_times,
         settings={k: str(v) for k, v in vars(args).items()},
     )
 

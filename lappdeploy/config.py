@@ -538,16 +538,21 @@ SECTIONS = ("train", "method")  # the stages of a nested config file (config.yam
 
 
 def split_sections(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
-    """(train options, method section or None, legacy) of a config mapping: nested by stage, or the flat
-    layout of earlier versions, whose keys outside TrainConfig were the compress settings."""
-    if "train" in data and isinstance(data["train"], dict):
+    """(train options, method section or None, legacy) of a config mapping: nested by stage (any of the
+    keys `train:` / `method:` holding a mapping, or empty), or the flat layout of earlier versions, whose
+    keys outside TrainConfig were the compress settings. A file mixing the two layouts is refused."""
+    nested = [k for k in SECTIONS if k in data and (data[k] is None or isinstance(data[k], dict))]
+    if nested:
         unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown section {unknown[0]!r} in config; expected train: and method:")
-        method = data.get("method")
-        if method is not None and not isinstance(method, dict):
-            raise ConfigError("the method: section of a config must be a mapping with a name: key")
-        train = {str(k).replace("-", "_"): v for k, v in data["train"].items()}
+            raise ConfigError(
+                f"config mixes sections ({', '.join(nested)}:) with top-level option {unknown[0]!r}; put every "
+                "option under train: or method:"
+            )
+        train, method = data.get("train") or {}, data.get("method")
+        if not isinstance(train, dict) or (method is not None and not isinstance(method, dict)):
+            raise ConfigError("the train: and method: sections of a config must be mappings of option: value")
+        train = {str(k).replace("-", "_"): v for k, v in train.items()}
         method = {str(k).replace("-", "_"): v for k, v in method.items()} if method is not None else None
         return train, method, False
     names = set(field_names(TrainConfig))

@@ -13,6 +13,7 @@ __all__ = [
     "SurgeryError",
     "TensorRTUnavailableError",
     "UnknownNameError",
+    "first_line",
 ]
 
 
@@ -64,3 +65,10 @@ class TensorRTUnavailableError(LappDeployError):
     the target."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when empty), for one-line errors that
+    wrap a library's multi-line ones (ONNX Runtime, torch.onnx, ModelOpt)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -38,6 +38,13 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` (for entries registered for a while, e.g. by a test); returns the entry."""
+        self._load()
+        if name not in self._entries:
+            raise UnknownNameError(self.unknown_message(name))
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         self._load()
         try:

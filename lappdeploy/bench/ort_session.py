@@ -6,9 +6,11 @@ Shape->Gather->Concat on the CPU, and that option refuses any such session). Wha
 instead: a profiled run must show every Conv/Gemm/MatMul on a GPU provider, else BenchError.
 
 GPU timing follows the other GPU runtimes: inputs and outputs bound on the device (I/O binding), the
-CUDA provider running on our own non-default stream (`user_compute_stream`), latency from CUDA events
-recorded on that stream around each run, the host's view separately; TF32 per `--tf32`, cuDNN's
-exhaustive algorithm search as `cudnn.benchmark` does for torch.
+CUDA and TensorRT providers running on our own non-default stream (`user_compute_stream`), latency from
+CUDA events recorded on that stream around each run, the host's view separately; throughput runs enqueue
+without ONNX Runtime's per-run synchronisation; TF32 per `--tf32` (the TensorRT provider through
+NVIDIA_TF32_OVERRIDE, having no option of its own); cuDNN's exhaustive algorithm search as
+`cudnn.benchmark` does for torch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from lappdeploy.bench.cuda_timing import back_to_back, event_timed
-from lappdeploy.errors import BenchError
+from lappdeploy.errors import BenchError, first_line
 from lappdeploy.optional import require
 
 __all__ = ["GPU_PROVIDERS", "OrtSession", "check_gpu_placement", "check_ort_provider", "ort_provider_name"]
@@ -89,8 +91,17 @@ def _provider_options(provider: str, *, tf32: bool, stream: torch.cuda.Stream | 
     }
     entries: list[Any] = [("CUDAExecutionProvider", cuda)]
     if provider == "tensorrt":
-        entries.insert(0, ("TensorrtExecutionProvider", {"device_id": "0"}))
+        on_our_stream = {key: cuda[key] for key in ("device_id", "has_user_compute_stream", "user_compute_stream")}
+        entries.insert(0, ("TensorrtExecutionProvider", on_our_stream))
     return entries
+
+
+def _tensorrt_fp32_without_tf32(provider: str, tf32: bool) -> None:
+    """ONNX Runtime's TensorRT provider has no TF32 option, and TensorRT's builder allows TF32 by default;
+    NVIDIA_TF32_OVERRIDE=0 makes TensorRT (and cuBLAS / cuDNN) refuse it. Set before the session builds its
+    engines; in a bench process every model is timed with the same rule."""
+    if provider == "tensorrt" and not tf32:
+        os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
 
 
 class OrtSession:
@@ -103,6 +114,7 @@ class OrtSession:
         self.ort, self.gpu = ort, provider != "cpu"
         self.stream = torch.cuda.Stream() if self.gpu else None
         self.options = _provider_options(provider, tf32=tf32, stream=self.stream)
+        _tensorrt_fp32_without_tf32(provider, tf32)
         self.session = self._open(onnx_path, threads, profile=False)
         name = ort_provider_name(provider)
         active = self.session.get_providers()
@@ -133,7 +145,7 @@ class OrtSession:
         try:
             return self.ort.InferenceSession(os.fspath(onnx_path), options, providers=self.options)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise BenchError(f"ONNX Runtime cannot run {onnx_path} on {self.options}: {first}") from None
 
     def _check_placement(self, onnx_path, threads: int) -> dict[str, int]:
@@ -159,11 +171,11 @@ class OrtSession:
         else:
             self.feed = {self.input.name: x}
 
-    def _run(self) -> None:
+    def _run(self, options=None) -> None:
         if self.binding is not None:
-            self.session.run_with_iobinding(self.binding)
+            self.session.run_with_iobinding(self.binding, options)
         else:
-            self.session.run([self.output_name], self.feed)
+            self.session.run([self.output_name], self.feed, options)
 
     def infer(self) -> tuple[float, float]:
         if not self.gpu:
@@ -174,4 +186,10 @@ class OrtSession:
         return event_timed(self.stream, self._run)  # ORT's run waits for its kernels on self.stream
 
     def run_back_to_back(self, calls: int) -> float:
-        return back_to_back(self.stream, self._run, calls)
+        if not self.gpu:
+            return back_to_back(None, self._run, calls)
+        # ONNX Runtime waits for the GPU at the end of every run by default: for throughput with the pipeline
+        # full the runs only enqueue, and back_to_back synchronises the stream once at the end
+        options = self.ort.RunOptions()
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return back_to_back(self.stream, lambda: self._run(options), calls)

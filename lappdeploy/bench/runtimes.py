@@ -200,7 +200,8 @@ def _export_section(target: BenchTarget) -> dict:
     path = target.export_dir / EXPORT_FILE if target.export_dir else None
     if path is None or not path.is_file():
         return {}
-    return (read_json(path).get("tensorrt") or {}) | {"tf32": (read_json(path).get("config") or {}).get("tf32")}
+    export = read_json(path)
+    return (export.get("tensorrt") or {}) | {"tf32": (export.get("config") or {}).get("tf32")}
 
 
 def _read_trtexec(targets: list[BenchTarget], config: BenchConfig) -> list[RecordedTiming]:

@@ -12,6 +12,7 @@ measured on the target device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -69,34 +70,20 @@ class TorchSession:
         if self.gpu:
             torch.cuda.synchronize(self.device)
 
+    def _forward(self) -> None:
+        with torch.inference_mode(), torch.cuda.stream(self.stream) if self.gpu else contextlib.nullcontext():
+            self.model(self.x)
+
     def infer(self) -> tuple[float, float]:
-        with torch.inference_mode():
-            if not self.gpu:
-                start = time.perf_counter()
-                self.model(self.x)
-                ms = (time.perf_counter() - start) * 1e3
-                return ms, ms
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if not self.gpu:
             start = time.perf_counter()
-            with torch.cuda.stream(self.stream):
-                begin.record(self.stream)
-                self.model(self.x)
-                end.record(self.stream)
-            end.synchronize()
-            return begin.elapsed_time(end), (time.perf_counter() - start) * 1e3
+            self._forward()
+            ms = (time.perf_counter() - start) * 1e3
+            return ms, ms
+        return event_timed(self.stream, self._forward)
 
     def run_back_to_back(self, calls: int) -> float:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            if self.gpu:
-                with torch.cuda.stream(self.stream):
-                    for _ in range(calls):
-                        self.model(self.x)
-                self.stream.synchronize()
-            else:
-                for _ in range(calls):
-                    self.model(self.x)
-            return time.perf_counter() - start
+        return back_to_back(self.stream, self._forward, calls)
 
 
 class TensorRTSession:

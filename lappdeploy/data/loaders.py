@@ -36,7 +36,9 @@ def split_holdout(dataset: Dataset, count: int) -> tuple[Dataset, Dataset]:
     if count <= 0:
         return dataset, Subset(dataset, [])
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1)).tolist()
-    return Subset(dataset, sorted(order[count:])), Subset(dataset, sorted(order[:count]))
+    # the held-out part stays shuffled: its first N images (the decisions') must mix the classes even
+    # where the dataset is stored class by class (ImageFolder)
+    return Subset(dataset, sorted(order[count:])), Subset(dataset, order[:count])
 
 
 class HeldOut:

@@ -30,7 +30,7 @@ from torch import nn
 
 from lappdeploy.config import DEFAULT_OPSET, resolve_opset
 from lappdeploy.environment import package_version
-from lappdeploy.errors import ConfigError, ExportError
+from lappdeploy.errors import ConfigError, ExportError, first_line
 from lappdeploy.export.onnx_macs import count_onnx_macs
 from lappdeploy.io import give_default_permissions
 from lappdeploy.models import count_macs, unwrap
@@ -183,7 +183,7 @@ def check_onnx(path: str | os.PathLike[str]):
         onnx.checker.check_model(os.fspath(path), full_check=True)
         return onnx.load(os.fspath(path))
     except Exception as exc:  # ValidationError, DecodeError, InferenceError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"{path} is not a valid ONNX model: {first}") from None
 
 
@@ -322,7 +322,7 @@ def _export(deploy, example, tmp: Path, *, exporter: str, opset: int, dynamic_ba
         _run_exporter(deploy, example, tmp, exporter=first_try, opset=opset, dynamic_batch=dynamic_batch)
         return first_try, None, opset, time.perf_counter() - start
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         if not (exporter == "auto" or (fallback and exporter == "dynamo")):
             hint = {
                 "dynamo": "; retry with --exporter legacy (or --fallback)",
@@ -340,7 +340,7 @@ def _export(deploy, example, tmp: Path, *, exporter: str, opset: int, dynamic_ba
     try:
         _run_exporter(deploy, example, tmp, exporter=second, opset=opset, dynamic_batch=dynamic_batch)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(f"neither ONNX exporter can export this model: {reason}; {second}: {first}") from exc
     return second, reason, opset, time.perf_counter() - start
 

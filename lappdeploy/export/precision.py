@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lappdeploy.errors import ExportError
+from lappdeploy.errors import ExportError, first_line
 from lappdeploy.export.onnx_export import INPUT_NAME, ort_session, save_checked, sort_topologically_
 from lappdeploy.export.qdq import quiet_tool_output, to_int8_qdq_onnx
 from lappdeploy.export.trt_recipes import FP16_ONNX, QDQ_ONNX, TOLERANCE
@@ -39,7 +39,7 @@ def to_fp16_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
                 os.fspath(src), low_precision_type="fp16", keep_io_types=True, providers=["cpu"]
             )
     except Exception as exc:  # ModelOpt and ONNX Runtime raise their own types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(f"FP16 conversion failed: {type(exc).__name__}: {first}") from None
     sort_topologically_(converted.graph)
     return save_checked(converted, Path(dst))
@@ -48,11 +48,16 @@ def to_fp16_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
 def graph_parity(reference: str | os.PathLike[str], reduced: str | os.PathLike[str], precision: str, *, seed: int = 0):
     """The reduced graph against the fp32 one on ONNX Runtime (CPU): max error / max |logit| and top-1
     agreement on one random batch; raises ExportError above the precision's tolerance."""
-    session = ort_session(reference)
-    shape = [_PARITY_BATCH, *(int(d) for d in session.get_inputs()[0].shape[1:])]
-    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    expected = session.run(None, {INPUT_NAME: x})[0]
-    got = ort_session(reduced).run(None, {INPUT_NAME: x})[0]
+    try:
+        session = ort_session(reference)
+        shape = [_PARITY_BATCH, *(int(d) for d in session.get_inputs()[0].shape[1:])]
+        x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        expected = session.run(None, {INPUT_NAME: x})[0]
+        got = ort_session(reduced).run(None, {INPUT_NAME: x})[0]
+    except Exception as exc:  # ONNX Runtime raises its own types (Fail, InvalidGraph, ...)
+        raise ExportError(
+            f"ONNX Runtime cannot run the {precision} graph {Path(reduced).name}: {first_line(exc)}"
+        ) from None
     scale = float(np.abs(expected).max()) or 1.0
     parity: dict[str, Any] = {
         "batch": _PARITY_BATCH,

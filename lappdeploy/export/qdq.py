@@ -9,9 +9,9 @@
    of int32), no quantized outputs, layers TensorRT has no INT8 kernel for (odd small channel counts,
    GEMV) kept in fp32, the rest of the graph in fp32 (`high_precision_dtype="fp32"`).
 2. What ModelOpt leaves shared or open, fixed here: a Q/DQ pair feeding several consumers is split into
-   one pair per consumer (TensorRT wants dedicated pairs), and every residual Add input that is neither
-   dequantized nor the output of an INT8 Conv/Gemm (which TensorRT fuses the Add into) gets a pair, with
-   the scale the tensor already has elsewhere, else its max |value| on the calibration images.
+   one pair per consumer (TensorRT wants dedicated pairs), and every residual Add input but the one INT8
+   Conv/Gemm output TensorRT fuses the Add into (the larger kernel where both are) gets a pair, with the
+   scale the tensor already has elsewhere, else its max |value| on the calibration images.
 3. ModelOpt raises the opset to 19 (for fp16 scales, unused here); it is set back to the source graph's
    opset when no node's schema differs, so TensorRT 8.5 reads the same graph as 11.
 4. `qdq_violations` checks the result against these rules; the file is written only when none is found.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lappdeploy.errors import ExportError
+from lappdeploy.errors import ExportError, first_line
 from lappdeploy.export.onnx_export import save_checked, sort_topologically_
 from lappdeploy.optional import require
 
@@ -54,7 +54,7 @@ def quiet_tool_output() -> Iterator[None]:
 def _stacked(calibration: Iterable[np.ndarray]) -> np.ndarray:
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in (calibration or ())]
     if not batches:
-        raise ExportError("INT8 calibration needs at least one image (got none)")
+        raise ExportError("INT8 needs calibration images; give --calib-images N and a run with a dataset")
     return np.concatenate(batches)
 
 
@@ -108,11 +108,16 @@ def to_int8_qdq_onnx(
             with quiet_tool_output():
                 _modelopt_qdq(src, images, input_name, Path(scratch) / "qdq.onnx")
         except Exception as exc:  # ModelOpt and ONNX Runtime raise their own types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = first_line(exc)
             raise ExportError(f"INT8 Q/DQ quantization failed: {type(exc).__name__}: {first}") from None
         model = onnx.load(os.fspath(Path(scratch) / "qdq.onnx"))
     source_opset = _opset(onnx.load(os.fspath(src), load_external_data=False))
-    follow_tensorrt_rules_(model, lambda names: _ranges(model, names, images, input_name), opset=source_opset)
+    try:
+        follow_tensorrt_rules_(model, lambda names: _ranges(model, names, images, input_name), opset=source_opset)
+    except ExportError:
+        raise
+    except Exception as exc:  # ONNX Runtime running the calibration graph
+        raise ExportError(f"INT8 Q/DQ: measuring residual ranges failed: {first_line(exc)}") from None
     problems = qdq_violations(model)
     if problems:
         raise ExportError(f"the Q/DQ graph breaks TensorRT's rules: {'; '.join(problems[:3])}")
@@ -195,16 +200,24 @@ def _residual_adds(graph, producers) -> list:
     return [n for n in graph.node if n.op_type == "Add" and not constants & set(n.input)]
 
 
+def _kernel_area(node, inits) -> int:
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    return int(np.prod(weight.dims[2:])) if weight is not None and len(weight.dims) > 2 else 1
+
+
 def _unquantized_residual_inputs(graph) -> list[tuple[object, int]]:
-    """(Add, input index) of every residual Add input that is neither dequantized nor a quantized branch."""
+    """(Add, input index) of every residual Add input TensorRT would run in high precision: not dequantized,
+    and not the one INT8 Conv/Gemm output it fuses the Add into (one per Add: in a projection block both
+    inputs are conv outputs, and the shortcut, the smaller kernel, then needs its own Q/DQ pair)."""
     producers = _producers(graph)
+    inits = {i.name: i for i in graph.initializer}
     found = []
     for add in _residual_adds(graph, producers):
-        for i, name in enumerate(add.input):
-            source = producers.get(name)
-            if not (source is not None and source.op_type == "DequantizeLinear") and not _quantized_branch(
-                source, producers
-            ):
+        sources = [producers.get(name) for name in add.input]
+        fusable = [i for i, src in enumerate(sources) if _quantized_branch(src, producers)]
+        fused = max(fusable, key=lambda i: _kernel_area(sources[i], inits), default=None)
+        for i, src in enumerate(sources):
+            if i != fused and not (src is not None and src.op_type == "DequantizeLinear"):
                 found.append((add, i))
     return found
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lappdeploy.errors import ExportError
+from lappdeploy.errors import ExportError, first_line
 from lappdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
 from lappdeploy.export.precision import write_precision_onnx
 from lappdeploy.export.trt_recipes import (
@@ -159,7 +159,12 @@ def check_precision(trt, precision: str, *, capability: tuple[int, int] | None =
     if precision == "fp32":
         return family
     if not recipe.strongly_typed:
-        builder = builder or trt.Builder(trt.Logger(trt.Logger.WARNING))
+        try:
+            builder = builder or trt.Builder(trt.Logger(trt.Logger.WARNING))
+        except Exception as exc:  # TensorRT raises a RuntimeError/TypeError when it finds no usable GPU
+            raise ExportError(
+                f"TensorRT {trt.__version__} cannot create a builder here (no GPU?): {first_line(exc)}"
+            ) from None
         fast = builder.platform_has_fast_fp16 if precision == "fp16" else builder.platform_has_fast_int8
         if not fast:
             raise ExportError(
@@ -205,20 +210,13 @@ def _parse(trt, network, logger_obj, onnx_path: Path) -> None:
         raise ExportError(f"{onnx_path.name} must have one input named {INPUT_NAME!r}")
 
 
-def _calibration_batches(calibration: Iterable[np.ndarray] | None) -> list[np.ndarray]:
-    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in (calibration or ())]
-    if not batches:
-        raise ExportError("INT8 needs calibration images; give --calib-images N and a run with a dataset")
-    return batches
-
-
 def _builder_onnx(recipe: TrtRecipe, onnx_path: Path, out_dir: Path, calibration) -> tuple[Path, dict | None]:
     """The graph the builder parses: the fp32 ONNX, or its FP16 / Q/DQ copy written to `out_dir` (with
     what export.json records of it)."""
     if recipe.onnx_variant == FP32_ONNX:
         return onnx_path, None
-    batches = _calibration_batches(calibration) if recipe.needs_calibration else None
     source = out_dir / recipe.onnx_variant
+    batches = calibration if recipe.needs_calibration else None  # the quantizer checks there are images
     return source, write_precision_onnx(recipe.onnx_variant, onnx_path, source, batches)
 
 

@@ -87,8 +87,8 @@ def trtexec_args(
 _FAMILY_OF_VERSION = r"""
 # the TensorRT family of this trtexec, from the banner every trtexec prints ("[TensorRT v8502]" for
 # 8.5.2, "v100300" for 10.3.0, "v110100" for 11.1.0) or a "TensorRT version: 8.5.2" line
-TRT_VERSION=$("$TRTEXEC" --help 2>&1 | sed -n -e 's/.*TensorRT v\([0-9][0-9]*\).*/\1/p' \
-    -e 's/.*TensorRT version: *\([0-9.][0-9.]*\).*/\1/p' | head -n 1)
+TRT_VERSION=$( { "$TRTEXEC" --help 2>&1 || true; } | sed -n -e 's/.*TensorRT v\([0-9][0-9]*\).*/\1/p' \
+    -e 's/.*TensorRT version: *\([0-9.][0-9.]*\).*/\1/p' | sed -n 1p)
 case "$TRT_VERSION" in
     85[0-9][0-9] | 8.5*) FAMILY=8.5 ;;
     86[0-9][0-9] | 8.6*) FAMILY=8.6 ;;
@@ -166,6 +166,10 @@ def _header(family: str, precision: str, model: str, cuda_graph: bool) -> list[s
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'if [ ! -x "$TRTEXEC" ]; then',
+        '    echo "trtexec.sh: no trtexec at $TRTEXEC; install TensorRT, or TRTEXEC=/path/to/trtexec bash $0" >&2',
+        "    exit 2",
+        "fi",
         "# one timing cache per device model and TensorRT version",
         "DEVICE=$( (tr -d '\\0' 2>/dev/null < /proc/device-tree/model || "
         "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) "

@@ -3,13 +3,12 @@ budget tools in `lappdeploy.methods.common`."""
 
 import warnings
 
-from lappdeploy.methods.common import BUDGET_TOLERANCE, apply_plan_, minimum_plan, plan_within_budget
+from lappdeploy.methods.common import apply_plan_, minimum_plan, plan_within_budget
 from lappdeploy.methods.lapp.budget import cubic_budget
 from lappdeploy.methods.lapp.controller import LappController, prepare_
 from lappdeploy.methods.lapp.masks import ThresholdMask
 
 __all__ = [
-    "BUDGET_TOLERANCE",
     "LappController",
     "ThresholdMask",
     "apply_plan_",

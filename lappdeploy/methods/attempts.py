@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lappdeploy.errors import ConfigError
+from lappdeploy.errors import ConfigError, LappDeployError, SurgeryError
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.common import (
     GroupThresholds,
     PruningHookBase,
     apply_plan_,
+    held_out_tensors,
     log_to,
     recalibrate_bn_,
+    taylor_gradients_,
     training_batches,
 )
 from lappdeploy.surgery import (
@@ -46,7 +48,7 @@ from lappdeploy.surgery import (
     plan_from_scores,
 )
 
-__all__ = ["Attempts", "IterativePruning", "Outcome", "held_out_tensors"]
+__all__ = ["Attempts", "IterativePruning", "Outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,6 @@ _EVAL_BATCH = 256  # held-out images per forward pass of an attempt
 class Outcome:
     loss: float  # mean cross-entropy on the held-out images
     top1: float  # fraction of them classified correctly
-
-
-def held_out_tensors(loop, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device`."""
-    holdout = getattr(loop, "holdout", None)
-    if holdout is None or len(holdout) == 0:
-        raise ConfigError("this pruning method decides on held-out training images: run it with --holdout N")
-    return holdout.tensors(count, device)
 
 
 class Attempts:
@@ -116,17 +110,6 @@ class Attempts:
         return self.cache[key]
 
 
-def taylor_gradients_(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Fill the parameters' .grad with the held-out loss gradient (eval mode: no BN statistics change)."""
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    for start in range(0, len(images), _EVAL_BATCH):
-        logits = model(images[start : start + _EVAL_BATCH])
-        F.cross_entropy(logits, labels[start : start + _EVAL_BATCH], reduction="sum").div(len(images)).backward()
-    model.train(was_training)
-
-
 class IterativePruning(PruningHookBase):
     """The scaffolding of attempt-and-select methods; a subclass implements `select`.
 
@@ -149,6 +132,7 @@ class IterativePruning(PruningHookBase):
         self._images: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self.min_keep = dict(zip(*self._minimum_widths(groups), strict=True))
+        self.check_reachable(self.lowest_widths_are)
 
     def _minimum_widths(self, groups: ChannelGroups) -> tuple[list[str], list[int]]:
         widths = GroupThresholds(groups, min_channels=self.config.min_channels, round_to=self.config.round_to)
@@ -194,13 +178,18 @@ class IterativePruning(PruningHookBase):
 
     def _decide(self, loop) -> tuple[dict[str, list[int]], dict[str, Any]]:
         started = time.perf_counter()
-        decision = None
-        if getattr(getattr(loop, "dist", None), "is_main", True):
-            attempts = Attempts(loop.module, self.current, *self.held_out(loop))
-            decision = self.select(loop, attempts)
-            decision[1]["evaluations"] = attempts.evaluations
         dist = getattr(loop, "dist", None)
+        decision = None
+        if dist is None or dist.is_main:
+            try:
+                attempts = Attempts(loop.module, self.current, *self.held_out(loop))
+                decision = self.select(loop, attempts)
+                decision[1]["evaluations"] = attempts.evaluations
+            except LappDeployError as exc:  # the other ranks wait for this decision: tell them, then stop
+                decision = ("error", str(exc))
         decision = dist.broadcast_object(decision) if dist is not None else decision
+        if decision[0] == "error":
+            raise SurgeryError(decision[1])
         self.decision_s += time.perf_counter() - started
         self.evaluations += decision[1]["evaluations"]
         return decision
@@ -255,19 +244,45 @@ class IterativePruning(PruningHookBase):
         return float(plan_cost(self.groups, self.composed).macs)
 
     # ------------------------------------------------------------------ helpers for `select`
-    def removable(self, gid: str) -> int:
-        """Channels group `gid` can still lose, in multiples of its width unit (0 when at its floor)."""
-        g = self.current.prunable_group(gid)
-        unit = self.unit(gid)
-        return max(0, (g.channels - self.floor(gid)) // unit * unit)
-
     def unit(self, gid: str) -> int:
         """Width granularity: round_to, and whole positions of grouped convs."""
         return math.lcm(self.config.round_to, self.groups.prunable_group(gid).segments)
 
-    def floor(self, gid: str) -> int:
-        """The fewest channels the group may keep."""
-        return self.min_keep[gid]
+    def lowest_width(self, gid: str) -> int:
+        """The fewest channels the group may end with: its minimum width raised to a multiple of the unit
+        (or its whole dense width when that is smaller)."""
+        dense, unit = self.groups.prunable_group(gid).channels, self.unit(gid)
+        return min(dense, math.ceil(self.min_keep[gid] / unit) * unit)
+
+    def counts(self, gid: str) -> list[int]:
+        """The numbers of channels group `gid` can lose now, ascending: each leaves a multiple of the unit,
+        not below `lowest_width` (a dense width off the unit's grid steps down onto it first)."""
+        width, unit = self.current.prunable_group(gid).channels, self.unit(gid)
+        lowest = self.lowest_width(gid)
+        below = range((width - 1) // unit * unit, lowest - 1, -unit)  # grid widths under the current one
+        return [width - w for w in below if w >= lowest]
+
+    def first_count(self, counts: list[int], wanted: float) -> int:
+        """The smallest available count of at least `wanted` channels (the largest when none is)."""
+        return next((n for n in counts if n >= wanted), counts[-1])
+
+    def to_target(self, gid: str, counts: list[int]) -> int | None:
+        """The fewest of `counts` with which group `gid` alone brings the model within the budget, if any."""
+        return next((n for n in counts if self.macs_without({gid: n}) <= self.budget_limit()), None)
+
+    lowest_widths_are = "every group at its minimum width"  # what `lowest_width` means, for errors
+
+    def check_reachable(self, what: str) -> None:
+        """ConfigError before training when the lowest widths this method can reach miss the budget."""
+        plan = ChannelPlan(
+            {g.id: GroupPlan(g.channels, list(range(self.lowest_width(g.id)))) for g in self.groups.prunable}
+        )
+        cheapest = plan_cost(self.groups, plan).macs
+        if cheapest > self.budget_limit():
+            raise ConfigError(
+                f"--target-macs {self.config.target_macs} is unreachable: with {what} the model needs "
+                f"{cheapest / self.dense.macs:.3f} of its dense MACs"
+            )
 
     def macs_without(self, drops: dict[str, int]) -> float:
         """Deploy MACs per image of the current model with `drops[gid]` more channels removed per group."""
@@ -276,15 +291,6 @@ class IterativePruning(PruningHookBase):
             g = self.current.prunable_group(gid)
             mask[g.offset : g.offset + count] = 0  # the cost depends on how many, not on which
         return float(cost_model(self.current)(mask)[0])
-
-    def to_target(self, gid: str, upper: int) -> int:
-        """The fewest channels (a multiple of the unit, <= `upper`) group `gid` must lose for the model to
-        meet the budget, or `upper` when even that is not enough."""
-        unit, limit = self.unit(gid), self.budget_limit()
-        for count in range(unit, upper + 1, unit):
-            if self.macs_without({gid: count}) <= limit:
-                return count
-        return upper
 
     def kept_by(self, criterion: str, counts: dict[str, int], scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
         """Per group, the channels `criterion` keeps when `counts[gid]` are removed (indices of the model now)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lappdeploy.errors import ConfigError
@@ -28,6 +29,7 @@ from lappdeploy.surgery import (
     add_bypass_,
     analyze,
     channel_scores,
+    fill_plan,
     has_bypass,
     plan_cost,
     remove_channels_,
@@ -35,27 +37,31 @@ from lappdeploy.surgery import (
 )
 
 __all__ = [
-    "BUDGET_TOLERANCE",
+    "LANDING_WINDOW",
     "GroupThresholds",
     "PruneResult",
     "PruningHookBase",
     "apply_plan_",
+    "held_out_tensors",
     "log_to",
     "minimum_plan",
     "plan_within_budget",
     "prepare_groups_",
     "recalibrate_bn_",
     "smallest_offset",
+    "taylor_gradients_",
     "training_batches",
 ]
 
 log = logging.getLogger(__name__)
 
-BUDGET_TOLERANCE = (
-    0.005  # a plan may exceed the MACs target by this fraction (docs/lapp.md#freeze-budget-guarantee-and-removal)
-)
+# The MACs target is a ceiling: a final plan never exceeds it. A plan that lands more than this fraction
+# below it (the thresholds undershot, or rounding left room) is grown back toward it, one width unit at a
+# time, so that methods compared at one target spend the same MACs (docs/baselines.md#budget-rounding-and-errors).
+LANDING_WINDOW = 0.005
 _BISECTION_STEPS = 40  # halvings of the offset interval: resolves it to ~1e-12 of the score range
 _MEAN_FLOOR = 1e-12  # guards the normalisation of an all-zero group (dead BN gammas)
+_GRADIENT_BATCH = 256  # held-out images per forward/backward pass of a gradient criterion
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,8 @@ def plan_within_budget(
     round_to: int = 1,
 ) -> tuple[ChannelPlan, float]:
     """The plan of the hard masks `normalised > thresholds + offset`, rounded to multiples of `round_to`,
-    with the smallest common offset >= 0 whose deploy MACs are <= `budget_macs`; returns (plan, offset).
+    with the smallest common offset >= 0 whose deploy MACs are <= `budget_macs`, grown toward the budget
+    (`fill_plan`) when it lands more than LANDING_WINDOW under it; returns (plan, offset).
 
     Raising every threshold by one offset keeps the layer-adaptive allocation the thresholds learned
     while removing the channels that sit closest to their group's threshold first.
@@ -192,6 +199,11 @@ def plan_within_budget(
         )
     offset = smallest_offset(lambda o: fits(plan_at(o)), high)
     best = plan_at(offset)
+    if plan_cost(groups, best).macs < (1 - LANDING_WINDOW) * budget_macs:
+        lowest = dict(zip(mask.ids, mask.min_keep, strict=True))
+        best = fill_plan(
+            best, groups, round_to, scores=normalised, budget=budget_macs, window=LANDING_WINDOW, lowest=lowest
+        )
     for index, gid in enumerate(mask.ids):
         if gid in best.groups:
             best.groups[gid].threshold = float(thresholds[index]) + offset
@@ -252,6 +264,25 @@ def training_batches(loop, count: int):
     return iter(())
 
 
+def held_out_tensors(loop, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device`."""
+    holdout = getattr(loop, "holdout", None)
+    if holdout is None or len(holdout) == 0:
+        raise ConfigError("this pruning method decides on held-out training images: run it with --holdout N")
+    return holdout.tensors(count, device)
+
+
+def taylor_gradients_(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Fill the parameters' .grad with the held-out loss gradient (eval mode: no BN statistics change)."""
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for start in range(0, len(images), _GRADIENT_BATCH):
+        logits = model(images[start : start + _GRADIENT_BATCH])
+        F.cross_entropy(logits, labels[start : start + _GRADIENT_BATCH], reduction="sum").div(len(images)).backward()
+    model.train(was_training)
+
+
 def log_to(loop, record: dict) -> None:
     """Pass a record to the loop's `log` (our Trainer writes it to metrics.jsonl); loops without one skip it."""
     log_record = getattr(loop, "log", None)
@@ -270,7 +301,7 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
     dense = plan_cost(groups, ChannelPlan())
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
     floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
-    if floor.macs > config.target_macs * dense.macs * (1 + BUDGET_TOLERANCE):
+    if floor.macs > config.target_macs * dense.macs:
         raise ConfigError(
             f"--target-macs {config.target_macs} is unreachable: with every group at its minimum width "
             f"(--min-channels {config.min_channels}, --round-to {config.round_to}) the model still needs "
@@ -304,8 +335,8 @@ class PruningHookBase(Hook):
         return self.config.prune_epochs * loop.steps_per_epoch
 
     def budget_limit(self) -> float:
-        """The most deploy MACs per image a final plan may have."""
-        return self.target_macs * (1 + BUDGET_TOLERANCE)
+        """The most deploy MACs per image a final plan may have: the target itself."""
+        return self.target_macs
 
     def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True) -> None:
         """Remove `plan`'s channels from the training model, re-estimate its BatchNorm statistics

@@ -9,6 +9,7 @@ applies to the dense model, to the same model with bypass blocks, and round-trip
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -239,25 +240,107 @@ def round_plan(
     return out
 
 
-def fill_plan(plan: ChannelPlan, groups: ChannelGroups, k: int, *, scores: torch.Tensor, budget: float) -> ChannelPlan:
+def fill_plan(
+    plan: ChannelPlan,
+    groups: ChannelGroups,
+    k: int,
+    *,
+    scores: torch.Tensor,
+    budget: float,
+    window: float = 0.0,
+    lowest: dict[str, int] | None = None,
+) -> ChannelPlan:
     """Grow `plan` by whole units (multiples of `k`, whole blocks of grouped convs), the least-kept group
     first, while its deploy MACs stay within `budget`: a rounded plan lands close under the budget instead
-    of up to one unit per group below it. Best-scored dropped channels come back first."""
+    of up to one unit per group below it. Best-scored dropped channels come back first.
+
+    With `window` > 0, a plan still more than `window` x budget under it afterwards also trades units
+    between two groups (one unit more in one, one fewer in another, never below `lowest[gid]`, default one
+    unit) while that brings it closer under the budget: on small inputs a single unit can be several
+    percent of the MACs, more than the window."""
     mask = plan.keep_mask(groups)
-    counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
     ranking = scores.detach().float() + mask.float() * (scores.detach().abs().max() + 1)
-    grown = True
-    while grown:
-        grown = False
-        for g in sorted(groups.prunable, key=lambda g: counts[g.id] / g.channels):
-            step = math.lcm(k, g.segments)
-            trial = {**counts, g.id: counts[g.id] + step}
-            if trial[g.id] <= g.channels and plan_cost(groups, plan_from_scores(groups, ranking, trial)).macs <= budget:
-                counts, grown = trial, True
-                break
+    counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
+    landing = _Landing(groups, k, ranking, budget, lowest or {})
+    counts = landing.grow(counts)
+    if window > 0:
+        counts = landing.trade(counts, floor=(1 - window) * budget)
     out = plan_from_scores(groups, ranking, counts)
     out.info = dict(plan.info)
     return out
+
+
+class _Landing:
+    """Moves of whole width units that keep a plan's deploy MACs within a budget (see `fill_plan`)."""
+
+    def __init__(self, groups: ChannelGroups, k: int, ranking: torch.Tensor, budget: float, lowest: dict[str, int]):
+        self.groups, self.ranking, self.budget = groups, ranking, budget
+        self.unit = {g.id: math.lcm(k, g.segments) for g in groups.prunable}
+        self.width = {g.id: g.channels for g in groups.prunable}
+        self.lowest = {g.id: lowest.get(g.id, min(g.channels, self.unit[g.id])) for g in groups.prunable}
+
+    def macs(self, counts: dict[str, int]) -> int:
+        return plan_cost(self.groups, plan_from_scores(self.groups, self.ranking, counts)).macs
+
+    def grow(self, counts: dict[str, int]) -> dict[str, int]:
+        """One unit more for the least-kept group that still fits, until none fits."""
+        grown = True
+        while grown:
+            grown = False
+            for gid in sorted(counts, key=lambda gid: counts[gid] / self.width[gid]):
+                trial = {**counts, gid: counts[gid] + self.unit[gid]}
+                if trial[gid] <= self.width[gid] and self.macs(trial) <= self.budget:
+                    counts, grown = trial, True
+                    break
+        return counts
+
+    def trade(self, counts: dict[str, int], floor: float, max_moves: int = 16) -> dict[str, int]:
+        """Trades of up to three unit moves (one unit more or fewer per group) that raise the MACs but stay
+        within the budget, the largest rise first, until the MACs reach `floor` or no trade fits. No group
+        ends more than one unit away from its width in `counts`: the method's allocation stays its own."""
+        start = dict(counts)
+        for _ in range(max_moves):
+            now = self.macs(counts)
+            if now >= floor:
+                break
+            better = self._best_trade(counts, start, now)
+            if better is None:
+                break
+            counts = better
+        return counts
+
+    def _best_trade(
+        self, counts: dict[str, int], start: dict[str, int], now: int, exact_checks: int = 200
+    ) -> dict[str, int] | None:
+        moves = [
+            (gid, sign, delta) for sign in (+1, -1) for gid, delta in self._deltas(counts, start, now, sign).items()
+        ]
+        room = self.budget - now
+        trades = []
+        for size in (1, 2, 3):
+            for combo in itertools.combinations(moves, size):
+                # a trade's MACs change is nearly the sum of its moves' (adjacent layers interact a little)
+                estimate = sum(delta for _, _, delta in combo)
+                if 0 < estimate <= room + 0.01 * self.budget and len({gid for gid, _, _ in combo}) == size:
+                    trades.append((estimate, combo))
+        trades.sort(key=lambda trade: -trade[0])
+        for _, combo in trades[:exact_checks]:
+            trial = dict(counts)
+            for gid, sign, _ in combo:
+                trial[gid] += sign * self.unit[gid]
+            if now < self.macs(trial) <= self.budget:
+                return trial
+        return None
+
+    def _deltas(self, counts: dict[str, int], start: dict[str, int], now: int, sign: int) -> dict[str, int]:
+        """MACs change of one unit more (sign +1) or fewer (-1) per group that allows it: within its
+        lowest and dense widths, and within one unit of `start`."""
+        out = {}
+        for gid, count in counts.items():
+            moved = count + sign * self.unit[gid]
+            if self.lowest[gid] <= moved <= self.width[gid] and abs(moved - start[gid]) <= self.unit[gid]:
+                out[gid] = self.macs({**counts, gid: moved}) - now
+        return out
 
 
 def compose_plans(first: ChannelPlan, then: ChannelPlan) -> ChannelPlan:

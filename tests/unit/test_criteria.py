@@ -86,9 +86,9 @@ def test_plans_compose_to_dense_indices_and_replay_to_the_same_model():
         dense_kept = first.groups[gid].keep
         assert composed.groups[gid].keep == sorted(dense_kept[i] for i in gp.keep)
         assert composed.groups[gid].channels == groups.group(gid).channels
-    fresh, _, fresh_groups = _convnet()
+    fresh, _, fresh_groups = _convnet()  # the same weights again (same seed)
     remove_channels_(fresh, composed, x, groups=fresh_groups)
-    assert [p.shape for p in fresh.parameters()] == [p.shape for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters(), strict=True))
     with pytest.raises(SurgeryError, match="remain after the earlier plan"):
         compose_plans(first, ChannelPlan({"features.0": GroupPlan(8, [0])}))
 

@@ -227,10 +227,13 @@ def _tensorrt_rule_breaks(model) -> dict[str, list[str]]:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(users.get(node.output[0], [])) > 1:
             breaks["shared pair"].append(node.name)
         if node.op_type == "Add" and not set(node.input) & inits.keys():
-            for name in node.input:  # dequantized, or an INT8 Conv that TensorRT fuses the Add into
-                fused = kind.get(name) == "Conv" and kind.get(producer[name].input[0]) == "DequantizeLinear"
-                if kind.get(name) != "DequantizeLinear" and not fused:
-                    breaks["residual"].append(f"{node.name}:{name}")
+            # every input dequantized, but for at most one INT8 Conv output that TensorRT fuses the Add into
+            fusable = [
+                n for n in node.input if kind.get(n) == "Conv" and kind.get(producer[n].input[0]) == "DequantizeLinear"
+            ]
+            open_inputs = [n for n in node.input if kind.get(n) != "DequantizeLinear"]
+            if len(open_inputs) > 1 or (open_inputs and open_inputs[0] not in fusable):
+                breaks["residual"].append(f"{node.name}:{','.join(open_inputs)}")
         if node.op_type == "Conv" and kind.get(node.input[1]) == "DequantizeLinear":
             dq = producer[node.input[1]]
             q = dq if dq.input[0] in inits else producer[dq.input[0]]  # int8 initializer, or fp32 + Q

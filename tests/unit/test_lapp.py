@@ -15,7 +15,7 @@ from torch import nn
 from lappdeploy.config import TrainConfig
 from lappdeploy.errors import ConfigError, UnknownNameError
 from lappdeploy.methods import METHODS, LappConfig, method_config
-from lappdeploy.methods.common import plan_within_budget
+from lappdeploy.methods.common import LANDING_WINDOW, plan_within_budget
 from lappdeploy.methods.lapp import ThresholdMask, cubic_budget, prepare_
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import (
@@ -25,10 +25,12 @@ from lappdeploy.surgery import (
     add_bypass_,
     analyze,
     channel_scores,
+    fill_plan,
     fold_bn_,
     fold_bypass_,
     has_bypass,
     plan_cost,
+    uniform_plan,
 )
 from lappdeploy.testing import randomize_norms_
 from lappdeploy.train import Trainer
@@ -208,7 +210,7 @@ def test_freeze_meets_the_budget_and_removes_the_masked_channels(lapp_run):
     controller = lapp_run.controller
     plan = controller.plan
     assert plan is not None and not plan.is_empty
-    assert plan.info["macs"] <= 0.5 * 1.005 * controller.dense.macs
+    assert plan.info["macs"] <= 0.5 * controller.dense.macs
     freeze = [r for r in lapp_run.records if r["type"] == "lapp_freeze"]
     assert len(freeze) == 1 and freeze[0]["step"] == 22, "the widths are fixed for the last 10% of the phase"
     assert controller._masker is None, "the mask hooks are gone after removal"
@@ -268,7 +270,7 @@ def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
     normalised = mask.normalise(channel_scores(groups, "bn"))
     thresholds = torch.rand(len(mask.ids), generator=torch.Generator().manual_seed(round_to)) * 0.5
     dense = plan_cost(groups, ChannelPlan()).macs
-    limit = target * dense * 1.005
+    limit = target * dense  # the target is a ceiling
     from lappdeploy.methods.common import minimum_plan
 
     floor = plan_cost(groups, minimum_plan(groups, mask, channel_scores(groups, "bn"))).macs
@@ -277,8 +279,12 @@ def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
             plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
         return
     plan, offset = plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
-    assert plan_cost(groups, plan).macs <= limit
+    macs = plan_cost(groups, plan).macs
+    assert macs <= limit
     assert offset >= 0
+    if macs < (1 - LANDING_WINDOW) * limit:  # under the window only when no width unit fits any more
+        grown = fill_plan(plan, groups, round_to, scores=normalised, budget=limit)
+        assert plan_cost(groups, grown).macs == macs, f"{macs / dense:.4f} of dense could have grown"
     for g in groups.prunable:
         kept = len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels
         assert kept % round_to == 0 or kept == g.channels
@@ -359,7 +365,7 @@ def test_baselines_prune_once_at_the_end_of_the_phase_within_budget(method):
     records = Records()
     trainer = _train(model, hook, records=records)
     assert hook.plan is not None and hook.plan.info["method"] == method
-    assert hook.plan.info["macs"] <= 0.5 * 1.005 * hook.dense.macs
+    assert hook.plan.info["macs"] <= 0.5 * hook.dense.macs
     assert [r["step"] for r in records.records] == [24]
     assert count_macs(trainer.module, (3, SIZE, SIZE)).macs < count_macs(_model(), (3, SIZE, SIZE)).macs
     for gp in hook.plan.groups.values():
@@ -386,12 +392,32 @@ def test_global_ranking_differs_from_uniform():
     l2, group_l2 = channel_scores(groups, "l2").detach(), channel_scores(groups, "group_l2")
     uniform, glob = uniform_budget_plan(groups, config, limit, l2), global_plan(groups, config, limit, group_l2)
     ratio = lambda plan, g: len(plan.groups[g].keep) / plan.groups[g].channels if g in plan.groups else 1.0  # noqa: E731
-    uniform_ratios = {ratio(uniform, g.id) for g in groups.prunable}
-    assert max(uniform_ratios) - min(uniform_ratios) < 0.3
+    # uniform: the same fraction everywhere, up to the units that landing it on the budget moves (here 1)
+    same_fraction = uniform_plan(groups, 0.5, scores=l2)
+    for g in groups.prunable:
+        assert abs(ratio(uniform, g.id) - ratio(same_fraction, g.id)) * g.channels <= 2, g.id
     # torch-pruning's global ranking (mean-normalised per group) removes the dead half first
     assert ratio(glob, "layer1.0.conv1") <= 0.5 < ratio(glob, "layer1.1.conv1")
     assert set(glob.groups["layer1.0.conv1"].keep).isdisjoint(weak.tolist())
     assert plan_cost(groups, glob).macs <= limit
+
+
+@pytest.mark.parametrize("target", [0.5, 0.4, 0.3])
+def test_baselines_land_within_half_a_percent_under_the_target_on_resnet20(target):
+    """Compared methods spend the same MACs: each one-shot plan lands in [0.995, 1] x target, widths
+    rounded to 8 (ResNet-20 at 28x28, as in the Fashion-MNIST benchmark). Not at 0.2: there the window
+    (0.1% of the dense MACs) is finer than the ~0.18% steps that moves of 8 channels can make."""
+    from lappdeploy.methods.baselines.oneshot import global_plan, uniform_budget_plan
+
+    torch.manual_seed(0)
+    groups = analyze(create_model("resnet20", num_classes=10, in_channels=1).eval(), torch.randn(1, 1, 28, 28))
+    dense = plan_cost(groups, ChannelPlan()).macs
+    config = LappConfig(target_macs=target, round_to=8)
+    l2, group_l2 = channel_scores(groups, "l2").detach(), channel_scores(groups, "group_l2").detach()
+    limit = target * dense
+    for plan in (uniform_budget_plan(groups, config, limit, l2), global_plan(groups, config, limit, group_l2)):
+        ratio = plan_cost(groups, plan).macs / dense
+        assert (1 - LANDING_WINDOW) * target <= ratio <= target, ratio
 
 
 def test_config_validation():

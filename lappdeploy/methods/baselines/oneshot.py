@@ -14,10 +14,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lappdeploy.methods.attempts import held_out_tensors, taylor_gradients_
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
-from lappdeploy.methods.common import GroupThresholds, PruningHookBase, log_to, plan_within_budget, prepare_groups_
+from lappdeploy.methods.common import (
+    LANDING_WINDOW,
+    GroupThresholds,
+    PruningHookBase,
+    held_out_tensors,
+    log_to,
+    plan_within_budget,
+    prepare_groups_,
+    taylor_gradients_,
+)
 from lappdeploy.surgery import (
     CRITERIA,
     ChannelGroups,
@@ -43,7 +51,9 @@ def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float
     plan = uniform_plan(groups, config.target_macs, scores=scores)
     if config.round_to > 1:
         plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit)
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    lowest = dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
+    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
 
 
 def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
@@ -81,8 +91,17 @@ class OneShotPruning(PruningHookBase):
         scores = channel_scores(self.groups, self.config.criterion).detach().float().cpu()
         return scores
 
+    def _decide(self, loop) -> ChannelPlan:
+        """The plan, computed on rank 0 and broadcast under DDP: scores from gradients (taylor) can differ
+        between ranks, and every rank must remove the same channels."""
+        dist = getattr(loop, "dist", None)
+        plan = None
+        if dist is None or dist.is_main:
+            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop)).to_dict()
+        return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)
+
     def _prune(self, loop) -> None:
-        plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop))
+        plan = self._decide(loop)
         cost = plan_cost(self.groups, plan)
         if cost.macs > self.budget_limit():
             raise SurgeryError(
@@ -90,7 +109,9 @@ class OneShotPruning(PruningHookBase):
                 f"above the target {self.config.target_macs}; lower --round-to or raise --target-macs"
             )
         self.apply_(loop, plan)
-        log_to(loop, {"type": "prune", "step": loop.state.step, "macs": cost.macs / self.dense.macs})
+        step = loop.state.step  # the record's epoch lets a resume drop it with the epochs it belongs to
+        epoch = round(step / loop.steps_per_epoch, 4)
+        log_to(loop, {"type": "prune", "step": step, "epoch": epoch, "macs": cost.macs / self.dense.macs})
 
     def report_extra(self) -> dict:
         return {"criterion": self.config.criterion}

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lappdeploy.errors import ConfigError, SurgeryError
+from lappdeploy.errors import SurgeryError
 from lappdeploy.methods.attempts import Attempts, IterativePruning
 from lappdeploy.methods.common import prepare_groups_
 from lappdeploy.methods.laasp import LaaspConfig
-from lappdeploy.surgery import CRITERIA, ChannelGroups, ChannelPlan, GroupPlan, plan_cost
+from lappdeploy.surgery import CRITERIA
 
 __all__ = ["LaaspPruning", "prepare_laasp_"]
 
@@ -20,44 +20,33 @@ __all__ = ["LaaspPruning", "prepare_laasp_"]
 class LaaspPruning(IterativePruning):
     method = "laasp"
 
-    def __init__(self, model: nn.Module, groups: ChannelGroups, config: LaaspConfig) -> None:
-        super().__init__(model, groups, config)
-        self._check_reachable_under_caps()
+    @property
+    def lowest_widths_are(self) -> str:
+        return f"every group at its --cap {self.config.cap} (raise --cap)"
 
-    def cap_floor(self, gid: str) -> int:
-        """The fewest channels `--cap` lets group `gid` keep (its dense width times 1 - cap, in units)."""
+    def lowest_width(self, gid: str) -> int:
+        """`--cap` keeps at least 1 - cap of a group's dense channels (on the unit's grid)."""
         dense, unit = self.groups.prunable_group(gid).channels, self.unit(gid)
-        return max(self.floor(gid), min(dense, math.ceil((1 - self.config.cap) * dense / unit) * unit))
+        capped = min(dense, math.ceil((1 - self.config.cap) * dense / unit) * unit)
+        return max(super().lowest_width(gid), capped)
 
-    def _check_reachable_under_caps(self) -> None:
-        floors = {g.id: self.cap_floor(g.id) for g in self.groups.prunable}
-        plan = ChannelPlan(
-            {gid: GroupPlan(self.groups.prunable_group(gid).channels, list(range(n))) for gid, n in floors.items()}
-        )
-        cheapest = plan_cost(self.groups, plan).macs
-        if cheapest > self.budget_limit():
-            raise ConfigError(
-                f"--target-macs {self.config.target_macs} is unreachable under --cap {self.config.cap}: with every "
-                f"group at its cap the model needs {cheapest / self.dense.macs:.3f} of its dense MACs; raise --cap"
-            )
-
-    def step_size(self, gid: str, upper: int, current_macs: float) -> int:
-        """Channels of `gid` whose removal cuts ~step_macs of the dense MACs (a multiple of the unit, at
-        most `upper`), fewer when fewer reach the budget."""
-        unit = self.unit(gid)
+    def step_size(self, gid: str, counts: list[int], current_macs: float) -> int:
+        """The channels of `gid` whose removal cuts ~step_macs of the dense MACs (an available count),
+        fewer when fewer bring the model within the budget."""
         per_channel = max(current_macs - self.macs_without({gid: 1}), 1e-9)  # MACs per image per channel
-        wanted = max(1, round(self.config.step_macs * self.dense.macs / per_channel))
-        return min(math.ceil(wanted / unit) * unit, upper, self.to_target(gid, upper))
+        count = self.first_count(counts, self.config.step_macs * self.dense.macs / per_channel)
+        reaching = self.to_target(gid, counts)
+        return min(count, reaching) if reaching is not None else count
 
     def select(self, loop, attempts: Attempts) -> tuple[dict[str, list[int]], dict[str, Any]]:
         scores = self.prepare_scores(loop, self.config.criteria)
         current = self.macs_without({})
         best = None
         for g in self.current.prunable:
-            upper = min(self.removable(g.id), max(0, g.channels - self.cap_floor(g.id)))
-            if upper <= 0:
+            counts = self.counts(g.id)
+            if not counts:
                 continue
-            count = self.step_size(g.id, upper, current)
+            count = self.step_size(g.id, counts, current)
             for criterion in self.config.criteria:
                 keep = self.kept_by(criterion, {g.id: count}, scores)[g.id]
                 outcome = attempts.keep({g.id: keep})

@@ -125,7 +125,7 @@ class LappController(PruningHookBase):
         if self._masker is None:
             return
         if self._snapped_mask is not None:  # the widths are fixed: no thresholds, no scores
-            self._masker.set(self._snapped_mask.to(next(module.parameters()).device))
+            self._masker.set(self._snapped_mask)
             return
         if module.training and torch.is_grad_enabled():
             scores = self.normalised_scores()
@@ -248,7 +248,7 @@ class LappController(PruningHookBase):
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the MACs budget", offset)
         self.threshold_offset, self.snapped = offset, plan
-        self._snapped_mask = plan.keep_mask(self.groups).float()
+        self._snapped_mask = plan.keep_mask(self.groups).float().to(self.thresholds.device)
         self.thresholds.grad = None
         macs = plan_cost(self.groups, plan).macs / self.dense.macs
         record = {
@@ -313,5 +313,5 @@ class LappController(PruningHookBase):
         self.threshold_offset = float(state.get("threshold_offset", 0.0))
         if state.get("snapped") is not None:
             self.snapped = ChannelPlan.from_dict(state["snapped"])
-            self._snapped_mask = self.snapped.keep_mask(self.groups).float()
+            self._snapped_mask = self.snapped.keep_mask(self.groups).float().to(self.thresholds.device)
         super().load_state_dict(state, loop)

@@ -19,31 +19,27 @@ __all__ = ["PcpPruning", "prepare_pcp_"]
 class PcpPruning(IterativePruning):
     method = "pcp"
 
-    def attempt_size(self, gid: str, upper: int) -> int:
-        """attempt_fraction of the group's current channels, in units, at least one unit, at most `upper`."""
-        unit = self.unit(gid)
-        wanted = round(self.config.attempt_fraction * self.current.prunable_group(gid).channels / unit) * unit
-        return min(max(unit, wanted), upper)
-
     def _attempt_every_group(self, attempts: Attempts, scores: dict) -> list[tuple]:
-        """(drop per MAC, loss rise per MAC, group, channels removed) of one attempt per group, best first."""
+        """(drop per MAC, loss rise per MAC, group, channels removed, available counts) of one attempt per
+        group, best first; an attempt removes the available count nearest above attempt_fraction."""
         base, current = attempts.baseline(), self.macs_without({})
         rows = []
         for g in self.current.prunable:
-            upper = self.removable(g.id)
-            if upper <= 0:
+            counts = self.counts(g.id)
+            if not counts:
                 continue
-            count = self.attempt_size(g.id, upper)
+            count = self.first_count(counts, self.config.attempt_fraction * g.channels)
             outcome = attempts.keep(self.kept_by(self.config.criterion, {g.id: count}, scores))
             saved = max(current - self.macs_without({g.id: count}), 1e-9)  # MACs per image
-            rows.append(((base.top1 - outcome.top1) / saved, (outcome.loss - base.loss) / saved, g.id, count))
-        return sorted(rows)
+            drop, rise = (base.top1 - outcome.top1) / saved, (outcome.loss - base.loss) / saved
+            rows.append((drop, rise, g.id, count, counts))
+        return sorted(rows, key=lambda row: row[:3])
 
     def _counts(self, rows: list[tuple]) -> dict[str, int]:
         """Channels to remove from the best `groups_per_step` groups; when they would cut past the budget,
         the last step instead lands as close below it as any one group can take it."""
         counts: dict[str, int] = {}
-        for _, _, gid, count in rows[: self.config.groups_per_step]:
+        for _, _, gid, count, _ in rows[: self.config.groups_per_step]:
             if self.macs_without({**counts, gid: count}) <= self.budget_limit():
                 return self._closest_landing(counts, rows)
             counts[gid] = count
@@ -53,18 +49,17 @@ class PcpPruning(IterativePruning):
         """`counts` plus the fewest channels of the one attempted group that brings the model within the
         budget with the least overshoot (ties: the better ranked group)."""
         best = None
-        for rank, (_, _, gid, count) in enumerate(rows):
+        for rank, (_, _, gid, _, available) in enumerate(rows):
             if gid in counts:
                 continue
-            unit = self.unit(gid)
-            for n in range(unit, count + 1, unit):
+            for n in available:
                 macs = self.macs_without({**counts, gid: n})
                 if macs <= self.budget_limit():
                     if best is None or (macs, -rank) > best[0]:
                         best = ((macs, -rank), gid, n)
                     break
-        if best is None:  # no single group reaches it: take the full attempts of the best groups
-            return {**counts, **{gid: count for _, _, gid, count in rows[: self.config.groups_per_step]}}
+        if best is None:  # no single group reaches it: take the attempts of the best groups
+            return {**counts, **{row[2]: row[3] for row in rows[: self.config.groups_per_step]}}
         return {**counts, best[1]: best[2]}
 
     def select(self, loop, attempts: Attempts) -> tuple[dict[str, list[int]], dict[str, Any]]:
@@ -75,7 +70,7 @@ class PcpPruning(IterativePruning):
         counts = self._counts(rows)
         for gid in counts:
             self.used[gid] = self.used.get(gid, 0) + 1
-        drops = {gid: round(drop, 8) for drop, _, gid, _ in rows}
+        drops = {row[2]: round(row[0], 8) for row in rows}
         record = {"groups": counts, "attempts": len(rows), "drop_per_mac": {g: drops[g] for g in counts}}
         return self.kept_by(self.config.criterion, counts, scores), {**record, "top1_before": attempts.baseline().top1}
 
