@@ -6,8 +6,7 @@ or matplotlib. The public names below resolve lazily on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lappdeploy.optional import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -43,13 +42,7 @@ _LAZY_EXPORTS = {
 __all__ = ["__version__", *_LAZY_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'lappdeploy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # cache: later look-ups skip __getattr__
-    return value
+__getattr__ = lazy_exports(globals(), __name__, _LAZY_EXPORTS)
 
 
 def __dir__() -> list[str]:

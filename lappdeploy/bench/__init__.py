@@ -7,8 +7,7 @@ Names resolve lazily (PEP 562), so `lappdeploy.bench.jetson` imports without tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lappdeploy.optional import lazy_exports
 
 _LAZY_EXPORTS = {
     "BENCH_FILE": "lappdeploy.bench.records",
@@ -27,13 +26,7 @@ _LAZY_EXPORTS = {
 __all__ = sorted(_LAZY_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'lappdeploy.bench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), __name__, _LAZY_EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -13,7 +13,6 @@ registered with `register_method(name, ConfigClass, handler="module:function", s
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import Any
 
@@ -35,6 +34,7 @@ from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
 from lappdeploy.methods.laasp import LaaspConfig
 from lappdeploy.methods.lapp import LappConfig
 from lappdeploy.methods.pcp import PcpConfig
+from lappdeploy.optional import lazy_exports
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -76,9 +76,4 @@ def CompressConfig(**options: Any) -> PruneConfig:
     return method_config(options)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'lappdeploy.methods' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), __name__, _LAZY)

@@ -2,13 +2,20 @@
 directory, and (lappdeploy.testing.fake_tensorrt, imported explicitly) a FAKE of the TensorRT API."""
 
 from lappdeploy.models.tiny import TinyConvNet, TinyResNet, tiny_convnet, tiny_resnet
-from lappdeploy.testing.fake_data import write_cifar, write_fashion_mnist, write_idx, write_imagefolder
+from lappdeploy.testing.fake_data import (
+    quadrant_batches,
+    write_cifar,
+    write_fashion_mnist,
+    write_idx,
+    write_imagefolder,
+)
 from lappdeploy.testing.reference import randomize_norms_, torch_pruning_macs
 from lappdeploy.testing.tiny_run import write_tiny_run
 
 __all__ = [
     "TinyConvNet",
     "TinyResNet",
+    "quadrant_batches",
     "randomize_norms_",
     "tiny_convnet",
     "tiny_resnet",

@@ -1,14 +1,16 @@
-"""Small generated files in the real on-disk formats, to test the dataset readers without downloads."""
+"""Small generated data for tests: files in the real on-disk formats (the dataset readers without
+downloads) and in-memory batches of a learnable task (training and pruning without a dataset)."""
 
 from __future__ import annotations
 
 import gzip
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["write_cifar", "write_fashion_mnist", "write_idx", "write_imagefolder"]
+__all__ = ["quadrant_batches", "write_cifar", "write_fashion_mnist", "write_idx", "write_imagefolder"]
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
@@ -81,3 +83,21 @@ def write_imagefolder(
                 pixels = rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8)  # non-square on purpose
                 Image.fromarray(pixels).save(directory / f"{i}.png")
     return root
+
+
+def quadrant_batches(n: int, size: int = 16, batch: int = 16, seed: int = 0) -> list[tuple[Any, Any]]:
+    """`n` batches of a learnable 4-class task for tests: 3-channel `size` px images of noise whose
+    label is the quadrant holding a bright square; deterministic in `seed`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    half = size // 2
+    out = []
+    for _ in range(n):
+        images = torch.randn(batch, 3, size, size, generator=generator) * 0.3
+        labels = torch.randint(0, 4, (batch,), generator=generator)
+        for i, label in enumerate(labels.tolist()):
+            row, col = divmod(label, 2)
+            images[i, :, row * half : (row + 1) * half, col * half : (col + 1) * half] += 1.0
+        out.append((images, labels))
+    return out

@@ -32,24 +32,14 @@ from lappdeploy.surgery import (
     plan_cost,
     uniform_plan,
 )
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import quadrant_batches, randomize_norms_
 from lappdeploy.train import Trainer
 
 SIZE = 16  # px
 
 
 def _batches(n: int = 12, batch: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A learnable 4-class task: the label is the quadrant holding the brightest blob."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        x = torch.randn(batch, 3, SIZE, SIZE, generator=g) * 0.3
-        y = torch.randint(0, 4, (batch,), generator=g)
-        for i, label in enumerate(y.tolist()):
-            r, c = divmod(label, 2)
-            x[i, :, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] += 1.0
-        out.append((x, y))
-    return out
+    return quadrant_batches(n, SIZE, batch, seed)
 
 
 def _example() -> torch.Tensor:

@@ -20,23 +20,8 @@ from lappdeploy.methods.common import recalibrate_bn_
 from lappdeploy.methods.lapp import ThresholdMask, prepare_
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, plan_cost, uniform_plan
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import quadrant_batches, randomize_norms_
 from lappdeploy.train import Trainer
-
-
-def _quadrant_batches(n: int, size: int, batch: int = 16, seed: int = 0):
-    """A learnable 4-class task: the label is the quadrant holding the brightest blob."""
-    g = torch.Generator().manual_seed(seed)
-    half = size // 2
-    out = []
-    for _ in range(n):
-        x = torch.randn(batch, 3, size, size, generator=g) * 0.3
-        y = torch.randint(0, 4, (batch,), generator=g)
-        for i, label in enumerate(y.tolist()):
-            r, c = divmod(label, 2)
-            x[i, :, r * half : (r + 1) * half, c * half : (c + 1) * half] += 1.0
-        out.append((x, y))
-    return out
 
 
 class Records(Hook):
@@ -59,7 +44,7 @@ def resnet20_phase():
     """resnet20 (16/32/64 channels) on 8 px inputs, a 40-step pruning phase to half its MACs, --project."""
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=4)
-    batches = _quadrant_batches(40, 8)
+    batches = quadrant_batches(40, 8)
     config = LappConfig(
         target_macs=0.5, prune_epochs=1, round_to=1, log_every=1, score="l2", threshold_lr=0.02, project=True
     )
@@ -85,7 +70,7 @@ def test_the_learned_allocation_departs_from_a_uniform_plan_at_equal_macs():
     with torch.no_grad():
         block.conv2.weight.zero_()
     block.conv2.weight.requires_grad_(False)
-    batches = _quadrant_batches(48, 16)
+    batches = quadrant_batches(48, 16)
     dense = copy.deepcopy(model)
     config = LappConfig(target_macs=0.5, prune_epochs=2, round_to=1, score="l2", threshold_lr=0.05)
     controller = prepare_(model, batches[0][0][:2], config)
@@ -104,7 +89,7 @@ def test_the_learned_allocation_departs_from_a_uniform_plan_at_equal_macs():
 def test_the_macs_penalty_never_changes_a_weight_gradient():
     torch.manual_seed(0)
     model = randomize_norms_(create_model("tiny_resnet", num_classes=4))
-    x, y = _quadrant_batches(1, 16)[0]
+    x, y = quadrant_batches(1, 16)[0]
     controller = prepare_(model, x[:2], LappConfig(target_macs=0.4, penalty=100.0, round_to=1, score="bn"))
     loop = types.SimpleNamespace(module=model, optimizer=None, steps_per_epoch=10, state=types.SimpleNamespace(step=3))
     controller.on_train_start(loop)
@@ -123,7 +108,7 @@ def test_a_masked_channel_can_come_back_before_the_freeze():
     MACs at it lowers the threshold that masked the channel."""
     torch.manual_seed(0)
     model = randomize_norms_(create_model("tiny_convnet", num_classes=4))
-    x = _quadrant_batches(1, 16)[0][0]
+    x = quadrant_batches(1, 16)[0][0]
     controller = prepare_(model, x[:2], LappConfig(target_macs=0.5, round_to=1, score="bn", project=True))
     g = controller.groups.group("features.0")
     loop = types.SimpleNamespace(module=model, optimizer=None, steps_per_epoch=10, state=types.SimpleNamespace(step=0))
@@ -156,7 +141,7 @@ def test_a_group_at_its_minimum_width_stops_pushing_its_threshold():
 def test_removal_after_the_snap_changes_nothing_the_model_computes():
     torch.manual_seed(0)
     model = randomize_norms_(create_model("tiny_resnet", num_classes=4))
-    x = _quadrant_batches(1, 16)[0][0]
+    x = quadrant_batches(1, 16)[0][0]
     config = LappConfig(target_macs=0.5, round_to=4, score="bn", recalibrate_bn=0)
     controller = prepare_(model, x[:2], config)
     with torch.no_grad():
@@ -179,7 +164,7 @@ def test_removal_after_the_snap_changes_nothing_the_model_computes():
 def test_batchnorm_statistics_are_reestimated_as_the_average_over_batches():
     torch.manual_seed(0)
     model = create_model("tiny_convnet", num_classes=4)
-    batches = [x for x, _ in _quadrant_batches(3, 16)]
+    batches = [x for x, _ in quadrant_batches(3, 16)]
     stale = copy.deepcopy(model.features[1].running_mean)
     assert recalibrate_bn_(model, iter(batches)) == 3
     conv = model.features[0]

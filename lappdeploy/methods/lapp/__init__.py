@@ -6,13 +6,12 @@ This module holds the method's config and registration and imports no torch; the
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 from lappdeploy.config import check_choices, option
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.base import PruneConfig, register_method
+from lappdeploy.optional import lazy_exports
 
 __all__ = ["LappConfig", "LappController", "ThresholdMask", "cubic_budget", "prepare_"]
 
@@ -67,9 +66,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'lappdeploy.methods.lapp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), __name__, _LAZY)
