@@ -86,10 +86,9 @@ class TrainingProgress(Hook):
 
 def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
-    parts = [
-        f"epoch {m['epoch']:>{width}}/{epochs}",
-        f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%",
-    ]
+    parts = [f"epoch {m['epoch']:>{width}}/{epochs}"]
+    if "train_loss" in m:  # absent from the evaluation of a run with 0 epochs
+        parts.append(f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%")
     if "holdout_top1" in m:
         parts.append(f"held-out top1 {100 * m['holdout_top1']:5.2f}%")
     if "val_top1" in m:
