@@ -264,12 +264,15 @@ def training_batches(loop, count: int):
     return iter(())
 
 
-def held_out_tensors(loop, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device`."""
+def held_out_tensors(
+    loop, count: int, device: torch.device, *, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device` (with `seed`: a
+    seeded random sample of `count` of them)."""
     holdout = getattr(loop, "holdout", None)
     if holdout is None or len(holdout) == 0:
         raise ConfigError("this pruning method decides on held-out training images: run it with --holdout N")
-    return holdout.tensors(count, device)
+    return holdout.tensors(count, device, seed=seed)
 
 
 def taylor_gradients_(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
