@@ -70,6 +70,9 @@ class TrainingProgress(Hook):
 
     def on_log(self, trainer, record: dict[str, Any]) -> None:
         """Pruning-phase records: show the MACs the masks give now against the budget."""
+        if self._run_task is None:  # a method pruning in its on_train_start, which runs before this hook's
+            self.console.print(f"pruned to {record['macs']:.3f} of dense MACs" if "macs" in record else record)
+            return
         if record.get("type") == "lapp":
             self.progress.update(
                 self._run_task, info=f"MACs {record['macs']:.3f} of dense, budget {record['budget']:.3f}"
