@@ -31,7 +31,7 @@ from lappdeploy.surgery import (
     uniform_plan,
 )
 
-__all__ = ["OneShotPruning", "Planner", "uniform_budget_plan"]
+__all__ = ["OneShotPruning", "Planner", "land_plan", "lowest_widths", "uniform_budget_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,24 @@ Planner = Callable[[ChannelGroups, PruneConfig, float, torch.Tensor], ChannelPla
 _TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
 
 
-def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
-    plan = uniform_plan(groups, config.target_macs, scores=scores)
+def lowest_widths(groups: ChannelGroups, config: PruneConfig) -> dict[str, int]:
+    """The fewest channels each prunable group may keep (--min-channels, --round-to, grouped-conv blocks)."""
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    return dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
+
+
+def land_plan(
+    plan: ChannelPlan, groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor
+) -> ChannelPlan:
+    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs)."""
     if config.round_to > 1:
         plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
-    lowest = dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
+    lowest = lowest_widths(groups, config)
     return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
+
+
+def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
+    return land_plan(uniform_plan(groups, config.target_macs, scores=scores), groups, config, limit, scores)
 
 
 class OneShotPruning(PruningHookBase):
