@@ -47,12 +47,18 @@ def lowest_widths(groups: ChannelGroups, config: PruneConfig) -> dict[str, int]:
 
 
 def land_plan(
-    plan: ChannelPlan, groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor
+    plan: ChannelPlan,
+    groups: ChannelGroups,
+    config: PruneConfig,
+    limit: float,
+    scores: torch.Tensor,
+    lowest: dict[str, int] | None = None,
 ) -> ChannelPlan:
-    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs)."""
+    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs);
+    the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
     if config.round_to > 1:
         plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    lowest = lowest_widths(groups, config)
+    lowest = lowest if lowest is not None else lowest_widths(groups, config)
     return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
 
 

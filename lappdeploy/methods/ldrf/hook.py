@@ -48,14 +48,16 @@ def capacity_plan(
     def fits(widths: dict[str, int]) -> bool:
         return plan_cost(groups, plan_from_scores(groups, scores, widths)).macs <= limit
 
-    if fits(counts(0.0, 1.0)):
-        chosen = counts(1.0 - smallest_offset(lambda cut: fits(counts(1.0 - cut, 1.0)), 1.0), 1.0)
-    elif fits(counts(0.0, 0.0)):
+    share = 1.0
+    if not fits(counts(0.0, 1.0)):
+        if not fits(counts(0.0, 0.0)):
+            raise SurgeryError("ldrf: even the lowest widths exceed the MACs target; raise --target-macs")
         log.warning("ldrf: the MACs target is below the groups' valid capacities; every capacity is scaled down")
-        chosen = counts(0.0, 1.0 - smallest_offset(lambda cut: fits(counts(0.0, 1.0 - cut)), 1.0))
-    else:
-        raise SurgeryError("ldrf: even the lowest widths exceed the MACs target; raise --target-macs")
-    return land_plan(plan_from_scores(groups, scores, chosen), groups, config, limit, scores)
+        share = 1.0 - smallest_offset(lambda cut: fits(counts(0.0, 1.0 - cut)), 1.0)
+    chosen = counts(1.0 - smallest_offset(lambda cut: fits(counts(1.0 - cut, share)), 1.0), share)
+    # landing the rounded plan never trades a group below its (scaled) capacity
+    plan = plan_from_scores(groups, scores, chosen)
+    return land_plan(plan, groups, config, limit, scores, lowest=counts(0.0, share))
 
 
 class LdrfPruning(OneShotPruning):

@@ -87,7 +87,7 @@ def _least_squares_layer(consumer, index, original, student, weight, offset_in) 
     """ls: the outputs of `original` (rows kept) from k x k patches; the prior is the pruned layer's weight."""
     bias = original.bias.detach().double()[consumer.out_keep] if original.bias is not None else None
     target = Target(consumer.name, index, original, True, weight.flatten(1).T, bias)
-    prior = student.weight.detach().double().flatten(1).T  # (unknowns, outputs)
+    prior = student.weight.detach().double().flatten(1).T.clone()  # (unknowns, outputs); not a view of the weight
     if offset_in:
         own = student.bias.detach().double() if student.bias is not None else prior.new_zeros(prior.shape[1])
         prior = torch.cat([prior, own[None]])
