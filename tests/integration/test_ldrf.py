@@ -6,21 +6,16 @@ portable checkpoint rebuilt in a new process with ordinary layers, reconstructio
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import types
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from lappdeploy.config import TrainConfig
-from lappdeploy.data import HeldOut
 from lappdeploy.io import read_json
 from lappdeploy.methods import LdrfConfig, PcpConfig, UniformConfig, spec_for
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, remove_channels_
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import bare_loop, drive_to_target, logits_in_fresh_process, randomize_norms_
 
 SIZE = 16  # px
 TRAIN = {
@@ -116,33 +111,8 @@ def test_a_reconstructed_model_is_rebuilt_in_a_new_process_from_ordinary_layers(
     ordinary = {type(m) for m in create_model("tiny_resnet").modules()}
     assert {type(m) for m in model.modules()} <= ordinary, "no new module types"
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    torch.save(x, tmp_path / "x.pt")
-    code = (
-        "import sys, torch; from lappdeploy import load_model;"
-        "m = load_model(sys.argv[1]).model; x = torch.load(sys.argv[2]);"
-        "torch.save(m(x).detach(), sys.argv[3])"
-    )
-    model_path, x_path, y_path = str(root / "ldrf" / "model.pt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")
-    subprocess.run([sys.executable, "-c", code, model_path, x_path, y_path], check=True, timeout=120)
     with torch.no_grad():
-        assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-6)
-
-
-def _loop(model, images):
-    holdout = HeldOut(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)), lambda x, _generator: x)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    return types.SimpleNamespace(
-        module=model, optimizer=optimizer, steps_per_epoch=10, state=types.SimpleNamespace(step=0), holdout=holdout
-    )
-
-
-def _drive(hook, loop, max_steps=200):
-    """The hook's calls of a training loop with no training between them."""
-    hook.on_train_start(loop)
-    while not hook.frozen and loop.state.step < max_steps:
-        loop.state.step += 1
-        hook.on_step_end(loop, torch.tensor(0.0))
-    assert hook.frozen, "the method did not reach its target"
+        assert torch.allclose(logits_in_fresh_process(root / "ldrf" / "model.pt", x, tmp_path), model(x), atol=1e-6)
 
 
 def test_an_iterative_method_reconstructs_after_every_removal_step_and_resumes_the_record():
@@ -156,13 +126,13 @@ def test_an_iterative_method_reconstructs_after_every_removal_step_and_resumes_t
         reconstruct="ls", calib_images=32, recalibrate_bn=0,
     )  # fmt: skip
     hook = spec_for(config).prepare(model(), images[:2], config)
-    _drive(hook, _loop(hook.model, images))
+    drive_to_target(hook, bare_loop(hook.model, images))
     extra = hook.result().extra
     assert len(hook.steps) >= 2 and extra["reconstruct"] == "ls"
     steps = {layer["step"] for layer in extra["reconstructed"] + extra["reconstruct_skipped"]}
     assert steps == set(range(len(hook.steps))), "one reconstruction per removal step"
     again = spec_for(config).prepare(model(), images[:2], config)
-    again.load_state_dict(hook.state_dict(), _loop(again.model, images))
+    again.load_state_dict(hook.state_dict(), bare_loop(again.model, images))
     assert again.result().extra == extra
 
 
