@@ -360,6 +360,7 @@ class PruningHookBase(Hook):
         self.plan: ChannelPlan | None = None  # set when the channels are removed
         self.deploy: DeployCost | None = None
         self.reconstruction = ReconstructionLog(config.reconstruct)  # the refits after each removal
+        self._calibration: torch.Tensor | None = None  # the held-out images they are computed on, loaded once
 
     @property
     def frozen(self) -> bool:
@@ -417,10 +418,13 @@ class PruningHookBase(Hook):
         outcome = None
         if not shared or dist.is_main:
             try:
-                device = next(loop.module.parameters()).device
-                images, _ = held_out_tensors(loop, self.config.calib_images, device, seed=self.config.calib_seed)
+                if self._calibration is None:
+                    device = next(loop.module.parameters()).device
+                    self._calibration = held_out_tensors(
+                        loop, self.config.calib_images, device, seed=self.config.calib_seed
+                    )[0]
                 settings = ReconstructionSettings.from_config(self.config)
-                record = reconstruct_(teacher, loop.module, groups, plan, images, settings)
+                record = reconstruct_(teacher, loop.module, groups, plan, self._calibration, settings)
                 outcome = (record, _module_tensors(loop.module, record.modules) if shared else None)
             except LappDeployError as exc:
                 if not shared:
