@@ -11,9 +11,10 @@ depend on the seed or the reconstruction, so ls and ldrf refit the very channels
 
 Calibration reads the dense run's held-out images (its --holdout split of its --train-subset, which every cell
 keeps); the test split gives only the reported top-1. A dense run trained without a hold-out gets one of
---calib-images images here, images it was trained on (a warning says so). VGG-16-BN at 32 px has convs on 2x2
-maps (4 positions per image): `ls` refits of their 512 x 3 x 3 unknowns need --calib-images 1152 or more (the
-run stops with that number otherwise), so compare it with --calib-images 1200 and a hold-out at least as large.
+--calib-images images here, images it was trained on (a warning says so). On 28 px Fashion-MNIST, VGG-16-BN's
+classifier reads 512 pooled features (one sample per image) and its fourth block 512 channels x 3 x 3 taps on
+3x3 maps (9 positions per image): `ls` needs at least 512 calibration images there (a run stops with the number
+it needs otherwise); more images and a larger hold-out give better determined refits.
 
     python benchmarks/ldrf_reconstruction.py --init-from runs/r20-dense-s0,runs/r20-dense-s1
     python benchmarks/ldrf_reconstruction.py --train vgg16_bn_cifar --targets 0.5 --seeds 0,1,2

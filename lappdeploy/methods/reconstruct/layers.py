@@ -136,28 +136,62 @@ def valid_capacity(groups: ChannelGroups, energy: float) -> dict[str, int]:
     return capacity
 
 
-def _unknowns(module: nn.Module, mode: str) -> tuple[int, str]:
-    """Unknowns per fitted output of `module` under `mode`, and what they are, for messages."""
+def _reachable_taps(conv: nn.Conv2d, size: tuple[int, ...]) -> int:
+    """Kernel taps of `conv` that read a real input pixel (not zero padding) at some output position, on an
+    input of spatial `size`: the only taps a fit can determine (a 3x3 conv on a 1x1 map has one)."""
+    taps = 1
+    for k, s, d, p, n in zip(conv.kernel_size, conv.stride, conv.dilation, conv.padding, size, strict=True):
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        taps *= sum(any(0 <= o * s - p + i * d < n for o in range(out)) for i in range(k))
+    return taps
+
+
+@torch.no_grad()
+def _input_sizes(groups: ChannelGroups, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Spatial size of each named layer's input, from one forward pass of the example inputs."""
+    sizes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def record(_module: nn.Module, args: tuple) -> None:  # returns None: the input passes unchanged
+            sizes.setdefault(name, tuple(args[0].shape[2:]))
+
+        return record
+
+    hooks = [groups.layers[name].module.register_forward_pre_hook(recorder(name)) for name in names]
+    was_training = groups.model.training
+    try:
+        groups.model.eval()(groups.example_inputs)
+    finally:
+        groups.model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def _unknowns(module: nn.Module, mode: str, size: tuple[int, ...]) -> tuple[int, str]:
+    """Unknowns per fitted output of `module` under `mode` (its input channels, x the kernel taps that see the
+    input for `ls`), and what they are, for messages."""
     if isinstance(module, nn.Linear):
         return module.in_features, f"{module.in_features} input features"
-    area = math.prod(module.kernel_size) if mode == "ls" else 1
-    kernel = f" x {'x'.join(map(str, module.kernel_size))}" if mode == "ls" else ""
-    return module.in_channels * area, f"{module.in_channels} input channels{kernel}"
+    taps = _reachable_taps(module, size) if mode == "ls" else 1
+    what = f" x {taps} kernel taps that see the input" if mode == "ls" else ""
+    return module.in_channels * taps, f"{module.in_channels} input channels{what}"
 
 
 def check_calibration(groups: ChannelGroups, settings: ReconstructionSettings, images: int) -> None:
     """ConfigError when some layer that a plan could ask to refit would get fewer calibration samples
     (`images` x positions it offers, at most --calib-positions) than unknowns: an under-determined system.
     Counted at the dense widths, the most a plan can leave."""
-    for names in group_readers(groups).values():
-        if len(names) != 1 or unsupported(groups.layers[names[0]].module) is not None:
-            continue
-        module = groups.layers[names[0]].module
-        unknowns, what = _unknowns(module, settings.mode)
-        per_image = min(settings.positions, max(1, groups.positions.get(names[0], 1)))
+    names = [
+        n[0] for n in group_readers(groups).values() if len(n) == 1 and unsupported(groups.layers[n[0]].module) is None
+    ]
+    sizes = _input_sizes(groups, names)
+    for name in [n for n in names if n in sizes]:  # a layer the forward pass never reaches is never refitted
+        unknowns, what = _unknowns(groups.layers[name].module, settings.mode, sizes.get(name, ()))
+        per_image = min(settings.positions, max(1, groups.positions.get(name, 1)))
         if images * per_image < unknowns:
             raise ConfigError(
-                f"--calib-images {images} x {per_image} positions per image give layer {names[0]} "
+                f"--calib-images {images} x {per_image} positions per image give layer {name} "
                 f"{images * per_image} samples, fewer than its {unknowns} unknowns per output ({what}): the "
                 f"least-squares system would be under-determined; use --calib-images {math.ceil(unknowns / per_image)} "
                 "or more"
