@@ -117,7 +117,7 @@ class TrainConfig:
     synthetic_classes: int = option(10, "Synthetic dataset: number of classes.")
     synthetic_samples: int = option(2048, "Synthetic dataset: training images (validation gets a quarter).")
     # optimisation
-    epochs: int = option(2, "Training epochs.")
+    epochs: int = option(2, "Training epochs (0 with --init-from: no training, the given model is evaluated).")
     batch_size: int = option(128, "Images per step per process (the global batch is this x processes).")
     lr: float = option(0.1, "Peak learning rate of SGD.")
     momentum: float = option(0.9, "SGD momentum.")
@@ -146,7 +146,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        at_least(self, "epochs", 1)
+        self._check_epochs()
         at_least(self, "batch_size", 1)
         at_least(self, "synthetic_classes", 1)
         at_least(self, "synthetic_samples", 1)
@@ -164,7 +164,7 @@ class TrainConfig:
         in_range(self, "lr_gamma", 0.0, 1.0, lo_open=True)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0 (got {self.weight_decay})")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
             raise ConfigError(f"warmup_epochs must be in [0, epochs={self.epochs}) (got {self.warmup_epochs})")
         object.__setattr__(self, "synthetic_shape", parse_shape(self.synthetic_shape))
         milestones = tuple(self.lr_milestones)
@@ -178,6 +178,14 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0; pass --no-nesterov or set --momentum")
+
+    def _check_epochs(self) -> None:
+        """At least one epoch; 0 only for a given model (--init-from), which is then evaluated (and pruned,
+        by methods that prune before the first step) without training."""
+        fewest = 0 if self.init_from is not None else 1
+        if self.epochs < fewest:
+            hint = "; --epochs 0 (no training: evaluate, or prune, a given model) needs --init-from" if fewest else ""
+            raise ConfigError(f"epochs must be >= {fewest} (got {self.epochs}){hint if self.epochs == 0 else ''}")
 
     # YAML round trip
     def to_dict(self) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def compress_command(ctx: click.Context, out: str | None, force: bool, resume: b
           --prune-epochs 3 --out runs/r20-lapp
       lappdeploy compress --config configs/demo.yaml --out runs/demo
       lappdeploy compress --method uniform --target-macs 0.5 --out runs/r20-uniform   # baseline
+      lappdeploy compress --method ldrf --init-from runs/r20-dense --epochs 0 --out runs/r20-ldrf  # post-training
       lappdeploy compress --out runs/r20-lapp --resume
     """
     from lappdeploy.methods.compress import run_compress

@@ -64,18 +64,20 @@ def list_command(what: str, family: str | None) -> None:
 
 
 def _methods_table(table) -> None:
-    """Each method, what it does, and its own options with their defaults (the common ones once)."""
+    """Each method, what it does, and its own options with their defaults (the common ones once, and again
+    where a method has its own default for one)."""
     from rich.markup import escape
 
-    def options(config, skip=()) -> str:
+    def options(config, common=None) -> str:
         values = config_to_dict(config())
-        return ", ".join(f"--{k.replace('_', '-')} {escape(str(v))}" for k, v in values.items() if k not in skip)
+        shown = {k: v for k, v in values.items() if common is None or k not in common or common[k] != v}
+        return ", ".join(f"--{k.replace('_', '-')} {escape(str(v))}" for k, v in shown.items())
 
     for column in ("method", "description", "options (defaults)"):
         table.add_column(column)
-    common = set(config_to_dict(PruneConfig()))
+    common = config_to_dict(PruneConfig())
     for name in METHODS.names():
         spec = METHODS.get(name)
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
-        table.add_row(label, spec.summary, options(spec.config, skip=common) or "-")
+        table.add_row(label, spec.summary, options(spec.config, common) or "-")
     table.add_row("every method", "", options(PruneConfig))

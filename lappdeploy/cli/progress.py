@@ -70,6 +70,9 @@ class TrainingProgress(Hook):
 
     def on_log(self, trainer, record: dict[str, Any]) -> None:
         """Pruning-phase records: show the MACs the masks give now against the budget."""
+        if self._run_task is None:  # a method pruning in its on_train_start, which runs before this hook's
+            self.console.print(f"pruned to {record['macs']:.3f} of dense MACs" if "macs" in record else record)
+            return
         if record.get("type") == "lapp":
             self.progress.update(
                 self._run_task, info=f"MACs {record['macs']:.3f} of dense, budget {record['budget']:.3f}"
@@ -86,10 +89,9 @@ class TrainingProgress(Hook):
 
 def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
-    parts = [
-        f"epoch {m['epoch']:>{width}}/{epochs}",
-        f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%",
-    ]
+    parts = [f"epoch {m['epoch']:>{width}}/{epochs}"]
+    if "train_loss" in m:  # absent from the evaluation of a run with 0 epochs
+        parts.append(f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%")
     if "holdout_top1" in m:
         parts.append(f"held-out top1 {100 * m['holdout_top1']:5.2f}%")
     if "val_top1" in m:

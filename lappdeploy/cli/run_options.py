@@ -35,11 +35,11 @@ METHOD_OPTIONS = _method_specific_options()
 
 
 def method_from_options(ctx: click.Context, fields: dict[str, Any]) -> PruneConfig:
-    """The typed config of --method from the common pruning options and the method options the user
-    gave; an option of another method is an error naming both."""
-    given = {name: fields[name] for name in given_options(ctx, METHOD_OPTIONS)}
-    common = {name: fields[name] for name in field_names(PruneConfig)}
-    return method_config({"name": fields["method"], **common, **given})
+    """The typed config of --method from the pruning options the user gave (common and the method's own;
+    the rest take the method config's defaults, which may differ from PruneConfig's, e.g. ldrf's
+    --prune-epochs 0); an option of another method is an error naming both."""
+    given = {name: fields[name] for name in given_options(ctx, [*field_names(PruneConfig), *METHOD_OPTIONS])}
+    return method_config({"name": fields["method"], **given})
 
 
 def _flag(name: str) -> str:

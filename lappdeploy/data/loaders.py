@@ -52,10 +52,16 @@ class HeldOut:
         return len(self.dataset)
 
     def tensors(
-        self, count: int, device: torch.device | str, batch_size: int = 256
+        self, count: int, device: torch.device | str, batch_size: int = 256, *, seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` images and their labels; with `seed`, `count` images drawn at random (without
+        replacement, reproducibly) from all of them instead."""
         count = min(count, len(self.dataset))
-        loader = DataLoader(Subset(self.dataset, range(count)), batch_size=batch_size, shuffle=False)
+        if seed is None:
+            indices = list(range(count))
+        else:
+            indices = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+        loader = DataLoader(Subset(self.dataset, indices), batch_size=batch_size, shuffle=False)
         images, labels = [], []
         for batch, targets in loader:
             images.append(self.transform(batch.to(device), None))

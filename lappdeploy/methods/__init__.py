@@ -5,8 +5,8 @@ applied mid-training; everything downstream (surgery, export, bench) is shared.
     hook = spec_for(config).prepare(model, example_inputs, config)
     Trainer(model, ..., hooks=[hook]).fit(); result = hook.result()
 
-Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md), `laasp` (docs/laasp.md) and
-`pcp` (docs/pcp.md). A new method is one package
+Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md), `laasp` (docs/laasp.md),
+`pcp` (docs/pcp.md) and `ldrf` (docs/ldrf.md). A new method is one package
 registered with `register_method(name, ConfigClass, handler="module:function", summary=...)` (README,
 "Adding a pruning method"). Importing this package does not import torch.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lappdeploy.methods import baselines, laasp, lapp, pcp
+from lappdeploy.methods import baselines, laasp, lapp, ldrf, pcp
 from lappdeploy.methods.base import (
     DEFAULT_METHOD,
     METHODS,
@@ -33,6 +33,7 @@ from lappdeploy.methods.base import (
 from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
 from lappdeploy.methods.laasp import LaaspConfig
 from lappdeploy.methods.lapp import LappConfig
+from lappdeploy.methods.ldrf import LdrfConfig
 from lappdeploy.methods.pcp import PcpConfig
 from lappdeploy.optional import lazy_exports
 
@@ -44,6 +45,7 @@ __all__ = [
     "GlobalConfig",
     "LaaspConfig",
     "LappConfig",
+    "LdrfConfig",
     "MethodSpec",
     "PcpConfig",
     "PruneConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "baselines",
     "laasp",
     "lapp",
+    "ldrf",
     "method_config",
     "method_section",
     "option_owners",

@@ -202,7 +202,8 @@ class IterativePruning(PruningHookBase):
         step_plan = ChannelPlan(
             groups={gid: GroupPlan(self.current.prunable_group(gid).channels, sorted(k)) for gid, k in keep.items()}
         )
-        self._apply_step(loop, step_plan)
+        with self.reconstructing(loop, self.current, step_plan):  # `current`: the numbering of `step_plan`
+            self._apply_step(loop, step_plan)
         if self.config.recalibrate_bn:
             recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
         after = plan_cost(self.groups, self.composed).macs
@@ -321,6 +322,7 @@ class IterativePruning(PruningHookBase):
             "evaluations": self.evaluations,
             "used": dict(self.used),
             "done": self.frozen,
+            "reconstruction": self.reconstruction.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], loop) -> None:
@@ -330,6 +332,7 @@ class IterativePruning(PruningHookBase):
         self.next_step, self.decision_s = state["next_step"], state["decision_s"]
         self.evaluations, self.used = state["evaluations"], dict(state["used"])
         self.window_s = state["window_s"]
+        self.reconstruction.load_state_dict(state.get("reconstruction", []))
         if state["done"]:
             self._finish()
         elif self.steps:  # resumed inside the pruning window: its clock runs on

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "RECONSTRUCT_MODES",
     "AttemptConfig",
     "MethodSpec",
     "PruneConfig",
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 DEFAULT_METHOD = "lapp"
+# What to refit after channels are removed (docs/ldrf.md#reconstruction): nothing, least squares of each
+# affected layer's output (ls), or of its SVD embedding (ldrf)
+RECONSTRUCT_MODES = ("none", "ls", "ldrf")
 C = TypeVar("C", bound="PruneConfig")
 
 
@@ -64,7 +68,7 @@ class PruneConfig:
     prune_epochs: int = option(
         1,
         "Length of the pruning phase in epochs (for one-shot and iterative methods: the dense epochs before "
-        "pruning starts; 0 with --init-from prunes the trained model at once).",
+        "pruning starts; 0 with --init-from prunes the trained model at once; default 0 for ldrf).",
     )
     round_to: int = option(8, "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables.")
     min_channels: int = option(1, "Fewest channels a group keeps (at least --round-to when rounding).")
@@ -80,6 +84,27 @@ class PruneConfig:
     recalibrate_bn: int = option(
         20, "After channels are removed, re-estimate BatchNorm statistics on N training batches (0: do not)."
     )
+    reconstruct: str = option(
+        "none",
+        "After channels are removed, refit the layers that read them on held-out images: ls (least squares of "
+        "each layer's output) or ldrf (of its SVD embedding); docs/ldrf.md#reconstruction (default ldrf for ldrf).",
+        choices=RECONSTRUCT_MODES,
+    )
+    calib_images: int = option(
+        512, "--reconstruct: held-out images the refits are computed on (at most --holdout; never the test split)."
+    )
+    calib_positions: int = option(10, "--reconstruct: spatial positions sampled per calibration image and layer.")
+    calib_seed: int = option(
+        0, "--reconstruct: seed of the calibration sample (which held-out images, which positions)."
+    )
+    reconstruct_ridge: float = option(
+        1e-4, "--reconstruct: ridge of each least-squares fit, relative to the mean diagonal of its Gram matrix."
+    )
+    ldrf_energy: float = option(
+        0.9,
+        "ldrf: share of a layer's spectral energy its embedding keeps, in (0, 1] (the embedding's rank is the "
+        "layer's valid capacity).",
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -90,6 +115,19 @@ class PruneConfig:
         at_least(self, "log_every", 1)
         at_least(self, "recalibrate_bn", 0)
         check_choices(self)
+        self._check_reconstruction()
+
+    def _check_reconstruction(self) -> None:
+        at_least(self, "calib_images", 1)
+        at_least(self, "calib_positions", 1)
+        in_range(self, "ldrf_energy", 0.0, 1.0, lo_open=True)
+        if not self.reconstruct_ridge >= 0:
+            raise ConfigError(f"reconstruct_ridge must be >= 0 (got {self.reconstruct_ridge})")
+        if self.reconstruct != "none" and self.bypass == "rep":
+            raise ConfigError(
+                "--reconstruct cannot refit layers trained with --bypass rep: every conv has a parallel bypass "
+                "reading the same channels; use --bypass none"
+            )
 
     def check_against(self, train: TrainConfig) -> None:
         """Raise ConfigError for combinations with the training config that cannot work."""
@@ -107,10 +145,20 @@ class PruneConfig:
                 f"{self.method} decides on held-out training images: --holdout {train.holdout} is less than one "
                 f"batch ({train.batch_size}); use --holdout {self.default_holdout} or leave it out"
             )
+        if self.reconstruct != "none" and (train.holdout or 0) < self.calib_images:
+            raise ConfigError(
+                f"--calib-images {self.calib_images} is more than the {train.holdout or 0} held-out images "
+                f"(--holdout): calibration reads held-out training images only, never the test split; raise "
+                f"--holdout to {self.calib_images} or lower --calib-images"
+            )
 
     def resolve_train(self, train: TrainConfig) -> TrainConfig:
-        """`train` with the method's default --holdout filled in where the run gives none."""
-        return train if train.holdout is not None else train.replace(holdout=self.default_holdout)
+        """`train` with the method's default --holdout filled in where the run gives none (with
+        --reconstruct, at least --calib-images)."""
+        if train.holdout is not None:
+            return train
+        calibration = self.calib_images if self.reconstruct != "none" else 0
+        return train.replace(holdout=max(self.default_holdout, calibration))
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -7,10 +7,12 @@ A method module imports from here and from `lappdeploy.surgery`, never from anot
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lappdeploy.errors import ConfigError
+from lappdeploy.errors import ConfigError, LappDeployError
 from lappdeploy.hooks import Hook
 from lappdeploy.methods.base import PruneConfig
+from lappdeploy.methods.reconstruct import (
+    ReconstructionLog,
+    ReconstructionRecord,
+    ReconstructionSettings,
+    ResourceMeter,
+    check_calibration,
+    reconstruct_,
+)
 from lappdeploy.surgery import (
     ChannelGroups,
     ChannelPlan,
@@ -42,6 +52,7 @@ __all__ = [
     "PruneResult",
     "PruningHookBase",
     "apply_plan_",
+    "frozen_copy",
     "held_out_tensors",
     "log_to",
     "minimum_plan",
@@ -264,12 +275,32 @@ def training_batches(loop, count: int):
     return iter(())
 
 
-def held_out_tensors(loop, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device`."""
+def held_out_tensors(
+    loop, count: int, device: torch.device, *, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` held-out images of the loop (`loop.holdout`) as tensors on `device` (with `seed`: a
+    seeded random sample of `count` of them)."""
     holdout = getattr(loop, "holdout", None)
     if holdout is None or len(holdout) == 0:
         raise ConfigError("this pruning method decides on held-out training images: run it with --holdout N")
-    return holdout.tensors(count, device)
+    return holdout.tensors(count, device, seed=seed)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` in eval mode with no parameter requiring gradients: the network as it was."""
+    copied = copy.deepcopy(model).eval()
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    return copied
+
+
+def _module_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The state (parameters and buffers, on the CPU) of the named modules, keyed as in model.state_dict()."""
+    return {
+        f"{name}.{key}": value.detach().cpu()
+        for name in names
+        for key, value in model.get_submodule(name).state_dict().items()
+    }
 
 
 def taylor_gradients_(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -298,6 +329,8 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
     groups = analyze(model, example_inputs, ignore=config.ignore)
     if not groups.prunable:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")
+    if config.reconstruct != "none":
+        check_calibration(groups, ReconstructionSettings.from_config(config), config.calib_images)
     dense = plan_cost(groups, ChannelPlan())
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
     floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
@@ -326,6 +359,8 @@ class PruningHookBase(Hook):
         self.target_macs = config.target_macs * self.dense.macs  # MACs per image
         self.plan: ChannelPlan | None = None  # set when the channels are removed
         self.deploy: DeployCost | None = None
+        self.reconstruction = ReconstructionLog(config.reconstruct)  # the refits after each removal
+        self._calibration: torch.Tensor | None = None  # the held-out images they are computed on, loaded once
 
     @property
     def frozen(self) -> bool:
@@ -338,11 +373,13 @@ class PruningHookBase(Hook):
         """The most deploy MACs per image a final plan may have: the target itself."""
         return self.target_macs
 
-    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True) -> None:
-        """Remove `plan`'s channels from the training model, re-estimate its BatchNorm statistics
-        (`recalibrate_bn` batches; not when replaying a checkpoint) and remember its cost."""
+    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
+        """Remove `plan`'s channels from the training model, refit the layers reading them (--reconstruct),
+        re-estimate its BatchNorm statistics (`recalibrate_bn` batches) and remember its cost. Replaying a
+        checkpoint does neither refit nor re-estimate: the checkpoint's weights are loaded next."""
         self.detach_hooks()  # removal deep-copies and re-traces the model, which must not see mask hooks
-        apply_plan_(loop, plan, self.example_inputs, groups=self.groups)
+        with self.reconstructing(loop, self.groups, plan) if reconstruct else contextlib.nullcontext():
+            apply_plan_(loop, plan, self.example_inputs, groups=self.groups)
         if recalibrate and self.config.recalibrate_bn:
             recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
         self.plan = plan
@@ -357,6 +394,50 @@ class PruningHookBase(Hook):
             round_to=self.config.round_to,
         )
 
+    @contextlib.contextmanager
+    def reconstructing(self, loop, groups: ChannelGroups, plan: ChannelPlan) -> Iterator[None]:
+        """Around the removal of `plan`'s channels (numbered as in `groups`, the analysis before removal): with
+        --reconstruct, a frozen copy of the model is taken first, and the layers reading removed channels are
+        refitted after (docs/ldrf.md#reconstruction); wall time and peak memory are recorded."""
+        if self.config.reconstruct == "none":
+            yield
+            return
+        meter = ResourceMeter()
+        teacher = frozen_copy(loop.module)
+        yield
+        record = self._refit_on_main(loop, teacher, groups, plan)
+        del teacher
+        self.reconstruction.add(meter.stop(record))
+
+    def _refit_on_main(
+        self, loop, teacher: nn.Module, groups: ChannelGroups, plan: ChannelPlan
+    ) -> ReconstructionRecord:
+        """The reconstruction, computed on rank 0 under DDP; the other ranks receive its weights."""
+        dist = getattr(loop, "dist", None)
+        shared = dist is not None and dist.is_distributed
+        outcome = None
+        if not shared or dist.is_main:
+            try:
+                if self._calibration is None:
+                    device = next(loop.module.parameters()).device
+                    self._calibration = held_out_tensors(
+                        loop, self.config.calib_images, device, seed=self.config.calib_seed
+                    )[0]
+                settings = ReconstructionSettings.from_config(self.config)
+                record = reconstruct_(teacher, loop.module, groups, plan, self._calibration, settings)
+                outcome = (record, _module_tensors(loop.module, record.modules) if shared else None)
+            except LappDeployError as exc:
+                if not shared:
+                    raise
+                outcome = ("error", str(exc))  # the other ranks wait for this broadcast: tell them, then stop
+        if shared:
+            outcome = dist.broadcast_object(outcome)
+            if outcome[0] == "error":
+                raise SurgeryError(outcome[1])
+            if not dist.is_main:
+                loop.module.load_state_dict(outcome[1], strict=False)
+        return outcome[0]
+
     def detach_hooks(self) -> None:
         """Remove forward hooks the method put on the model; the base class adds none."""
 
@@ -369,13 +450,17 @@ class PruningHookBase(Hook):
         metrics["pruned"] = self.frozen
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict() if self.plan is not None else None}
+        return {
+            "plan": self.plan.to_dict() if self.plan is not None else None,
+            "reconstruction": self.reconstruction.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any], loop) -> None:
         """Replay the channel removal if it had happened (called before the weights are loaded, so they
         then fit the compact architecture)."""
         if state.get("plan") is not None:
-            self.apply_(loop, ChannelPlan.from_dict(state["plan"]), recalibrate=False)
+            self.apply_(loop, ChannelPlan.from_dict(state["plan"]), recalibrate=False, reconstruct=False)
+        self.reconstruction.load_state_dict(state.get("reconstruction", []))
 
     # ------------------------------------------------------------------ the result
     def report_thresholds(self) -> dict[str, float]:
@@ -405,5 +490,5 @@ class PruningHookBase(Hook):
             dense=self.dense,
             deploy=self.deploy,
             layers=layers,
-            extra=self.report_extra(),
+            extra={**self.reconstruction.report(), **self.report_extra()},
         )

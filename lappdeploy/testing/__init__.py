@@ -1,5 +1,6 @@
 """Helpers for tests: tiny models with `example_inputs()`, generated files in real dataset formats, a tiny run
-directory, and (lappdeploy.testing.fake_tensorrt, imported explicitly) a FAKE of the TensorRT API."""
+directory, a bare loop to drive pruning hooks, and (lappdeploy.testing.fake_tensorrt, imported explicitly) a
+FAKE of the TensorRT API."""
 
 from lappdeploy.models.tiny import TinyConvNet, TinyResNet, tiny_convnet, tiny_resnet
 from lappdeploy.testing.fake_data import (
@@ -9,12 +10,17 @@ from lappdeploy.testing.fake_data import (
     write_idx,
     write_imagefolder,
 )
+from lappdeploy.testing.fresh_process import logits_in_fresh_process
+from lappdeploy.testing.loops import bare_loop, drive_to_target
 from lappdeploy.testing.reference import randomize_norms_, torch_pruning_macs
 from lappdeploy.testing.tiny_run import write_tiny_run
 
 __all__ = [
     "TinyConvNet",
     "TinyResNet",
+    "bare_loop",
+    "drive_to_target",
+    "logits_in_fresh_process",
     "quadrant_batches",
     "randomize_norms_",
     "tiny_convnet",

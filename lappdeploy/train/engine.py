@@ -210,31 +210,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self, checkpoint_path: str | None = None) -> list[dict[str, Any]]:
-        """Train the remaining epochs; after each, write a training checkpoint (rank 0, atomically)."""
+        """Train the remaining epochs; after each, write a training checkpoint (rank 0, atomically).
+
+        With 0 epochs (a given model, `--init-from`) nothing is trained: the model as the hooks' on_train_start
+        left it (pruned, for methods that prune before the first step) is evaluated once, as "epoch 0"."""
         self._call("on_train_start")
+        if self.epochs == 0 and not self.state.history:
+            started = time.perf_counter()
+            self._end_epoch(0, {"train_samples": 0}, 0.0, started)
         for epoch in range(self.state.epoch, self.epochs):
             started = time.perf_counter()
             train_metrics = self.train_one_epoch(epoch)
             train_s = time.perf_counter() - started
             self._sync_batchnorm_statistics()
-            val = self._evaluate(self.val_loader)
-            held = self._evaluate(self.holdout_loader)
-            epoch_s = time.perf_counter() - started
-            self.state.epoch = epoch + 1
-            self.state.elapsed_s += epoch_s
-            metrics: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": self.state.step,
-                "lr": self.lr,
-                **train_metrics,
-                **{f"val_{k}": v for k, v in val.items() if k != "samples"},
-                **{f"holdout_{k}": v for k, v in held.items() if k in ("loss", "top1")},
-                "train_s": round(train_s, 3),
-                "epoch_s": round(epoch_s, 3),
-                "train_images_per_s": round(train_metrics["train_samples"] / max(train_s, 1e-9), 1),
-            }
-            self._call("on_epoch_end", metrics)
-            self.state.history.append(metrics)
+            self._end_epoch(epoch + 1, train_metrics, train_s, started)
             if checkpoint_path is not None:
                 if self.dist.is_main:
                     self.save_checkpoint(checkpoint_path)
@@ -242,6 +231,27 @@ class Trainer:
                 self._call("on_checkpoint", checkpoint_path)
         self._call("on_train_end", self.state.history)
         return self.state.history
+
+    def _end_epoch(self, epoch: int, train_metrics: dict[str, float], train_s: float, started: float) -> None:
+        """Evaluate, then record epoch `epoch` (completed epochs; 0: evaluation only) in the history."""
+        val = self._evaluate(self.val_loader)
+        held = self._evaluate(self.holdout_loader)
+        epoch_s = time.perf_counter() - started
+        self.state.epoch = epoch
+        self.state.elapsed_s += epoch_s
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": self.state.step,
+            "lr": self.lr,
+            **train_metrics,
+            **{f"val_{k}": v for k, v in val.items() if k != "samples"},
+            **{f"holdout_{k}": v for k, v in held.items() if k in ("loss", "top1")},
+            "train_s": round(train_s, 3),
+            "epoch_s": round(epoch_s, 3),
+            "train_images_per_s": round(train_metrics["train_samples"] / max(train_s, 1e-9), 1),
+        }
+        self._call("on_epoch_end", metrics)
+        self.state.history.append(metrics)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         torch.manual_seed(epoch_seed(self.config.seed, epoch, self.dist.rank))

@@ -6,24 +6,19 @@ fresh process and export with ONNX Runtime parity, and bad input is refused befo
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from lappdeploy.config import TrainConfig
-from lappdeploy.data import HeldOut
 from lappdeploy.hooks import Hook
 from lappdeploy.io import read_json
 from lappdeploy.methods import LaaspConfig, PcpConfig, UniformConfig, spec_for
 from lappdeploy.methods.attempts import Attempts
 from lappdeploy.models import create_model
 from lappdeploy.surgery import CRITERIA, analyze, plan_cost, random_plan, register_criterion, remove_channels_
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import bare_loop, drive_to_target, logits_in_fresh_process, randomize_norms_
 
 SIZE = 16  # px
 
@@ -49,23 +44,6 @@ def _held_out(model, n=64, seed=5):
         labels = model.eval()(images).argmax(1)
     model.train()
     return images, labels
-
-
-def _loop(model, images, labels):
-    holdout = HeldOut(TensorDataset(images, labels), lambda x, _generator: x)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    return types.SimpleNamespace(
-        module=model, optimizer=optimizer, steps_per_epoch=10, state=types.SimpleNamespace(step=0), holdout=holdout
-    )
-
-
-def _drive(hook, loop, max_steps=200):
-    """The hook's calls of a training loop with no training between them (recovery left out)."""
-    hook.on_train_start(loop)
-    while not hook.frozen and loop.state.step < max_steps:
-        loop.state.step += 1
-        hook.on_step_end(loop, torch.tensor(0.0))
-    assert hook.frozen, "the method did not reach its target"
 
 
 def test_an_attempt_equals_the_physically_pruned_copy():
@@ -108,9 +86,9 @@ def test_laasp_picks_the_criterion_that_fits_each_group_and_meets_the_budget(par
     )
     hook = spec_for(config).prepare(model, images[:2], config)
     records = []
-    loop = _loop(model, images, labels)
+    loop = bare_loop(model, images, labels)
     loop.log = records.append
-    _drive(hook, loop)
+    drive_to_target(hook, loop)
     result = hook.result()
     assert result.deploy.macs <= 0.3 * result.dense.macs
     chosen = {(r["group"], r["criterion"]) for r in records}
@@ -128,9 +106,9 @@ def test_pcp_prunes_several_groups_per_step_and_meets_the_budget():
     config = PcpConfig(target_macs=0.4, prune_epochs=0, round_to=1, groups_per_step=3, attempt_fraction=0.2)
     hook = spec_for(config).prepare(model, images[:2], config)
     records = []
-    loop = _loop(model, images, labels)
+    loop = bare_loop(model, images, labels)
     loop.log = records.append
-    _drive(hook, loop)
+    drive_to_target(hook, loop)
     assert len(records[0]["groups"]) == 3 and records[0]["attempts"] >= 3
     assert hook.result().deploy.macs <= 0.4 * hook.dense.macs
     assert plan_cost(hook.groups, hook.plan).macs == hook.result().deploy.macs
@@ -146,7 +124,7 @@ def test_iterative_widths_land_on_the_rounding_grid_even_off_it():
     images, labels = _held_out(model)
     config = PcpConfig(target_macs=0.55, prune_epochs=0, round_to=8, groups_per_step=1, recalibrate_bn=0)
     hook = spec_for(config).prepare(model, images[:2], config)
-    _drive(hook, _loop(model, images, labels))
+    drive_to_target(hook, bare_loop(model, images, labels))
     widths = {gid: len(gp.keep) for gid, gp in hook.plan.groups.items()}
     assert widths and all(w % 8 == 0 for w in widths.values()), widths
     every_step = [len(g["keep"]) for step in hook.steps for g in step["groups"].values()]
@@ -224,23 +202,8 @@ def test_iterative_plans_replay_in_a_fresh_process_and_export_with_parity(laasp_
     root = laasp_runs[0]
     model = load_model(root / "straight" / "model.pt").model
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    torch.save(x, tmp_path / "x.pt")
-    code = (
-        "import sys, torch; from lappdeploy import load_model;"
-        "m = load_model(sys.argv[1]).model; x = torch.load(sys.argv[2]);"
-        "torch.save(m(x).detach(), sys.argv[3])"
-    )
-    args = [
-        sys.executable,
-        "-c",
-        code,
-        str(root / "straight" / "model.pt"),
-        str(tmp_path / "x.pt"),
-        str(tmp_path / "y.pt"),
-    ]
-    subprocess.run(args, check=True, timeout=120)
     with torch.no_grad():
-        assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-6)
+        assert torch.allclose(logits_in_fresh_process(root / "straight" / "model.pt", x, tmp_path), model(x), atol=1e-6)
     record = to_onnx(model, x, tmp_path / "model.onnx")
     assert record.parity and max(r["relative_error"] for r in record.parity) < 1e-3
     assert record.macs == record.torch_macs

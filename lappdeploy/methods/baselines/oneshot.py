@@ -3,57 +3,22 @@
 `uniform` keeps the same fraction of every group (the criterion picks the channels); `global` ranks all
 channels of all groups together by the criterion (default torch-pruning's group L2 importance),
 mean-normalised per group as torch-pruning's global pruning does, and drops the lowest up to the MACs
-target. Both round widths and meet the budget with the same guarantee as LAPP's freeze.
+target. Both round widths and meet the budget with the same guarantee as LAPP's freeze. The hook and the
+uniform planner are shared with other one-shot methods (`methods.oneshot`).
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
-from lappdeploy.methods.common import (
-    LANDING_WINDOW,
-    GroupThresholds,
-    PruningHookBase,
-    held_out_tensors,
-    log_to,
-    plan_within_budget,
-    prepare_groups_,
-    taylor_gradients_,
-)
-from lappdeploy.surgery import (
-    CRITERIA,
-    ChannelGroups,
-    ChannelPlan,
-    SurgeryError,
-    channel_scores,
-    fill_plan,
-    plan_cost,
-    round_plan,
-    uniform_plan,
-)
+from lappdeploy.methods.common import GroupThresholds, plan_within_budget, prepare_groups_
+from lappdeploy.methods.oneshot import OneShotPruning, Planner, uniform_budget_plan
+from lappdeploy.surgery import CRITERIA, ChannelGroups, ChannelPlan
 
 __all__ = ["OneShotPruning", "global_plan", "prepare_global_", "prepare_uniform_", "uniform_budget_plan"]
-
-log = logging.getLogger(__name__)
-
-# (groups, config, MACs limit, channel scores) -> plan
-Planner = Callable[[ChannelGroups, PruneConfig, float, torch.Tensor], ChannelPlan]
-_TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
-
-
-def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
-    plan = uniform_plan(groups, config.target_macs, scores=scores)
-    if config.round_to > 1:
-        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
-    lowest = dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
-    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
 
 
 def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
@@ -64,57 +29,6 @@ def global_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores
     for gp in plan.groups.values():
         gp.threshold = None  # one global cut, not a learned per-group threshold
     return plan
-
-
-class OneShotPruning(PruningHookBase):
-    """Removes `planner`'s channels once, after `config.prune_epochs` epochs of dense training (at once
-    when that is 0: a model given by --init-from)."""
-
-    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig, planner: Planner, name: str):
-        super().__init__(model, groups, config)
-        self.planner, self.method = planner, name
-
-    def on_train_start(self, loop) -> None:
-        if not self.frozen and self.phase_steps(loop) == 0:
-            self._prune(loop)
-
-    def on_step_end(self, loop, loss: torch.Tensor) -> None:
-        if not self.frozen and loop.state.step >= self.phase_steps(loop):
-            self._prune(loop)
-
-    def _scores(self, loop) -> torch.Tensor:
-        """The criterion's scores; a gradient criterion reads the held-out loss gradient when there are
-        held-out images, else the gradient of the last training batch."""
-        if CRITERIA.get(self.config.criterion).needs_grad and getattr(loop, "holdout", None):
-            device = next(loop.module.parameters()).device
-            taylor_gradients_(loop.module, *held_out_tensors(loop, _TAYLOR_IMAGES, device))
-        scores = channel_scores(self.groups, self.config.criterion).detach().float().cpu()
-        return scores
-
-    def _decide(self, loop) -> ChannelPlan:
-        """The plan, computed on rank 0 and broadcast under DDP: scores from gradients (taylor) can differ
-        between ranks, and every rank must remove the same channels."""
-        dist = getattr(loop, "dist", None)
-        plan = None
-        if dist is None or dist.is_main:
-            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop)).to_dict()
-        return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)
-
-    def _prune(self, loop) -> None:
-        plan = self._decide(loop)
-        cost = plan_cost(self.groups, plan)
-        if cost.macs > self.budget_limit():
-            raise SurgeryError(
-                f"{self.method}: the rounded plan needs {cost.macs / self.dense.macs:.3f} of the dense MACs, "
-                f"above the target {self.config.target_macs}; lower --round-to or raise --target-macs"
-            )
-        self.apply_(loop, plan)
-        step = loop.state.step  # the record's epoch lets a resume drop it with the epochs it belongs to
-        epoch = round(step / loop.steps_per_epoch, 4)
-        log_to(loop, {"type": "prune", "step": step, "epoch": epoch, "macs": cost.macs / self.dense.macs})
-
-    def report_extra(self) -> dict:
-        return {"criterion": self.config.criterion}
 
 
 def _prepare(model, example_inputs, config: PruneConfig, planner: Planner, name: str) -> OneShotPruning:

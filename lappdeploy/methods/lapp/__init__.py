@@ -47,6 +47,12 @@ class LappConfig(PruneConfig):
             raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
         if not 0 <= self.snap < 1:
             raise ConfigError(f"snap must be in [0, 1) (got {self.snap})")
+        if self.reconstruct != "none":
+            raise ConfigError(
+                "--reconstruct does not apply to lapp: it trains with the channels it removes already masked, so "
+                "their removal changes nothing the model computes; use a one-shot or iterative method (uniform, "
+                "global, laasp, pcp, ldrf) or --reconstruct none"
+            )
         check_choices(self)
 
 

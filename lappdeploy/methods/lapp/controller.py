@@ -271,8 +271,8 @@ class LappController(PruningHookBase):
             self.config.target_macs,
         )
 
-    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True) -> None:
-        super().apply_(loop, plan, recalibrate=recalibrate)
+    def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
+        super().apply_(loop, plan, recalibrate=recalibrate, reconstruct=reconstruct)
         plan.info.update(self.report_extra(), thresholds=self.report_thresholds())
         self.thresholds.grad = None
 

@@ -1,0 +1,31 @@
+"""What a reconstruction is asked to do (the --reconstruct, --calib-* and --ldrf-energy options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lappdeploy.methods.base import RECONSTRUCT_MODES as MODES
+
+__all__ = ["MODES", "ReconstructionSettings"]
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    mode: str = "ldrf"  # "ls" or "ldrf" ("none" refits nothing)
+    positions: int = 10  # spatial positions sampled per calibration image and layer
+    ridge: float = 1e-4  # ridge strength, relative to the mean diagonal of each layer's Gram matrix
+    energy: float = 0.9  # ldrf: share of the spectral energy of a layer's weight its embedding keeps
+    seed: int = 0  # seeds which positions are sampled
+    batch_size: int = 32  # calibration images per forward pass: bounds the activations held at once
+
+    @classmethod
+    def from_config(cls, config: Any) -> ReconstructionSettings:
+        """The settings of a PruneConfig."""
+        return cls(
+            mode=config.reconstruct,
+            positions=config.calib_positions,
+            ridge=config.reconstruct_ridge,
+            energy=config.ldrf_energy,
+            seed=config.calib_seed,
+        )

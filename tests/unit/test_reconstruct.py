@@ -1,0 +1,248 @@
+"""Reconstruction after channel removal (docs/ldrf.md#reconstruction) on tiny float64 networks: the SVD
+embedding recomposes exactly, least squares is exact where the kept channels carry everything the removed
+ones did, ldrf lowers the embedding error against plain removal, residual streams and grouped convs are left
+alone with a reason, singular systems are regularised (never NaN), and the capacity widths of `ldrf` keep
+every group at its valid capacity unless the MACs target forces them lower. torch-pruning is real."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lappdeploy.methods import LdrfConfig
+from lappdeploy.methods.common import frozen_copy
+from lappdeploy.methods.ldrf.hook import capacity_plan
+from lappdeploy.methods.oneshot import uniform_budget_plan
+from lappdeploy.methods.reconstruct import (
+    ReconstructionSettings,
+    embed,
+    energy_rank,
+    plan_consumers,
+    recompose,
+    reconstruct_,
+    ridge_solve,
+    valid_capacity,
+)
+from lappdeploy.models import create_model
+from lappdeploy.surgery import ChannelPlan, GroupPlan, analyze, channel_scores, plan_cost, random_plan, remove_channels_
+from lappdeploy.testing import randomize_norms_
+
+SIZE = 16  # px
+
+
+def _images(n: int, seed: int, channels: int = 3) -> torch.Tensor:
+    return torch.randn(n, channels, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _pruned(model: nn.Module, plan_of) -> tuple[nn.Module, nn.Module, object, ChannelPlan]:
+    """(teacher, the model with `plan_of(groups)` removed, the analysis before removal, the plan)."""
+    x = _images(2, 99)
+    groups = analyze(model, x)
+    plan = plan_of(groups)
+    teacher = frozen_copy(model)
+    remove_channels_(model, plan, x, groups=groups)
+    return teacher, model, groups, plan
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (6, 9, 1, 1), (4, 6)])
+def test_keep_all_recomposition_reproduces_the_layer_exactly(shape):
+    weight = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    embedding = embed(weight, 1.0)
+    assert embedding.rank == min(shape[1], math.prod(shape) // shape[1])
+    assert torch.allclose(recompose(embedding.q, embedding.r, weight.shape), weight, rtol=0, atol=1e-12)
+    truncated = embed(weight, 0.5)
+    assert 1 <= truncated.rank < embedding.rank
+    assert torch.allclose(truncated.q.T @ truncated.q, torch.eye(truncated.rank, dtype=torch.float64), atol=1e-12)
+
+
+def test_energy_rank_counts_the_leading_directions_holding_the_energy():
+    singular = torch.tensor([3.0, 2.0, 1.0, 0.0])  # powers 9, 4, 1, 0 of 14
+    assert [energy_rank(singular, e) for e in (0.5, 0.9, 0.95, 1.0)] == [1, 2, 3, 3]
+    assert energy_rank(torch.zeros(3), 0.9) == 1
+
+
+def test_a_fit_that_already_holds_returns_the_prior_whatever_the_ridge():
+    samples = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    prior = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gram, cross = samples.T @ samples, samples.T @ (samples @ prior)
+    for ridge in (0.0, 1e-4, 10.0):
+        assert torch.allclose(ridge_solve(gram, cross, prior, ridge).weights, prior, atol=1e-10)
+
+
+def test_a_singular_system_is_regularised_never_nan():
+    samples = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    samples = torch.cat([samples, samples[:, :1]], dim=1)  # a duplicated input: the Gram matrix is singular
+    target = torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    solution = ridge_solve(samples.T @ samples, samples.T @ target, torch.zeros(4, 2, dtype=torch.float64), 0.0)
+    assert solution.regularised and 0 < solution.ridge < 1 and bool(torch.isfinite(solution.weights).all())
+    empty = ridge_solve(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64),
+                        torch.ones(2, 1, dtype=torch.float64), 1e-4)  # fmt: skip
+    assert empty.regularised and torch.equal(empty.weights, torch.ones(2, 1, dtype=torch.float64))
+
+
+class LinearNet(nn.Module):
+    """Convolutions and pooling without any nonlinearity; channels 4..7 of the first conv are fixed linear
+    combinations of channels 0..3, so the kept channels 0..3 carry everything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(5)
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(8, 6, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(6, 4)
+        self.double()  # the combinations below hold exactly in float64
+        with torch.no_grad():
+            mix = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+            self.conv0.weight[4:] = torch.einsum("ji,iakl->jakl", mix, self.conv0.weight[:4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.conv1(self.conv0(x)))))
+
+
+@pytest.mark.parametrize("mode", ["ls", "ldrf"])
+def test_least_squares_is_exact_on_a_linear_network_when_the_kept_channels_span_the_rest(mode):
+    torch.manual_seed(0)
+    teacher, model, groups, plan = _pruned(
+        LinearNet(), lambda groups: ChannelPlan({"conv0": GroupPlan(8, [0, 1, 2, 3])})
+    )
+    plain = copy.deepcopy(model)
+    settings = ReconstructionSettings(mode=mode, positions=10, ridge=0.0, energy=1.0)
+    record = reconstruct_(teacher, model, groups, plan, _images(16, 1), settings)
+    assert [layer["name"] for layer in record.fitted] == ["conv1"] and record.fitted[0]["error_refitted"] < 1e-12
+    x = _images(8, 2)  # images the fit never saw
+    with torch.no_grad():
+        assert torch.allclose(model(x), teacher(x), rtol=0, atol=1e-12)
+        assert not torch.allclose(plain(x), teacher(x), atol=1e-3), "plain removal alone is not exact"
+
+
+def _embedding_and_logits(network: nn.Module, name: str, x: torch.Tensor, basis: torch.Tensor):
+    """(the input pixels of layer `name` in the embedding coordinates of its own weight, the logits).
+
+    A version W' of a layer whose teacher is W = Q R (`embed`) sees its input pixels through Q' = M' R^+ (M': W'
+    as c_in x c_out k k; `basis` = R^+): the teacher through Q, plain removal through Q[kept], the ldrf refit
+    through the fitted projection."""
+    seen = []
+    layer = network.get_submodule(name)
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        logits = network.eval()(x)
+    handle.remove()
+    pixels = seen[0].flatten(2).transpose(1, 2).reshape(-1, seen[0].shape[1])
+    weight = layer.weight.detach().double()
+    projection = weight.transpose(0, 1).reshape(weight.shape[1], -1) @ basis
+    return pixels @ projection, logits
+
+
+def _chain() -> nn.Module:
+    """conv-BN-ReLU, then a strided conv with neither bias nor BatchNorm (so its fit has no output offset and
+    the embedding is all it fits), ReLU, pooling, a classifier."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(16, 4),
+    )  # fmt: skip
+    return randomize_norms_(model).double()
+
+
+def test_ldrf_lowers_the_embedding_error_against_plain_removal_on_fresh_images():
+    plan_of = lambda groups: ChannelPlan({"0": GroupPlan(8, [0, 2, 3, 6])})  # noqa: E731
+    teacher, model, groups, plan = _pruned(_chain(), plan_of)
+    plain = copy.deepcopy(model)
+    record = reconstruct_(teacher, model, groups, plan, _images(32, 1), ReconstructionSettings(mode="ldrf"))
+    (layer,) = record.fitted
+    assert layer["name"] == "3" and layer["offset_in"] is None and layer["samples"] == 32 * 10
+    assert 1 <= layer["rank"] <= 8 and layer["error_refitted"] < layer["error_removed"], layer
+    x = _images(64, 2)  # images the fit never saw
+    embedding = embed(teacher[3].weight, 0.9)
+    basis = torch.linalg.pinv(embedding.r.reshape(embedding.rank, -1))  # R^+: (c_out k k, rank)
+    wanted, wanted_logits = _embedding_and_logits(teacher, "3", x, basis)
+    errors = {}
+    for name, network in (("plain", plain), ("ldrf", model)):
+        embedded, logits = _embedding_and_logits(network, "3", x, basis)
+        errors[name] = (float((embedded - wanted).norm() / wanted.norm()), float((logits - wanted_logits).norm()))
+    assert errors["ldrf"][0] < 0.95 * errors["plain"][0] and errors["ldrf"][1] < errors["plain"][1], errors
+
+
+def test_residual_stream_readers_are_left_as_plain_removal_with_the_reason():
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_resnet", num_classes=4)).double()
+    teacher, model, groups, plan = _pruned(model, lambda groups: random_plan(groups, 0.5, seed=2))
+    plain = copy.deepcopy(model)
+    record = reconstruct_(teacher, model, groups, plan, _images(32, 1), ReconstructionSettings(mode="ls"))
+    fitted = {layer["name"] for layer in record.fitted}
+    skipped = {layer["name"]: layer["reason"] for layer in record.skipped}
+    assert {"layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2"} <= fitted
+    for reader in ("layer1.0.conv1", "layer2.0.conv1", "layer2.0.shortcut.0", "layer3.0.conv1"):
+        assert "residual stream" in skipped[reader] and "docs/ldrf.md#residual-streams" in skipped[reader]
+        assert torch.equal(model.get_submodule(reader).weight, plain.get_submodule(reader).weight)
+    assert not torch.equal(model.layer1[0].conv2.weight, plain.layer1[0].conv2.weight)
+    assert record.modules == [name for layer in record.fitted for name in (layer["name"], layer["offset_in"]) if name]
+
+
+def test_grouped_convolutions_are_not_refitted():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 4),
+    )  # fmt: skip
+    groups = analyze(model, torch.randn(2, 3, SIZE, SIZE))
+    consumers, skipped = plan_consumers(groups, random_plan(groups, 0.5, seed=0))
+    assert any(s["name"] == "3" and "grouped" in s["reason"] for s in skipped), skipped
+    assert "3" not in [c.name for c in consumers]
+
+
+def test_a_singular_layer_is_regularised_and_logged(caplog):
+    """Two identical producer channels kept side by side: their samples coincide, so with no ridge the
+    system is singular; the fit is regularised, logged, and the weights stay finite."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_convnet", num_classes=4)).double()
+    with torch.no_grad():
+        conv, bn = model.features[0], model.features[1]
+        conv.weight[1] = conv.weight[0]
+        for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            tensor[1] = tensor[0]
+    teacher, model, groups, plan = _pruned(
+        model, lambda groups: ChannelPlan({"features.0": GroupPlan(8, [0, 1, 2, 3, 4])})
+    )
+    with caplog.at_level("WARNING", logger="lappdeploy"):
+        record = reconstruct_(
+            teacher, model, groups, plan, _images(24, 1), ReconstructionSettings(mode="ldrf", ridge=0)
+        )
+    assert record.fitted[0]["regularised"] and any("singular" in r.getMessage() for r in caplog.records)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _low_rank_convnet() -> nn.Module:
+    """tiny_convnet with 16 classes whose second conv reads its 8 inputs through 2 directions only: the first
+    group's valid capacity is 2, the second's (read by a full-rank 16 x 16 classifier) its whole width, 16."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_convnet", num_classes=16))
+    with torch.no_grad():
+        q, r = torch.randn(8, 2), torch.randn(2, 16, 3, 3)
+        model.features[3].weight.copy_(torch.einsum("ij,jokl->oikl", q, r))
+    return model
+
+
+def test_capacity_widths_keep_every_group_at_its_valid_capacity_unless_the_target_forces_it(caplog):
+    model = _low_rank_convnet()
+    groups = analyze(model, torch.randn(2, 3, SIZE, SIZE))
+    assert valid_capacity(groups, 1.0) == {"features.0": 2, "features.3": 16}
+    scores = channel_scores(groups, "l2").detach()
+    dense = plan_cost(groups, ChannelPlan()).macs
+    config = LdrfConfig(target_macs=0.6, round_to=1, ldrf_widths="capacity", ldrf_energy=1.0)
+    plan = capacity_plan(groups, config, 0.6 * dense, scores, valid_capacity(groups, 1.0))
+    assert "features.3" not in plan.groups, "kept whole: its capacity is its width"
+    assert len(plan.groups["features.0"].keep) >= 2 and plan_cost(groups, plan).macs <= 0.6 * dense
+    assert len(uniform_budget_plan(groups, config, 0.6 * dense, scores).groups["features.3"].keep) < 16
+    with caplog.at_level("WARNING", logger="lappdeploy"):
+        forced = capacity_plan(groups, config.replace(target_macs=0.2), 0.2 * dense, scores, {"features.0": 2,
+                               "features.3": 16})  # fmt: skip
+    assert plan_cost(groups, forced).macs <= 0.2 * dense and len(forced.groups["features.3"].keep) < 16
+    assert any("valid capacities" in r.getMessage() for r in caplog.records)
