@@ -12,12 +12,12 @@ depend on the seed or the reconstruction, so ls and ldrf refit the very channels
 Calibration reads the dense run's held-out images (its --holdout split of its --train-subset, which every cell
 keeps); the test split gives only the reported top-1. A dense run trained without a hold-out gets one of
 --calib-images images here, images it was trained on (a warning says so). On 28 px Fashion-MNIST, VGG-16-BN's
-classifier reads 512 pooled features (one sample per image) and its fourth block 512 channels x 3 x 3 taps on
-3x3 maps (9 positions per image): `ls` needs at least 512 calibration images there (a run stops with the number
-it needs otherwise); more images and a larger hold-out give better determined refits.
+classifier reads 512 pooled features plus its output offset (one sample per image): give it --calib-images 513 or
+more (a run stops with the number it needs otherwise); more images and a larger hold-out give better determined
+refits.
 
     python benchmarks/ldrf_reconstruction.py --init-from runs/r20-dense-s0,runs/r20-dense-s1
-    python benchmarks/ldrf_reconstruction.py --train vgg16_bn_cifar --targets 0.5 --seeds 0,1,2
+    python benchmarks/ldrf_reconstruction.py --train vgg16_bn_cifar --calib-images 640 --targets 0.5
     python benchmarks/ldrf_reconstruction.py --init-from runs/r20-dense --plans uniform,capacity --ldrf-energy 0.95
 
 Resumable: every cell is a run directory under --out; finished ones (report.json) are read back and
@@ -84,20 +84,27 @@ def _cell_train(args, dense: Path, seed: int, epochs: int) -> TrainConfig:
     )  # fmt: skip
 
 
+def _recalibration(args) -> dict:
+    """--recalibrate-bn when given (else each method's default): 0 measures the refit alone, since the BatchNorm
+    re-estimation after removal replaces the output offset the refit fitted."""
+    return {} if args.recalibrate_bn is None else {"recalibrate_bn": args.recalibrate_bn}
+
+
 def _method(args, plan: str, mode: str, target: float, seed: int):
     name, options = PLANS[plan]
     return method_config(
         {
             "name": name, "target_macs": target, "prune_epochs": 0, "round_to": args.round_to,
             "reconstruct": mode, "calib_images": args.calib_images, "calib_positions": args.calib_positions,
-            "calib_seed": seed, "ldrf_energy": args.ldrf_energy, **options,
+            "calib_seed": seed, "ldrf_energy": args.ldrf_energy, **_recalibration(args), **options,
         }
     )  # fmt: skip
 
 
 def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) -> dict:
     """Prune (and refit) with no training step, then fine-tune that model: one row."""
-    name = f"{dense.name}-{plan}-{mode}-r{target}-s{seed}"
+    bn = "" if args.recalibrate_bn is None else f"-bn{args.recalibrate_bn}"
+    name = f"{dense.name}-{plan}-{mode}-r{target}{bn}-s{seed}"
     pruned_dir, tuned_dir = args.out / "runs" / name, args.out / "runs" / f"{name}-ft{args.finetune_epochs}"
     train = _cell_train(args, dense, seed, 0)
     config = _method(args, plan, mode, target, seed)
@@ -197,6 +204,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--calib-positions", type=int, default=10)
     parser.add_argument("--ldrf-energy", type=float, default=0.9)
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument(
+        "--recalibrate-bn", type=int, default=None,
+        help="BatchNorm re-estimation batches after removal (default: the method's; 0: the refit alone)",
+    )  # fmt: skip
     parser.add_argument("--finetune-epochs", type=int, default=1, help="0: report before fine-tuning only")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=128)

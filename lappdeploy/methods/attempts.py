@@ -229,6 +229,7 @@ class IterativePruning(PruningHookBase):
 
     def _finish(self) -> None:
         self.plan, self.deploy = self.composed, plan_cost(self.groups, self.composed)
+        self.release_calibration()  # the last removal step: no refit follows
         self.plan.info.update(method=self.method, target_macs=self.config.target_macs, steps=len(self.steps))
         self.plan.info.update(macs=self.deploy.macs, params=self.deploy.params, dense_macs=self.dense.macs)
         log.info(

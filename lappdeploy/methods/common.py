@@ -360,7 +360,8 @@ class PruningHookBase(Hook):
         self.plan: ChannelPlan | None = None  # set when the channels are removed
         self.deploy: DeployCost | None = None
         self.reconstruction = ReconstructionLog(config.reconstruct)  # the refits after each removal
-        self._calibration: torch.Tensor | None = None  # the held-out images they are computed on, loaded once
+        # the held-out images the refits are computed on: loaded at the first removal, freed after the last
+        self._calibration: torch.Tensor | None = None
 
     @property
     def frozen(self) -> bool:
@@ -383,6 +384,7 @@ class PruningHookBase(Hook):
         if recalibrate and self.config.recalibrate_bn:
             recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
         self.plan = plan
+        self.release_calibration()
         self.deploy = plan_cost(self.groups, plan)
         plan.info.update(
             method=self.method,
@@ -409,13 +411,19 @@ class PruningHookBase(Hook):
         del teacher
         self.reconstruction.add(meter.stop(record))
 
+    def release_calibration(self) -> None:
+        """Drop the calibration images: called once no removal follows (the plan is final), so fine-tuning does
+        not carry them."""
+        self._calibration = None
+
     def _refit_on_main(
         self, loop, teacher: nn.Module, groups: ChannelGroups, plan: ChannelPlan
     ) -> ReconstructionRecord:
-        """The reconstruction, computed on rank 0 under DDP; the other ranks receive its weights."""
+        """The reconstruction, computed on rank 0 under DDP; the other ranks receive its weights. Whatever fails
+        on rank 0 is broadcast before it is raised there, so the other ranks stop too instead of waiting."""
         dist = getattr(loop, "dist", None)
         shared = dist is not None and dist.is_distributed
-        outcome = None
+        outcome, failure = None, None
         if not shared or dist.is_main:
             try:
                 if self._calibration is None:
@@ -426,12 +434,16 @@ class PruningHookBase(Hook):
                 settings = ReconstructionSettings.from_config(self.config)
                 record = reconstruct_(teacher, loop.module, groups, plan, self._calibration, settings)
                 outcome = (record, _module_tensors(loop.module, record.modules) if shared else None)
-            except LappDeployError as exc:
+            except Exception as exc:
                 if not shared:
                     raise
-                outcome = ("error", str(exc))  # the other ranks wait for this broadcast: tell them, then stop
+                failure = exc
+                shown = str(exc) if isinstance(exc, LappDeployError) else f"{type(exc).__name__}: {exc}"
+                outcome = ("error", f"the reconstruction failed on rank 0: {shown}")
         if shared:
             outcome = dist.broadcast_object(outcome)
+            if failure is not None:
+                raise failure  # rank 0: the original exception, with its traceback
             if outcome[0] == "error":
                 raise SurgeryError(outcome[1])
             if not dist.is_main:

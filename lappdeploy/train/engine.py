@@ -217,6 +217,8 @@ class Trainer:
         self._call("on_train_start")
         if self.epochs == 0 and not self.state.history:
             started = time.perf_counter()
+            # as after a trained epoch: the hooks' BatchNorm re-estimation ran on each rank's own batches
+            self._sync_batchnorm_statistics()
             self._end_epoch(0, {"train_samples": 0}, 0.0, started)
         for epoch in range(self.state.epoch, self.epochs):
             started = time.perf_counter()

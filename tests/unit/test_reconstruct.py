@@ -1,8 +1,9 @@
 """Reconstruction after channel removal (docs/ldrf.md#reconstruction) on tiny float64 networks: the SVD
-embedding recomposes exactly, least squares is exact where the kept channels carry everything the removed
-ones did, ldrf lowers the embedding error against plain removal, residual streams and grouped convs are left
-alone with a reason, singular systems are regularised (never NaN), and the capacity widths of `ldrf` keep
-every group at its valid capacity unless the MACs target forces them lower. torch-pruning is real."""
+embedding recomposes exactly, writing back what plain removal left changes no bit, least squares is exact
+where the kept channels carry everything the removed ones did, ldrf lowers the embedding error against plain
+removal on briefly trained networks, residual streams and grouped convs are left alone with a reason, singular
+systems are regularised (never NaN), and the capacity widths of `ldrf` keep every group at its valid capacity
+unless the MACs target forces them lower. torch-pruning is real."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lappdeploy.methods.common import frozen_copy
 from lappdeploy.methods.ldrf.hook import capacity_plan
 from lappdeploy.methods.oneshot import uniform_budget_plan
 from lappdeploy.methods.reconstruct import (
+    Consumer,
     ReconstructionSettings,
     embed,
     energy_rank,
@@ -27,9 +29,10 @@ from lappdeploy.methods.reconstruct import (
     ridge_solve,
     valid_capacity,
 )
+from lappdeploy.methods.reconstruct.run import _layer, _write
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, GroupPlan, analyze, channel_scores, plan_cost, random_plan, remove_channels_
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import quadrant_batches, randomize_norms_
 
 SIZE = 16  # px
 
@@ -139,27 +142,36 @@ def _embedding_and_logits(network: nn.Module, name: str, x: torch.Tensor, basis:
     return pixels @ projection, logits
 
 
-def _chain() -> nn.Module:
+def _chain(seed: int = 0, steps: int = 20) -> nn.Module:
     """conv-BN-ReLU, then a strided conv with neither bias nor BatchNorm (so its fit has no output offset and
-    the embedding is all it fits), ReLU, pooling, a classifier."""
-    torch.manual_seed(0)
+    the embedding is all it fits), ReLU, pooling, a classifier; trained `steps` SGD steps on the 4-class
+    quadrant task (batches of 16 images of SIZE px), so its channels are those of a trained network."""
+    torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(16, 4),
     )  # fmt: skip
-    return randomize_norms_(model).double()
+    model = randomize_norms_(model, seed=seed).double().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for images, labels in quadrant_batches(steps, size=SIZE, seed=seed):
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images.double()), labels).backward()
+        optimizer.step()
+    return model.eval()
 
 
-def test_ldrf_lowers_the_embedding_error_against_plain_removal_on_fresh_images():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ldrf_lowers_the_embedding_error_against_plain_removal_on_fresh_images(seed):
     plan_of = lambda groups: ChannelPlan({"0": GroupPlan(8, [0, 2, 3, 6])})  # noqa: E731
-    teacher, model, groups, plan = _pruned(_chain(), plan_of)
+    teacher, model, groups, plan = _pruned(_chain(seed), plan_of)
     plain = copy.deepcopy(model)
-    record = reconstruct_(teacher, model, groups, plan, _images(32, 1), ReconstructionSettings(mode="ldrf"))
+    calibration = _images(32, 10 + seed)
+    record = reconstruct_(teacher, model, groups, plan, calibration, ReconstructionSettings(mode="ldrf", seed=seed))
     (layer,) = record.fitted
     assert layer["name"] == "3" and layer["offset_in"] is None and layer["samples"] == 32 * 10
     assert 1 <= layer["rank"] <= 8 and layer["error_refitted"] < layer["error_removed"], layer
-    x = _images(64, 2)  # images the fit never saw
+    x = _images(64, 20 + seed)  # images the fit never saw
     embedding = embed(teacher[3].weight, 0.9)
     basis = torch.linalg.pinv(embedding.r.reshape(embedding.rank, -1))  # R^+: (c_out k k, rank)
     wanted, wanted_logits = _embedding_and_logits(teacher, "3", x, basis)
@@ -168,6 +180,26 @@ def test_ldrf_lowers_the_embedding_error_against_plain_removal_on_fresh_images()
         embedded, logits = _embedding_and_logits(network, "3", x, basis)
         errors[name] = (float((embedded - wanted).norm() / wanted.norm()), float((logits - wanted_logits).norm()))
     assert errors["ldrf"][0] < 0.95 * errors["plain"][0] and errors["ldrf"][1] < errors["plain"][1], errors
+
+
+@pytest.mark.parametrize("mode", ["ls", "ldrf"])
+def test_writing_a_solution_equal_to_the_prior_leaves_every_tensor_bit_identical(mode):
+    """Keep-all through the real write path, in float64: a conv with a bias (its offset goes to the bias) and
+    one without, followed by a BatchNorm (its offset goes to the running mean)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5),
+    )  # fmt: skip
+    model = randomize_norms_(model).double()
+    teacher, before = frozen_copy(model), copy.deepcopy(model.state_dict())
+    settings = ReconstructionSettings(mode=mode, energy=1.0)
+    every = torch.arange
+    for index, consumer in enumerate([Consumer("0", every(3), every(6), None), Consumer("2", every(6), every(5), "3")]):
+        layer = _layer(consumer, index, teacher, model, settings)
+        assert layer.offset_in == ("bias" if consumer.name == "0" else "3")
+        _write(layer, layer.prior.clone(), model)
+    for key, value in model.state_dict().items():  # float64 and int64 alike: 8-byte words compared bit by bit
+        assert torch.equal(value.view(torch.int64), before[key].view(torch.int64)), key
 
 
 def test_residual_stream_readers_are_left_as_plain_removal_with_the_reason():

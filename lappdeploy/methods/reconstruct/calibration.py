@@ -3,9 +3,14 @@
 A layer's inputs are sampled at a few positions per image (k x k patches around output positions for `ls`
 on a conv, input pixels otherwise); the positions depend only on (seed, layer, batch), so the original and
 the pruned network are sampled at the same places. The original network runs once for all layers and keeps
-only each layer's targets at those positions; the pruned network runs once per layer, stopped as soon as
-that layer has its input, and its samples go straight into Gram matrices (X^T X, X^T Y in float64): no
-activation outlives its batch.
+each refitted layer's targets at those positions, all of them until each layer is solved (the caller drops a
+layer's targets after its solve): images x positions x (outputs for `ls`, rank d for `ldrf`) x 4 bytes
+(float32; 8 for a float64 model), summed over the refitted layers. ResNet-50 with every in-block layer
+refitted, 512 images x 10 positions: per bottleneck of width w (summing to 3776 over its 16 blocks) the 3x3
+conv has w outputs and the last 1x1 4w, and d is at most a layer's w inputs, so at most 5 x 3776 x 5120 x 4
+bytes ~ 390 MB for `ls` and 2 x 3776 x 5120 x 4 bytes ~ 155 MB for `ldrf`. The pruned network runs
+once per layer, stopped as soon as that layer has its input, and its samples go straight into Gram matrices
+(X^T X, X^T Y in float64): none of its activations outlives its batch.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 from lappdeploy.data import epoch_seed
 from lappdeploy.errors import SurgeryError
 
-__all__ = ["Statistics", "Target", "sample_rows", "student_statistics", "teacher_targets"]
+__all__ = ["Statistics", "Target", "evaluating", "sample_rows", "student_statistics", "teacher_targets"]
 
 
 class _StopForward(Exception):
@@ -80,7 +85,8 @@ class Target:
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode without gradients, its training flag restored after."""
     was_training = model.training
     model.eval()
     try:
@@ -117,7 +123,7 @@ def teacher_targets(
 
     handles = [t.module.register_forward_pre_hook(hook_for(t)) for t in targets]
     try:
-        with _evaluating(teacher):
+        with evaluating(teacher):
             for index, chunk in enumerate(images.split(batch_size)):
                 batch["index"] = index
                 teacher(chunk)
@@ -170,7 +176,7 @@ def student_statistics(
 
     handle = module.register_forward_pre_hook(hook)
     try:
-        with _evaluating(model):
+        with evaluating(model):
             for index, chunk in enumerate(images.split(batch_size)):
                 batch["index"] = index
                 with contextlib.suppress(_StopForward):

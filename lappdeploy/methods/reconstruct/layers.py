@@ -10,12 +10,21 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import ConfigError
+from lappdeploy.methods.reconstruct.calibration import evaluating
 from lappdeploy.methods.reconstruct.linalg import energy_rank
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
 from lappdeploy.surgery.graph import LayerChannels
 
-__all__ = ["Consumer", "check_calibration", "group_readers", "plan_consumers", "unsupported", "valid_capacity"]
+__all__ = [
+    "Consumer",
+    "check_calibration",
+    "group_readers",
+    "offset_home",
+    "plan_consumers",
+    "unsupported",
+    "valid_capacity",
+]
 
 RESIDUAL_DOC = "docs/ldrf.md#residual-streams"
 
@@ -44,6 +53,16 @@ def unsupported(module: nn.Module) -> str | None:
         )
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return "only explicit zero padding is sampled"
+    return None
+
+
+def offset_home(module: nn.Module, bn: str | None, model: nn.Module) -> str | None:
+    """Where a fit of `module` puts its output offset: "bias", `bn` (the name of the BatchNorm right after it in
+    `model`, whose running mean takes the offset), or None (no offset is fitted)."""
+    if module.bias is not None:
+        return "bias"
+    if bn is not None and getattr(model.get_submodule(bn), "running_mean", None) is not None:
+        return bn
     return None
 
 
@@ -117,9 +136,27 @@ def _rows_of_group(layer: LayerChannels, offset: int, channels: int) -> torch.Te
     return ((layer.in_map >= offset) & (layer.in_map < offset + channels)).nonzero().flatten()
 
 
+def _channel_block(weight: torch.Tensor, layer: LayerChannels, offset: int, channels: int) -> torch.Tensor:
+    """The weights of `layer` that read the global channels offset .. offset + channels - 1, one row per channel
+    read: c x (c_out k k) for a conv. A Linear after a flatten reads each channel at several positions (its
+    input features are channel x position, all mapped onto that channel): a channel's features, in position
+    order, share its row, c x (out_features x positions), so the rank is counted in channels as for a conv.
+    A channel read at fewer positions than another has its row padded with zeros."""
+    rows = _rows_of_group(layer, offset, channels)
+    channel, order = torch.sort(layer.in_map[rows], stable=True)  # stable: each channel's features stay in order
+    rows = rows[order]
+    _, which, counts = torch.unique_consecutive(channel, return_inverse=True, return_counts=True)
+    slot = torch.arange(len(rows)) - (counts.cumsum(0) - counts)[which]  # position of a feature in its channel
+    features = weight[:, rows].transpose(0, 1).reshape(len(rows), -1)  # one row per input feature: c_out k k
+    block = features.new_zeros(len(counts), int(counts.max()), features.shape[1])
+    block[which, slot] = features
+    return block.reshape(len(counts), -1)
+
+
 def valid_capacity(groups: ChannelGroups, energy: float) -> dict[str, int]:
-    """Per prunable group, its valid capacity: the largest rank, over the layers reading it, of the weight
-    rows that read its channels (c x c_out k k), at `energy` of the spectral energy (0 without such layer)."""
+    """Per prunable group, its valid capacity: the largest rank, over the layers reading it, of the weights
+    that read its channels arranged one row per channel (`_channel_block`), at `energy` of the spectral energy
+    (0 without such layer)."""
     readers = group_readers(groups)
     capacity = {}
     for g in groups.prunable:
@@ -128,9 +165,7 @@ def valid_capacity(groups: ChannelGroups, energy: float) -> dict[str, int]:
             layer = groups.layers[name]
             if unsupported(layer.module) is not None:
                 continue
-            weight = layer.module.weight.detach().double()
-            rows = _rows_of_group(layer, g.offset, g.channels)
-            block = weight[:, rows].reshape(len(weight), len(rows), -1).transpose(0, 1).reshape(len(rows), -1)
+            block = _channel_block(layer.module.weight.detach().double(), layer, g.offset, g.channels)
             ranks.append(energy_rank(torch.linalg.svdvals(block), energy))
         capacity[g.id] = min(g.channels, max(ranks))
     return capacity
@@ -146,7 +181,6 @@ def _reachable_taps(conv: nn.Conv2d, size: tuple[int, ...]) -> int:
     return taps
 
 
-@torch.no_grad()
 def _input_sizes(groups: ChannelGroups, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Spatial size of each named layer's input, from one forward pass of the example inputs."""
     sizes: dict[str, tuple[int, ...]] = {}
@@ -158,41 +192,58 @@ def _input_sizes(groups: ChannelGroups, names: list[str]) -> dict[str, tuple[int
         return record
 
     hooks = [groups.layers[name].module.register_forward_pre_hook(recorder(name)) for name in names]
-    was_training = groups.model.training
     try:
-        groups.model.eval()(groups.example_inputs)
+        with evaluating(groups.model):
+            groups.model(groups.example_inputs)
     finally:
-        groups.model.train(was_training)
         for hook in hooks:
             hook.remove()
     return sizes
 
 
-def _unknowns(module: nn.Module, mode: str, size: tuple[int, ...]) -> tuple[int, str]:
+def _unknowns(module: nn.Module, mode: str, size: tuple[int, ...], offset: bool) -> tuple[int, str]:
     """Unknowns per fitted output of `module` under `mode` (its input channels, x the kernel taps that see the
-    input for `ls`), and what they are, for messages."""
+    input for `ls`, + 1 when an output `offset` is fitted too), and what they are, for messages."""
     if isinstance(module, nn.Linear):
-        return module.in_features, f"{module.in_features} input features"
-    taps = _reachable_taps(module, size) if mode == "ls" else 1
-    what = f" x {taps} kernel taps that see the input" if mode == "ls" else ""
-    return module.in_channels * taps, f"{module.in_channels} input channels{what}"
+        count, what = module.in_features, f"{module.in_features} input features"
+    else:
+        taps = _reachable_taps(module, size) if mode == "ls" else 1
+        count, what = module.in_channels * taps, f"{module.in_channels} input channels"
+        what += f" x {taps} kernel taps that see the input" if mode == "ls" else ""
+    return (count + 1, f"{what} + 1 output offset") if offset else (count, what)
+
+
+def _positions_per_image(groups: ChannelGroups, name: str, mode: str, size: tuple[int, ...]) -> int:
+    """Distinct positions per image the fit of layer `name` samples from (calibration.sample_rows): a conv's
+    output positions for `ls` (k x k patches around them), its input pixels for `ldrf`; a Linear's input rows
+    (1 after a flatten), which its output rows match one to one."""
+    if mode == "ldrf" and isinstance(groups.layers[name].module, nn.Conv2d):
+        return math.prod(size)
+    return groups.positions.get(name, 1)
 
 
 def check_calibration(groups: ChannelGroups, settings: ReconstructionSettings, images: int) -> None:
     """ConfigError when some layer that a plan could ask to refit would get fewer calibration samples
     (`images` x positions it offers, at most --calib-positions) than unknowns: an under-determined system.
-    Counted at the dense widths, the most a plan can leave."""
+    Counted at the dense widths, the most a plan can leave; the message names the layer needing the most
+    images, so the number it suggests determines every layer's system."""
     names = [
         n[0] for n in group_readers(groups).values() if len(n) == 1 and unsupported(groups.layers[n[0]].module) is None
     ]
     sizes = _input_sizes(groups, names)
+    worst: tuple[int, str] | None = None  # (images needed, message)
     for name in [n for n in names if n in sizes]:  # a layer the forward pass never reaches is never refitted
-        unknowns, what = _unknowns(groups.layers[name].module, settings.mode, sizes.get(name, ()))
-        per_image = min(settings.positions, max(1, groups.positions.get(name, 1)))
-        if images * per_image < unknowns:
-            raise ConfigError(
-                f"--calib-images {images} x {per_image} positions per image give layer {name} "
-                f"{images * per_image} samples, fewer than its {unknowns} unknowns per output ({what}): the "
-                f"least-squares system would be under-determined; use --calib-images {math.ceil(unknowns / per_image)} "
-                "or more"
+        module = groups.layers[name].module
+        offset = offset_home(module, groups.bn_after_conv.get(name), groups.model) is not None
+        unknowns, what = _unknowns(module, settings.mode, sizes[name], offset)
+        per_image = min(settings.positions, max(1, _positions_per_image(groups, name, settings.mode, sizes[name])))
+        needed = math.ceil(unknowns / per_image)
+        if images < needed and (worst is None or needed > worst[0]):
+            worst = (
+                needed,
+                f"--calib-images {images} x {per_image} positions per image give layer {name} {images * per_image} "
+                f"samples, fewer than its {unknowns} unknowns per output ({what}): the least-squares system would "
+                f"be under-determined; use --calib-images {needed} or more",
             )
+    if worst is not None:
+        raise ConfigError(worst[1])

@@ -10,7 +10,9 @@ import torch
 __all__ = ["Embedding", "Solution", "embed", "energy_rank", "recompose", "relative_residual", "ridge_solve"]
 
 _ESCALATION = 100.0  # ridge growth per retry of a singular system
-_RETRIES = 8  # 100**8: from 1e-10 to 1e6 of the mean diagonal, far past any usable system
+# Tries of a system, each with a ridge 100x the last (relative to the mean diagonal): the default ridge 1e-4
+# goes up to 1e10, far past any usable system; ridge 0 tries 0, then 1e-10 (the floor below) up to 1e2.
+_RETRIES = 8
 _FLOOR = 1e-10  # the smallest relative ridge a singular system is retried with
 # A system counts as singular when the squared ratio of its Cholesky factor's largest to smallest diagonal
 # entry (a cheap lower bound of the condition number) exceeds this: float64 keeps ~16 digits.

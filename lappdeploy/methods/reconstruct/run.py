@@ -15,7 +15,7 @@ from torch import nn
 
 from lappdeploy.errors import SurgeryError
 from lappdeploy.methods.reconstruct.calibration import Target, student_statistics, teacher_targets
-from lappdeploy.methods.reconstruct.layers import Consumer, plan_consumers
+from lappdeploy.methods.reconstruct.layers import Consumer, offset_home, plan_consumers
 from lappdeploy.methods.reconstruct.linalg import Embedding, embed, recompose, relative_residual, ridge_solve
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
@@ -58,14 +58,6 @@ class _Layer:
     offset_in: str | None  # where a fitted output offset goes: "bias", a BatchNorm's name, or None (not fitted)
 
 
-def _offset_home(consumer: Consumer, student: nn.Module, model: nn.Module) -> str | None:
-    if student.bias is not None:
-        return "bias"
-    if consumer.bn is not None and getattr(model.get_submodule(consumer.bn), "running_mean", None) is not None:
-        return consumer.bn
-    return None
-
-
 def _layer(consumer: Consumer, index: int, teacher: nn.Module, model: nn.Module, settings) -> _Layer:
     original, student = resolve_module(teacher, consumer.name), resolve_module(model, consumer.name)
     weight = original.weight.detach().double()[consumer.out_keep]
@@ -73,7 +65,7 @@ def _layer(consumer: Consumer, index: int, teacher: nn.Module, model: nn.Module,
     if tuple(student.weight.shape) != expected:
         shape = tuple(student.weight.shape)
         raise SurgeryError(f"layer {consumer.name} has shape {shape} after removal, expected {expected}")
-    offset_in = _offset_home(consumer, student, model)
+    offset_in = offset_home(student, consumer.bn, model)  # the calibration check counts the same offset
     if settings.mode == "ls":
         return _least_squares_layer(consumer, index, original, student, weight, offset_in)
     embedding = embed(weight, settings.energy)
