@@ -54,7 +54,9 @@ __all__ = [
     "apply_plan_",
     "frozen_copy",
     "held_out_tensors",
+    "land_plan",
     "log_to",
+    "lowest_widths",
     "minimum_plan",
     "plan_within_budget",
     "prepare_groups_",
@@ -341,6 +343,28 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
             f"{floor.macs / dense.macs:.3f} of its dense MACs; raise --target-macs or lower those"
         )
     return groups
+
+
+def lowest_widths(groups: ChannelGroups, config: PruneConfig) -> dict[str, int]:
+    """The fewest channels each prunable group may keep (--min-channels, --round-to, grouped-conv blocks)."""
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    return dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
+
+
+def land_plan(
+    plan: ChannelPlan,
+    groups: ChannelGroups,
+    config: PruneConfig,
+    limit: float,
+    scores: torch.Tensor,
+    lowest: dict[str, int] | None = None,
+) -> ChannelPlan:
+    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs);
+    the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
+    if config.round_to > 1:
+        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
+    lowest = lowest if lowest is not None else lowest_widths(groups, config)
+    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
 
 
 class PruningHookBase(Hook):

@@ -12,11 +12,11 @@ from torch import nn
 
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.common import (
-    LANDING_WINDOW,
-    GroupThresholds,
     PruningHookBase,
     held_out_tensors,
+    land_plan,
     log_to,
+    lowest_widths,
     taylor_gradients_,
 )
 from lappdeploy.surgery import (
@@ -25,9 +25,7 @@ from lappdeploy.surgery import (
     ChannelPlan,
     SurgeryError,
     channel_scores,
-    fill_plan,
     plan_cost,
-    round_plan,
     uniform_plan,
 )
 
@@ -38,28 +36,6 @@ log = logging.getLogger(__name__)
 # (groups, config, MACs limit, channel scores) -> plan
 Planner = Callable[[ChannelGroups, PruneConfig, float, torch.Tensor], ChannelPlan]
 _TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
-
-
-def lowest_widths(groups: ChannelGroups, config: PruneConfig) -> dict[str, int]:
-    """The fewest channels each prunable group may keep (--min-channels, --round-to, grouped-conv blocks)."""
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
-    return dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
-
-
-def land_plan(
-    plan: ChannelPlan,
-    groups: ChannelGroups,
-    config: PruneConfig,
-    limit: float,
-    scores: torch.Tensor,
-    lowest: dict[str, int] | None = None,
-) -> ChannelPlan:
-    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs);
-    the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
-    if config.round_to > 1:
-        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
-    lowest = lowest if lowest is not None else lowest_widths(groups, config)
-    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
 
 
 def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:

@@ -16,6 +16,7 @@ from lappdeploy.hooks import Hook
 from lappdeploy.io import read_json
 from lappdeploy.methods import LaaspConfig, PcpConfig, UniformConfig, spec_for
 from lappdeploy.methods.attempts import Attempts
+from lappdeploy.methods.common import LANDING_WINDOW
 from lappdeploy.models import create_model
 from lappdeploy.surgery import CRITERIA, analyze, plan_cost, random_plan, register_criterion, remove_channels_
 from lappdeploy.testing import bare_loop, drive_to_target, logits_in_fresh_process, randomize_norms_
@@ -94,9 +95,10 @@ def test_laasp_picks_the_criterion_that_fits_each_group_and_meets_the_budget(par
     chosen = {(r["group"], r["criterion"]) for r in records}
     assert ("features.0", "test_evens") in chosen and ("features.3", "test_odds") in chosen, chosen
     assert result.extra["chosen"].keys() == {"test_evens", "test_odds"}
-    # the kept channels are the live ones: dense indices of the composed plan
+    # each group keeps its live channels first (dense indices of the composed plan); the landing of the last
+    # step may keep a few more of the ranked-lower ones to spend the MACs up to the target
     assert all(c % 2 == 0 for c in result.plan.groups["features.0"].keep)
-    assert all(c % 2 == 1 for c in result.plan.groups["features.3"].keep)
+    assert set(range(1, 16, 2)) <= set(result.plan.groups["features.3"].keep)
 
 
 def test_pcp_prunes_several_groups_per_step_and_meets_the_budget():
@@ -258,3 +260,26 @@ def test_init_from_another_architecture_is_refused(laasp_runs, cli, tmp_path):
     result = cli(*base, "--init-from", tmp_path / "notes.pt", "--device", "cpu", "--out", tmp_path / "run")
     assert result.code == 2 and "is not a lappdeploy checkpoint" in result.err, result.err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["laasp", "pcp"])
+def test_iterative_methods_land_within_half_a_percent_under_the_target_on_resnet20(method):
+    """The step that reaches the target is landed (units given back and traded, or a uniform cut of what is
+    left) instead of stopping up to one group's step below it: compared methods spend the same MACs as the
+    one-shot ones (ResNet-20 at 28 px, widths rounded to 8, as in the Fashion-MNIST benchmark; without the
+    landing laasp stops at 0.492 here)."""
+    target = 0.5
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("resnet20", num_classes=10, in_channels=1))
+    images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model.eval()(images).argmax(1)
+    options = {"target_macs": target, "prune_epochs": 0, "round_to": 8, "recalibrate_bn": 0}
+    config = LaaspConfig(**options, criteria=("l2",)) if method == "laasp" else PcpConfig(**options)
+    hook = spec_for(config).prepare(model.train(), images[:2], config)
+    records = []
+    loop = bare_loop(model, images, labels)
+    loop.log = records.append
+    drive_to_target(hook, loop)
+    ratio = hook.result().deploy.macs / hook.dense.macs
+    assert (1 - LANDING_WINDOW) * target <= ratio <= target, (ratio, records[-1])
