@@ -30,8 +30,15 @@ if [ -n "$wheel" ]; then
     preinstall="torch==${version}+cpu torchvision==0.$((minor + 15)).*"
 fi
 
+# Behind a TLS-inspecting proxy the host trusts extra CAs (/usr/local/share/ca-certificates) that the image
+# does not: lend the RUN steps the host's CA bundle so pip can reach PyPI (the image itself keeps its own).
+certs=()
+if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+    certs=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+fi
+
 # chroot isolation: RUN steps work without the namespaces and rlimits a sandbox may refuse
-"${PODMAN[@]}" build --isolation chroot --target smoke \
+"${PODMAN[@]}" build --isolation chroot --target smoke "${certs[@]}" \
     --build-arg BASE="$BASE_IMAGE" --build-arg EXTRAS=onnx,ort,report --build-arg PREINSTALL="$preinstall" \
     -t lappdeploy:smoke .
 echo "container smoke build passed: lappdeploy --help, compress, export and bench ran inside the image"
