@@ -39,6 +39,10 @@ CMD ["--help"]
 
 # `--target smoke`: the image compresses, exports and times a tiny model (what tools/container_smoke.sh builds)
 FROM runtime AS smoke
+# root for this check only: a chroot-isolated build (podman --isolation chroot, as in the smoke script) cannot
+# start a RUN step as another user ("fork/exec /bin/sh: permission denied"); the runtime stage stays uid 10001
+# hadolint ignore=DL3002
+USER 0
 RUN lappdeploy --help > /dev/null \
     && lappdeploy compress --model tiny_resnet --dataset synthetic --synthetic-shape 3x16x16 \
         --synthetic-samples 64 --batch-size 16 --epochs 1 --round-to 1 --device cpu --out /tmp/run \
