@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lappdeploy.environment import write_benchmark
-from lappdeploy.methods.common import frozen_copy
+from lappdeploy.methods.common import frozen_copy, recalibrate_bn_
 from lappdeploy.methods.reconstruct import ReconstructionSettings, ResourceMeter, reconstruct_
 from lappdeploy.models import create_model
 from lappdeploy.surgery import analyze, remove_channels_, uniform_plan
@@ -36,24 +36,12 @@ def _model(spec: str) -> tuple[str, torch.nn.Module, tuple[int, int, int]]:
     return name, create_model(name, num_classes=classes, in_channels=channels), (channels, size, size)
 
 
-@torch.no_grad()
-def _estimate_batchnorm_(model: torch.nn.Module, images: torch.Tensor, batch: int = 32) -> None:
-    """Running BatchNorm statistics from `images` (cumulative average), so activations are normalised."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for start in range(0, len(images), batch):
-        model(images[start : start + batch])
-    model.eval()
-
-
 def measure(spec: str, mode: str, args) -> dict:
     torch.manual_seed(0)
     name, model, shape = _model(spec)
     images = torch.randn(args.calib_images, *shape)
-    _estimate_batchnorm_(model, images[:128])
+    recalibrate_bn_(model, images[:128].split(32))  # running statistics of these images: activations at scale
+    model.eval()
     example = images[:1]
     groups = analyze(model, example)
     plan = uniform_plan(groups, args.target)

@@ -243,11 +243,10 @@ class IterativePruning(PruningHookBase):
         )  # fmt: skip
         candidates = [grown]
         if plan_cost(self.current, grown).macs < (1 - LANDING_WINDOW) * limit:
-            ratio = limit / plan_cost(self.current, ChannelPlan()).macs
-            cut = uniform_plan(self.current, ratio, scores=scores)
+            cut = uniform_plan(self.current, limit / self.macs_without({}), scores=scores)
             candidates.append(land_plan(cut, self.current, self.config, limit, scores, lowest))
-        fits = [p for p in candidates if self._keeps_lowest(p, lowest) and plan_cost(self.current, p).macs <= limit]
-        best = max(fits, key=lambda p: plan_cost(self.current, p).macs, default=step_plan)
+        costs = [(plan_cost(self.current, p).macs, p) for p in candidates if self._keeps_lowest(p, lowest)]
+        best = max((c for c in costs if c[0] <= limit), key=lambda c: c[0], default=(macs, step_plan))[1]
         record.update(landed_from=round(macs / self.dense.macs, 5), landing="uniform" if best is not grown else "grown")
         return best
 
