@@ -225,30 +225,153 @@ class IterativePruning(PruningHookBase):
             self._schedule(loop, before - after, after - self.target_macs)
 
     def _land(self, step_plan: ChannelPlan, record: dict[str, Any]) -> ChannelPlan:
-        """The step that reaches the target, when it would cut more than LANDING_WINDOW under it (one unit of a
-        group can be several percent of the MACs), is replaced so the model lands within the window, as the
-        one-shot methods' plans do: first the decided step with whole units given back and traded between
-        groups; when that cannot land, a uniform cut of the remaining MACs over every group, landed the same
-        way; else the closer of the two, within the ceiling. Removed channels never come back (no group grows
-        past its width) and no group goes below its lowest width, so where the widths left leave no plan in the
-        window (ResNet-20 near 0.3 with --cap 0.75) the step lands as close below as these two find."""
-        limit = self.budget_limit()
+        """The decided step, changed where needed so the run lands within LANDING_WINDOW under the target (one
+        unit of a group can be several percent of the MACs), as the one-shot methods' plans do.
+
+        A step that stays above the target is kept while some later removals could still land the model
+        (`_landing_drops`); when none could (the widths left would be stranded), its cut is made one unit
+        smaller or larger, the least change first, until they could. A step that ends more than the window
+        under the target is replaced by the first of these that lands: the decided cut with whole units
+        given back and traded between groups; a uniform cut of the remaining MACs over every group, landed
+        the same way; the decided cut given back unit by unit, each time completed by the unit removals that
+        land (`_descend`); a stranded step is landed this way too when no resizing helps (and kept as decided
+        when even that does not land). Removed channels never come back and no group goes below its lowest
+        width, so a run ends under the window only when the widths its earlier steps left hold no plan in it."""
+        limit, floor = self.budget_limit(), (1 - LANDING_WINDOW) * self.budget_limit()
         macs = plan_cost(self.current, step_plan).macs
-        if macs > limit or macs >= (1 - LANDING_WINDOW) * limit:
+        decided = {gid: gp.channels - len(gp.keep) for gid, gp in step_plan.groups.items()}
+        if floor <= macs <= limit:
             return step_plan
-        scores, lowest = self._landing_scores(), {g.id: self.lowest_width(g.id) for g in self.current.prunable}
-        grown = fill_plan(
-            step_plan, self.current, self.config.round_to,
-            scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest,
-        )  # fmt: skip
-        candidates = [grown]
-        if plan_cost(self.current, grown).macs < (1 - LANDING_WINDOW) * limit:
+        scores = self._landing_scores()
+        if macs > limit:
+            if self._landable(decided):
+                return step_plan
+            resized = self._landable_resize(decided)
+            if resized is not None:
+                record.update(landing="resized", resized=resized)
+                return self._plan_for(resized, step_plan, scores)
+        lowest = {g.id: self.lowest_width(g.id) for g in self.current.prunable}
+        candidates = {}
+        if macs <= limit:
+            candidates["grown"] = fill_plan(
+                step_plan, self.current, self.config.round_to,
+                scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest,
+            )  # fmt: skip
+        if not self._lands(candidates.get("grown")):
             cut = uniform_plan(self.current, limit / self.macs_without({}), scores=scores)
-            candidates.append(land_plan(cut, self.current, self.config, limit, scores, lowest))
-        costs = [(plan_cost(self.current, p).macs, p) for p in candidates if self._keeps_lowest(p, lowest)]
-        best = max((c for c in costs if c[0] <= limit), key=lambda c: c[0], default=(macs, step_plan))[1]
-        record.update(landed_from=round(macs / self.dense.macs, 5), landing="uniform" if best is not grown else "grown")
-        return best
+            candidates["uniform"] = land_plan(cut, self.current, self.config, limit, scores, lowest)
+            if not self._lands(candidates["uniform"]):
+                descent = self._descend(decided)
+                candidates["descent"] = None if descent is None else self._plan_for(descent, step_plan, scores)
+        costs = [
+            (plan_cost(self.current, p).macs, name, p)
+            for name, p in candidates.items()
+            if p is not None and self._keeps_lowest(p, lowest)
+        ]
+        fallback = (macs, "none", step_plan)  # nothing better: the decided step as it is
+        best = max((c for c in costs if c[0] <= limit), key=lambda c: c[0], default=fallback)
+        if macs > limit and best[0] < floor:
+            return step_plan  # stranded, and landing now would not land either: the steps go on as decided
+        record.update(landed_from=round(macs / self.dense.macs, 5), landing=best[1])
+        return best[2]
+
+    def _lands(self, plan: ChannelPlan | None) -> bool:
+        limit = self.budget_limit()
+        return plan is not None and (1 - LANDING_WINDOW) * limit <= plan_cost(self.current, plan).macs <= limit
+
+    def _plan_for(self, drops: dict[str, int], step_plan: ChannelPlan, scores: torch.Tensor) -> ChannelPlan:
+        """The plan removing `drops[gid]` channels per group: the channels the decided step keeps stay kept,
+        given-back ones return best-scored first, extra ones go worst-scored first."""
+        decided_kept = step_plan.keep_mask(self.current).float()
+        ranking = scores.detach().float() + decided_kept * (scores.detach().abs().max() + 1)
+        keep = {gid: self.current.prunable_group(gid).channels - n for gid, n in drops.items() if n}
+        return plan_from_scores(self.current, ranking, keep)
+
+    def _landable_resize(self, decided: dict[str, int], most_units: int = 8) -> dict[str, int] | None:
+        """The decided cut made `units` smaller or larger in each decided group (1, then 2, ...; smaller first)
+        so that it stays above the target and later removals can still land the model; None if none does."""
+        options = {gid: self.counts(gid) for gid in decided}
+        for units in range(1, most_units + 1):
+            for sign in (-1, +1):
+                drops = {gid: self._moved(options[gid], n, sign * units) for gid, n in decided.items()}
+                removes = any(drops.values()) and drops != decided
+                if removes and self.macs_without(drops) > self.budget_limit() and self._landable(drops):
+                    return drops
+        return None
+
+    def _descend(self, decided: dict[str, int]) -> dict[str, int] | None:
+        """Drops that land in the window, searched from the widths before the step: the decided cut given
+        back one unit at a time (the whole cut first), each time completed by the unit removals over every
+        group that land (`_landing_drops`). None when no such plan exists."""
+        options = {gid: self.counts(gid) for gid in decided}
+        for units in range(max((len(c) for c in options.values()), default=0) + 1):
+            drops = {gid: self._moved(options[gid], n, -units) for gid, n in decided.items()}
+            landed = self._landing_drops(drops)
+            if landed is not None:
+                return landed
+        return None
+
+    @staticmethod
+    def _moved(counts: list[int], decided: int, units: int) -> int:
+        """The available count `units` steps from the decided one (negative: fewer channels; 0 is none)."""
+        steps = [0, *counts]
+        index = steps.index(decided) if decided in steps else 0
+        return steps[min(max(index + units, 0), len(steps) - 1)]
+
+    def _landable(self, drops: dict[str, int], room: float = 3.0) -> bool:
+        """Whether later removals could still land the model after `drops` (above the target): yes at once when
+        the MACs still to remove exceed `room` times the largest saving of one more unit of any group (later
+        steps check again, nearer the target), else when `_landing_drops` finds a landing."""
+        now = self.macs_without(drops)
+        savings = [
+            now - self.macs_without({**drops, g.id: more[0]})
+            for g in self.current.prunable
+            if (more := [n for n in self.counts(g.id) if n > drops.get(g.id, 0)])
+        ]
+        if not savings:
+            return False
+        if now - self.budget_limit() > room * max(savings):
+            return True
+        return self._landing_drops(drops) is not None
+
+    def _landing_drops(self, drops: dict[str, int], max_bins: int = 4000, exact_checks: int = 256):
+        """`drops` plus further unit removals over every group that bring the MACs into the window, or None.
+
+        A subset sum: each group's possible further removals, with the MACs each saves on its own (exact), are
+        combined group by group over sums binned finely (a bin is 1/8 of the window, coarser when that would
+        exceed `max_bins` bins). Savings add up to at most their sum (a conv reading a pruned group and writing
+        another saves the product term once, not twice), so combinations are checked with the exact cost model
+        from the smallest summed saving that could land upward. MACs only fall as channels go, so a removal
+        that alone overshoots the window is never part of a landing."""
+        limit, floor, now = self.budget_limit(), (1 - LANDING_WINDOW) * self.budget_limit(), self.macs_without(drops)
+        if now <= limit:
+            return dict(drops) if now >= floor else None
+        low, high = now - limit, now - floor  # MACs to save: at least `low`, at most `high`
+        reach = 1.5 * high  # summed savings worth checking (the exact saving of a combination is at most its sum)
+        width = max((high - low) / 8, reach / max_bins)
+        sums: dict[int, tuple[float, dict[str, int]]] = {0: (0.0, {})}
+        for g in self.current.prunable:
+            removals = []
+            for n in self.counts(g.id):
+                if n > drops.get(g.id, 0):
+                    saved = now - self.macs_without({**drops, g.id: n})
+                    if saved > high:
+                        break
+                    removals.append((n, saved))
+            grown = dict(sums)
+            for total, choice in sums.values():
+                for n, saved in removals:
+                    if total + saved <= reach:
+                        key = round((total + saved) / width)
+                        if key not in grown:
+                            grown[key] = (total + saved, {**choice, g.id: n})
+            sums = grown
+        near = sorted((v for v in sums.values() if v[0] >= low), key=lambda v: v[0])
+        for _, choice in near[:exact_checks]:
+            trial = {**drops, **choice}
+            if floor <= self.macs_without(trial) <= limit:
+                return trial
+        return None
 
     def _landing_scores(self) -> torch.Tensor:
         """Which channels a landing keeps: in each group, the order of the criterion its last removal step used
