@@ -334,12 +334,15 @@ class IterativePruning(PruningHookBase):
             return True
         return self._landing_drops(drops) is not None
 
-    def _landing_drops(self, drops: dict[str, int], max_bins: int = 4000, exact_checks: int = 256):
+    def _landing_drops(
+        self, drops: dict[str, int], max_bins: int = 4000, exact_checks: int = 256, per_group: int = 32
+    ) -> dict[str, int] | None:
         """`drops` plus further unit removals over every group that bring the MACs into the window, or None.
 
         A subset sum: each group's possible further removals, with the MACs each saves on its own (exact), are
         combined group by group over sums binned finely (a bin is 1/8 of the window, coarser when that would
-        exceed `max_bins` bins). Savings add up to at most their sum (a conv reading a pruned group and writing
+        exceed `max_bins` bins; at most `per_group` removal sizes per group, the smallest, bound the work on wide
+        networks). Savings add up to at most their sum (a conv reading a pruned group and writing
         another saves the product term once, not twice), so combinations are checked with the exact cost model
         from the smallest summed saving that could land upward. MACs only fall as channels go, so a removal
         that alone overshoots the window is never part of a landing."""
@@ -355,7 +358,7 @@ class IterativePruning(PruningHookBase):
             for n in self.counts(g.id):
                 if n > drops.get(g.id, 0):
                     saved = now - self.macs_without({**drops, g.id: n})
-                    if saved > high:
+                    if saved > high or len(removals) == per_group:
                         break
                     removals.append((n, saved))
             grown = dict(sums)
