@@ -215,8 +215,9 @@ def plan_within_budget(
     if plan_cost(groups, best).macs < (1 - LANDING_WINDOW) * budget_macs:
         lowest = dict(zip(mask.ids, mask.min_keep, strict=True))
         best = fill_plan(
-            best, groups, round_to, scores=normalised, budget=budget_macs, window=LANDING_WINDOW, lowest=lowest
-        )
+            best, groups, round_to, scores=normalised, budget=budget_macs, window=LANDING_WINDOW, lowest=lowest,
+            four_move_trade=True,
+        )  # fmt: skip
     for index, gid in enumerate(mask.ids):
         if gid in best.groups:
             best.groups[gid].threshold = float(thresholds[index]) + offset

@@ -249,6 +249,7 @@ def fill_plan(
     budget: float,
     window: float = 0.0,
     lowest: dict[str, int] | None = None,
+    four_move_trade: bool = False,
 ) -> ChannelPlan:
     """Grow `plan` by whole units (multiples of `k`, whole blocks of grouped convs), the least-kept group
     first, while its deploy MACs stay within `budget`: a rounded plan lands close under the budget instead
@@ -257,14 +258,15 @@ def fill_plan(
     With `window` > 0, a plan still more than `window` x budget under it afterwards also trades units
     between two groups (one unit more in one, one fewer in another, never below `lowest[gid]`, default one
     unit) while that brings it closer under the budget: on small inputs a single unit can be several
-    percent of the MACs, more than the window."""
+    percent of the MACs, more than the window. `four_move_trade` adds a last resort when those trades end
+    under the window: one trade of four moves from the grown plan, aimed at the middle of the window."""
     mask = plan.keep_mask(groups)
     ranking = scores.detach().float() + mask.float() * (scores.detach().abs().max() + 1)
     counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
     landing = _Landing(groups, k, ranking, budget, lowest or {})
     counts = landing.grow(counts)
     if window > 0:
-        counts = landing.trade(counts, floor=(1 - window) * budget)
+        counts = landing.trade(counts, floor=(1 - window) * budget, four_moves=four_move_trade)
     out = plan_from_scores(groups, ranking, counts)
     out.info = dict(plan.info)
     return out
@@ -294,10 +296,15 @@ class _Landing:
                     break
         return counts
 
-    def trade(self, counts: dict[str, int], floor: float, max_moves: int = 16) -> dict[str, int]:
+    def trade(
+        self, counts: dict[str, int], floor: float, max_moves: int = 16, four_moves: bool = False
+    ) -> dict[str, int]:
         """Trades of up to three unit moves (one unit more or fewer per group) that raise the MACs but stay
-        within the budget, the largest rise first, until the MACs reach `floor` or no trade fits. No group
-        ends more than one unit away from its width in `counts`: the method's allocation stays its own."""
+        within the budget, the largest rise first, until the MACs reach `floor` or no trade fits; with
+        `four_moves`, as a last resort on networks with few groups, one trade of four moves aimed at the middle
+        of the window (from where the trades stopped, else from `counts`). No group ends more than one unit
+        away from its width in `counts` (two after a last-resort trade): the method's allocation stays its
+        own."""
         start = dict(counts)
         for _ in range(max_moves):
             now = self.macs(counts)
@@ -307,23 +314,47 @@ class _Landing:
             if better is None:
                 break
             counts = better
+        if four_moves and self.macs(counts) < floor:  # no chain of smaller trades got there: four moves at once
+            for origin in (dict(counts), start):  # from where the trades stopped, else from where they began
+                aim = (floor + self.budget) / 2 - self.macs(origin)  # the rise that lands mid-window
+                four = self._best_trade(origin, origin, self.macs(origin), sizes=(4,), aim=aim)
+                if four is not None and self.macs(four) > self.macs(counts):
+                    counts = four
+                if self.macs(counts) >= floor:
+                    break
         return counts
 
     def _best_trade(
-        self, counts: dict[str, int], start: dict[str, int], now: int, exact_checks: int = 200
+        self,
+        counts: dict[str, int],
+        start: dict[str, int],
+        now: int,
+        exact_checks: int = 200,
+        sizes: tuple[int, ...] = (1, 2, 3),
+        most_moves_for_four: int = 40,  # C(40, 4) ~ 91k estimated trades; wider networks land with fewer moves
+        aim: float | None = None,
     ) -> dict[str, int] | None:
+        """The trade of the largest estimated MACs rise that fits under the budget (with `aim`: the one whose
+        estimated rise is nearest `aim` first), checked exactly."""
         moves = [
             (gid, sign, delta) for sign in (+1, -1) for gid, delta in self._deltas(counts, start, now, sign).items()
         ]
+        if max(sizes) >= 4 and len(moves) > most_moves_for_four:
+            return None
         room = self.budget - now
         trades = []
-        for size in (1, 2, 3):
+        for size in sizes:
             for combo in itertools.combinations(moves, size):
                 # a trade's MACs change is nearly the sum of its moves' (adjacent layers interact a little)
                 estimate = sum(delta for _, _, delta in combo)
-                if 0 < estimate <= room + 0.01 * self.budget and len({gid for gid, _, _ in combo}) == size:
+                near = (
+                    0 < estimate <= room + 0.01 * self.budget
+                    if aim is None
+                    else abs(estimate - aim) < 0.02 * self.budget
+                )
+                if near and len({gid for gid, _, _ in combo}) == size:
                     trades.append((estimate, combo))
-        trades.sort(key=lambda trade: -trade[0])
+        trades.sort(key=lambda trade: -trade[0] if aim is None else abs(trade[0] - aim))
         for _, combo in trades[:exact_checks]:
             trial = dict(counts)
             for gid, sign, _ in combo:

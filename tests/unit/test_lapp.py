@@ -30,6 +30,7 @@ from lappdeploy.surgery import (
     fold_bypass_,
     has_bypass,
     plan_cost,
+    plan_from_scores,
     uniform_plan,
 )
 from lappdeploy.testing import quadrant_batches, randomize_norms_
@@ -278,6 +279,30 @@ def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
     for g in groups.prunable:
         kept = len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels
         assert kept % round_to == 0 or kept == g.channels
+
+
+def test_a_plan_no_three_move_trade_lands_is_landed_by_four():
+    """The widths a LAPP run froze at (ResNet-20 at 28 px, --round-to 8, target 0.3): 0.2982 of dense, under the
+    window (0.2985-0.3); no trade of up to three unit moves lands it, one of four does."""
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    groups = analyze(model, torch.randn(2, 1, 28, 28))
+    frozen = {
+        "layer3.0.conv2": 24, "layer2.0.conv2": 16, "conv1": 8, "layer1.0.conv1": 8, "layer1.1.conv1": 8,
+        "layer1.2.conv1": 8, "layer2.0.conv1": 32, "layer2.1.conv1": 8, "layer2.2.conv1": 16, "layer3.0.conv1": 56,
+    }  # fmt: skip
+    scores = torch.rand(groups.global_channels, generator=torch.Generator().manual_seed(0))
+    plan = plan_from_scores(groups, scores, frozen)
+    dense, limit = plan_cost(groups, ChannelPlan()).macs, 0.3 * plan_cost(groups, ChannelPlan()).macs
+    assert plan_cost(groups, plan).macs < (1 - LANDING_WINDOW) * limit
+    assert (
+        plan_cost(groups, fill_plan(plan, groups, 8, scores=scores, budget=limit, window=LANDING_WINDOW)).macs
+        < (1 - LANDING_WINDOW) * limit
+    ), "no trade of up to three moves lands it"
+    landed = fill_plan(plan, groups, 8, scores=scores, budget=limit, window=LANDING_WINDOW, four_move_trade=True)
+    macs = plan_cost(groups, landed).macs
+    assert (1 - LANDING_WINDOW) * limit <= macs <= limit, macs / dense
+    widths = {g.id: len(landed.groups[g.id].keep) if g.id in landed.groups else g.channels for g in groups.prunable}
+    assert all(abs(widths[gid] - frozen.get(gid, g.channels)) <= 8 for gid, g in ((g.id, g) for g in groups.prunable))
 
 
 # -------------------------------------------------------------------- any loop; resume; baselines
