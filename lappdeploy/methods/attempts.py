@@ -47,6 +47,7 @@ from lappdeploy.surgery import (
     compose_plans,
     cost_model,
     fill_plan,
+    kept_first,
     plan_cost,
     plan_from_scores,
     uniform_plan,
@@ -237,7 +238,7 @@ class IterativePruning(PruningHookBase):
         land (`_descend`); a stranded step is landed this way too when no resizing helps (and kept as decided
         when even that does not land). Removed channels never come back and no group goes below its lowest
         width, so a run ends under the window only when the widths its earlier steps left hold no plan in it."""
-        limit, floor = self.budget_limit(), (1 - LANDING_WINDOW) * self.budget_limit()
+        floor, limit = self._window()
         macs = plan_cost(self.current, step_plan).macs
         decided = {gid: gp.channels - len(gp.keep) for gid, gp in step_plan.groups.items()}
         if floor <= macs <= limit:
@@ -275,17 +276,23 @@ class IterativePruning(PruningHookBase):
         record.update(landed_from=round(macs / self.dense.macs, 5), landing=best[1])
         return best[2]
 
+    def _window(self) -> tuple[float, float]:
+        """(floor, ceiling) of the deploy MACs a landed run may end at."""
+        return (1 - LANDING_WINDOW) * self.budget_limit(), self.budget_limit()
+
     def _lands(self, plan: ChannelPlan | None) -> bool:
-        limit = self.budget_limit()
-        return plan is not None and (1 - LANDING_WINDOW) * limit <= plan_cost(self.current, plan).macs <= limit
+        floor, limit = self._window()
+        return plan is not None and floor <= plan_cost(self.current, plan).macs <= limit
+
+    def _further(self, gid: str, drops: dict[str, int]) -> list[int]:
+        """The available counts of group `gid` that remove more than `drops` does, ascending."""
+        return [n for n in self.counts(gid) if n > drops.get(gid, 0)]
 
     def _plan_for(self, drops: dict[str, int], step_plan: ChannelPlan, scores: torch.Tensor) -> ChannelPlan:
         """The plan removing `drops[gid]` channels per group: the channels the decided step keeps stay kept,
         given-back ones return best-scored first, extra ones go worst-scored first."""
-        decided_kept = step_plan.keep_mask(self.current).float()
-        ranking = scores.detach().float() + decided_kept * (scores.detach().abs().max() + 1)
         keep = {gid: self.current.prunable_group(gid).channels - n for gid, n in drops.items() if n}
-        return plan_from_scores(self.current, ranking, keep)
+        return plan_from_scores(self.current, kept_first(scores, step_plan.keep_mask(self.current)), keep)
 
     def _landable_resize(self, decided: dict[str, int], most_units: int = 8) -> dict[str, int] | None:
         """The decided cut made `units` smaller or larger in each decided group (1, then 2, ...; smaller first)
@@ -326,7 +333,7 @@ class IterativePruning(PruningHookBase):
         savings = [
             now - self.macs_without({**drops, g.id: more[0]})
             for g in self.current.prunable
-            if (more := [n for n in self.counts(g.id) if n > drops.get(g.id, 0)])
+            if (more := self._further(g.id, drops))
         ]
         if not savings:
             return False
@@ -346,7 +353,7 @@ class IterativePruning(PruningHookBase):
         another saves the product term once, not twice), so combinations are checked with the exact cost model
         from the smallest summed saving that could land upward. MACs only fall as channels go, so a removal
         that alone overshoots the window is never part of a landing."""
-        limit, floor, now = self.budget_limit(), (1 - LANDING_WINDOW) * self.budget_limit(), self.macs_without(drops)
+        (floor, limit), now = self._window(), self.macs_without(drops)
         if now <= limit:
             return dict(drops) if now >= floor else None
         low, high = now - limit, now - floor  # MACs to save: at least `low`, at most `high`
@@ -355,12 +362,11 @@ class IterativePruning(PruningHookBase):
         sums: dict[int, tuple[float, dict[str, int]]] = {0: (0.0, {})}
         for g in self.current.prunable:
             removals = []
-            for n in self.counts(g.id):
-                if n > drops.get(g.id, 0):
-                    saved = now - self.macs_without({**drops, g.id: n})
-                    if saved > high or len(removals) == per_group:
-                        break
-                    removals.append((n, saved))
+            for n in self._further(g.id, drops)[:per_group]:
+                saved = now - self.macs_without({**drops, g.id: n})
+                if saved > high:
+                    break
+                removals.append((n, saved))
             grown = dict(sums)
             for total, choice in sums.values():
                 for n, saved in removals:

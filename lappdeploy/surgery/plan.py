@@ -28,6 +28,7 @@ __all__ = [
     "GroupPlan",
     "compose_plans",
     "fill_plan",
+    "kept_first",
     "plan_from_scores",
     "plan_id",
     "random_plan",
@@ -240,6 +241,13 @@ def round_plan(
     return out
 
 
+def kept_first(scores: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """A ranking in which every channel `keep_mask` keeps outranks every dropped one, each side in `scores`'
+    order: a plan grown from it returns the best-scored dropped channels first, one shrunk from it drops the
+    worst-scored kept ones last."""
+    return scores.detach().float() + keep_mask.float() * (scores.detach().abs().max() + 1)
+
+
 def fill_plan(
     plan: ChannelPlan,
     groups: ChannelGroups,
@@ -261,7 +269,7 @@ def fill_plan(
     percent of the MACs, more than the window. `four_move_trade` adds a last resort when those trades end
     under the window: one trade of four moves from the grown plan, aimed at the middle of the window."""
     mask = plan.keep_mask(groups)
-    ranking = scores.detach().float() + mask.float() * (scores.detach().abs().max() + 1)
+    ranking = kept_first(scores, mask)
     counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
     landing = _Landing(groups, k, ranking, budget, lowest or {})
     counts = landing.grow(counts)
@@ -315,7 +323,8 @@ class _Landing:
                 break
             counts = better
         if four_moves and self.macs(counts) < floor:  # no chain of smaller trades got there: four moves at once
-            for origin in (dict(counts), start):  # from where the trades stopped, else from where they began
+            origins = [dict(counts)] if counts == start else [dict(counts), start]
+            for origin in origins:  # from where the trades stopped, else from where they began
                 aim = (floor + self.budget) / 2 - self.macs(origin)  # the rise that lands mid-window
                 four = self._best_trade(origin, origin, self.macs(origin), sizes=(4,), aim=aim)
                 if four is not None and self.macs(four) > self.macs(counts):
