@@ -18,6 +18,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_text",
+    "cache_root",
     "can_create_in",
     "give_default_permissions",
     "nearest_existing",
@@ -92,3 +93,9 @@ def can_create_in(directory: str | os.PathLike[str]) -> bool:
         return False
     os.rmdir(probe)
     return True
+
+
+def cache_root() -> Path:
+    """lappdeploy's cache directory: $XDG_CACHE_HOME/lappdeploy, else ~/.cache/lappdeploy (downloads,
+    TensorRT timing caches, latency tables)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lappdeploy"

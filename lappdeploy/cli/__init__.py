@@ -16,6 +16,7 @@ from lappdeploy.cli.compress_cmd import compress_command
 from lappdeploy.cli.export_cmd import export_command
 from lappdeploy.cli.inspect_cmd import inspect_command
 from lappdeploy.cli.list_cmd import list_command
+from lappdeploy.cli.profile_cmd import profile_command
 from lappdeploy.cli.train_cmd import train_command
 from lappdeploy.errors import LappDeployError
 
@@ -36,6 +37,7 @@ cli.add_command(compress_command)
 cli.add_command(inspect_command)
 cli.add_command(export_command)
 cli.add_command(bench_command)
+cli.add_command(profile_command)
 cli.add_command(report_command)
 cli.add_command(list_command)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from lappdeploy.cli.common import (
+    ProgressBar,
     config_file_option,
     dataclass_options,
     format_count,
-    stderr_console,
     stdout_console,
 )
 from lappdeploy.config import BenchConfig
@@ -52,7 +52,7 @@ def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, **fields) 
     from lappdeploy.report.bench_report import write_bench_report
 
     config = BenchConfig(**fields)
-    with _ProgressBar() as progress:
+    with ProgressBar() as progress:
         records, out_dir = bench_runs(list(runs), config, out=out, progress=progress)
     comparisons, files = write_bench_report(read_records(out_dir), out_dir, plots=plot)
     fresh = [c for c in comparisons if records and c.record.session == records[0].session]
@@ -62,37 +62,6 @@ def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, **fields) 
     for name in ("markdown", "csv", "latency_vs_macs", "speedup_vs_batch"):
         if name in files:
             console.print(f"{name.replace('_', ' ')}: {files[name]}")
-
-
-class _ProgressBar:
-    """A progress bar on stderr, called as `progress(what, fraction)`; it appears at the first timed call,
-    so errors in the input print without one."""
-
-    def __enter__(self) -> _ProgressBar:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description:>12}"),
-            BarColumn(bar_width=30),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=stderr_console(),
-            transient=True,
-        )
-        self.task = None
-        return self
-
-    def __call__(self, what: str, fraction: float) -> None:
-        if self.task is None:
-            self.bar.start()
-            self.task = self.bar.add_task(what, total=1.0)
-        self.bar.update(self.task, completed=fraction, description=what)
-
-    def __exit__(self, *exc) -> None:
-        if self.task is not None:
-            self.bar.stop()
 
 
 def print_comparisons(comparisons, *, title: str = "") -> None:

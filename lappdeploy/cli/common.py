@@ -17,6 +17,7 @@ from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape, sp
 from lappdeploy.errors import ConfigError
 
 __all__ = [
+    "ProgressBar",
     "SectionedCommand",
     "config_file_option",
     "dataclass_options",
@@ -209,3 +210,34 @@ def config_file_option(fn: Callable) -> Callable:
         callback=_load_config_file,
         help="YAML file of option: value pairs used as defaults (command-line flags override them).",
     )(fn)
+
+
+class ProgressBar:
+    """A progress bar on stderr, called as `progress(what, fraction)`; it appears at the first timed call,
+    so errors in the input print without one."""
+
+    def __enter__(self) -> ProgressBar:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description:>12}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self.task = None
+        return self
+
+    def __call__(self, what: str, fraction: float) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(what, total=1.0)
+        self.bar.update(self.task, completed=fraction, description=what)
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            self.bar.stop()

@@ -119,7 +119,15 @@ def print_compress_report(report: dict, out: str) -> None:
 
     print_report(report, out)
     console = stdout_console()
-    costs = Table(title=f"{report['method']}: target {report['target_macs']:g} of dense MACs", title_justify="left")
+    latency = report.get("latency")
+    if latency:
+        title = (
+            f"{report['method']}: target {latency['target_ms']:.4g} ms ({latency['runtime']} {latency['device']}, "
+            f"batch {latency['batch']})"
+        )
+    else:
+        title = f"{report['method']}: target {report['target_macs']:g} of dense MACs"
+    costs = Table(title=title, title_justify="left")
     for column in ("", "dense", "compressed", "ratio"):
         costs.add_column(column, justify="right" if column else "left")
     for label, dense, pruned in (
@@ -128,6 +136,15 @@ def print_compress_report(report: dict, out: str) -> None:
         ("params", report["dense_params"], report["params"]),
     ):
         costs.add_row(label, format_count(dense), format_count(pruned), f"{pruned / max(dense, 1):.3f}")
+    if latency and latency.get("measured_ms") is not None:
+        dense_ms, measured = latency["dense_measured_ms"], latency["measured_ms"]
+        costs.add_row(
+            "latency, measured (ms / batch)", f"{dense_ms:.4g}", f"{measured:.4g}", f"{measured / dense_ms:.3f}"
+        )
+    if latency and latency.get("predicted_ms") is not None:
+        dense_ms, predicted = latency["dense_predicted_ms"], latency["predicted_ms"]
+        costs.add_row("latency, predicted (ms / batch)", f"{dense_ms:.4g}", f"{predicted:.4g}",
+                      f"{predicted / dense_ms:.3f}")  # fmt: skip
     console.print(costs)
     console.print(keep_ratio_table(report["layers"]))
 

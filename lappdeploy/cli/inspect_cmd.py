@@ -12,7 +12,7 @@ from lappdeploy.cli.common import ShapeParam, format_count, stdout_console
 from lappdeploy.errors import LappDeployError
 from lappdeploy.io import read_json
 
-__all__ = ["inspect_command"]
+__all__ = ["inspect_command", "model_from_name"]
 
 
 def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
@@ -27,7 +27,7 @@ def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
     return loaded.model, {**loaded.card.to_dict(), "source": str(path)}, report
 
 
-def _from_model_name(name: str, *, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes):
+def model_from_name(name: str, *, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes):
     """Build registered model `name` for a dataset (resolving the input shape exactly as `train` does)
     or for an explicit --input-shape."""
     from lappdeploy.data import DataRequest, locate_dataset
@@ -123,7 +123,7 @@ def inspect_command(
     if path.exists():
         model, card, report = _from_checkpoint(path)
     elif target in MODELS:
-        model, card = _from_model_name(
+        model, card = model_from_name(
             target,
             dataset=dataset,
             data_dir=data_dir,

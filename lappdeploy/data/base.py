@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lappdeploy.errors import DataNotFoundError
+from lappdeploy.io import cache_root
 
 __all__ = [
     "DataBundle",
@@ -81,7 +82,7 @@ class DatasetSpec:
 
 
 def default_download_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lappdeploy" / "data"
+    return cache_root() / "data"
 
 
 def candidate_roots(request: DataRequest, system_dirs: tuple[str, ...] = ()) -> list[tuple[Path, str]]:

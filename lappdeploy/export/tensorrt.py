@@ -38,7 +38,7 @@ from lappdeploy.export.trt_recipes import (
     layer_info_file,
     trt_recipe,
 )
-from lappdeploy.io import atomic_open, atomic_write_text
+from lappdeploy.io import atomic_open, atomic_write_text, cache_root
 from lappdeploy.optional import require
 
 __all__ = [
@@ -141,7 +141,7 @@ def timing_cache_path(cache_dir: str | os.PathLike[str], device: str, trt_versio
 
 
 def default_timing_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lappdeploy" / "tensorrt"
+    return cache_root() / "tensorrt"
 
 
 def cuda_device_name() -> tuple[str, tuple[int, int] | None]:

@@ -63,6 +63,8 @@ class PruneConfig:
     # Methods that decide by evaluating candidate prunings need held-out training images (--holdout);
     # this many are held out when the run does not say.
     default_holdout: ClassVar[int] = 0
+    # Methods that can budget measured latency (--target-latency) instead of MACs
+    supports_latency: ClassVar[bool] = False
 
     target_macs: float = option(0.5, "Fraction of the dense deploy MACs to keep, in (0, 1].")
     prune_epochs: int = option(
@@ -106,9 +108,25 @@ class PruneConfig:
         "layer's valid capacity).",
     )
 
+    target_latency: float = option(
+        0.0,
+        "Budget measured latency instead of MACs: the fraction, in (0, 1), of the dense model's latency on the "
+        "--latency-table's runtime and device (docs/latency.md); 0: budget --target-macs.",
+    )
+    target_latency_ms: float = option(
+        0.0, "Budget latency in ms per batch (the table's batch size) on the --latency-table's runtime; 0: not used."
+    )
+    latency_table: str = option(
+        "",
+        "Latency table (JSON, from `lappdeploy profile`) for --target-latency / --target-latency-ms; empty: profile "
+        "this model on ONNX Runtime CPU (batch 8), cached.",
+    )
+    force_table: bool = option(False, "Use a --latency-table measured on another device or runtime.")
+
     def __post_init__(self) -> None:
         check_types(self)
         in_range(self, "target_macs", 0.0, 1.0, lo_open=True)
+        self._check_latency()
         at_least(self, "prune_epochs", 0)
         at_least(self, "round_to", 1)
         at_least(self, "min_channels", 1)
@@ -116,6 +134,28 @@ class PruneConfig:
         at_least(self, "recalibrate_bn", 0)
         check_choices(self)
         self._check_reconstruction()
+
+    @property
+    def budgets_latency(self) -> bool:
+        return self.target_latency > 0 or self.target_latency_ms > 0
+
+    def _check_latency(self) -> None:
+        if self.budgets_latency and not self.supports_latency:
+            latency_methods = ", ".join(n for n in METHODS.names() if METHODS.get(n).config.supports_latency)
+            raise ConfigError(
+                f"--target-latency / --target-latency-ms: {self.method} budgets MACs only; methods that budget "
+                f"latency: {latency_methods}"
+            )
+        if self.target_latency > 0 and self.target_latency_ms > 0:
+            raise ConfigError("give --target-latency (a fraction of dense) or --target-latency-ms, not both")
+        if not 0 <= self.target_latency < 1:
+            raise ConfigError(
+                f"--target-latency {self.target_latency} must be in (0, 1): a fraction of the dense model's latency"
+            )
+        if self.target_latency_ms < 0:
+            raise ConfigError(f"--target-latency-ms must be > 0 (got {self.target_latency_ms})")
+        if (self.latency_table or self.force_table) and not self.budgets_latency:
+            raise ConfigError("--latency-table / --force-table need --target-latency or --target-latency-ms")
 
     def _check_reconstruction(self) -> None:
         at_least(self, "calib_images", 1)

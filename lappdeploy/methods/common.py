@@ -45,6 +45,7 @@ from lappdeploy.surgery import (
     remove_channels_,
     round_plan,
 )
+from lappdeploy.surgery.plan import PlanMeasure, macs_measure
 
 __all__ = [
     "LANDING_WINDOW",
@@ -83,7 +84,7 @@ class PruneResult:
 
     method: str
     plan: ChannelPlan
-    target_macs: float  # fraction of the dense deploy MACs
+    target_macs: float | None  # fraction of the dense deploy MACs (None: the method budgeted latency)
     dense: DeployCost  # deploy MACs per image and params of the dense model
     deploy: DeployCost  # the same of the pruned model
     layers: list[dict[str, Any]]  # per prunable group, in module order: name, total, kept, threshold
@@ -183,40 +184,43 @@ def plan_within_budget(
     mask: GroupThresholds,
     normalised: torch.Tensor,
     thresholds: torch.Tensor,
-    budget_macs: float,
+    budget: float,
     *,
     round_to: int = 1,
+    measure: PlanMeasure | None = None,
+    unit: str = "MACs",
 ) -> tuple[ChannelPlan, float]:
     """The plan of the hard masks `normalised > thresholds + offset`, rounded to multiples of `round_to`,
-    with the smallest common offset >= 0 whose deploy MACs are <= `budget_macs`, grown toward the budget
-    (`fill_plan`) when it lands more than LANDING_WINDOW under it; returns (plan, offset).
+    with the smallest common offset >= 0 whose cost is <= `budget`, grown toward the budget (`fill_plan`)
+    when it lands more than LANDING_WINDOW under it; returns (plan, offset). The cost is `measure(plan)`
+    (default: deploy MACs per sample; a latency model gives ms), `unit` names it in errors.
 
     Raising every threshold by one offset keeps the layer-adaptive allocation the thresholds learned
     while removing the channels that sit closest to their group's threshold first.
     """
     normalised = normalised.detach().float().cpu()
     thresholds = thresholds.detach().float().cpu()
+    measure = measure or macs_measure(groups)
 
     def plan_at(offset: float) -> ChannelPlan:
         plan = ChannelPlan.from_keep_mask(groups, mask.hard(normalised, thresholds, offset))
-        return round_plan(plan, groups, round_to, scores=normalised, budget=budget_macs) if round_to > 1 else plan
-
-    def fits(plan: ChannelPlan) -> bool:
-        return plan_cost(groups, plan).macs <= budget_macs
+        if round_to == 1:
+            return plan
+        return round_plan(plan, groups, round_to, scores=normalised, budget=budget, measure=measure)
 
     high = float(normalised.max() - thresholds.min()) + 1.0  # every group at its minimum width
-    if not fits(plan_at(high)):
+    if not measure(plan_at(high)) <= budget:
         raise SurgeryError(
-            f"no plan reaches {budget_macs:.0f} MACs: even the minimum widths cost "
-            f"{plan_cost(groups, plan_at(high)).macs}; raise the MACs target or lower --min-channels/--round-to"
+            f"no plan reaches {budget:.6g} {unit}: even the minimum widths cost {measure(plan_at(high)):.6g}; "
+            "raise the target or lower --min-channels/--round-to"
         )
-    offset = smallest_offset(lambda o: fits(plan_at(o)), high)
+    offset = smallest_offset(lambda o: measure(plan_at(o)) <= budget, high)
     best = plan_at(offset)
-    if plan_cost(groups, best).macs < (1 - LANDING_WINDOW) * budget_macs:
+    if measure(best) < (1 - LANDING_WINDOW) * budget:
         lowest = dict(zip(mask.ids, mask.min_keep, strict=True))
         best = fill_plan(
-            best, groups, round_to, scores=normalised, budget=budget_macs, window=LANDING_WINDOW, lowest=lowest,
-            four_move_trade=True,
+            best, groups, round_to, scores=normalised, budget=budget, window=LANDING_WINDOW, lowest=lowest,
+            four_move_trade=True, measure=measure,
         )  # fmt: skip
     for index, gid in enumerate(mask.ids):
         if gid in best.groups:
@@ -359,13 +363,17 @@ def land_plan(
     limit: float,
     scores: torch.Tensor,
     lowest: dict[str, int] | None = None,
+    measure: PlanMeasure | None = None,
 ) -> ChannelPlan:
-    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs);
-    the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
+    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs, or
+    the unit of `measure`); the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
     if config.round_to > 1:
-        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit)
+        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit, measure=measure)
     lowest = lowest if lowest is not None else lowest_widths(groups, config)
-    return fill_plan(plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest)
+    return fill_plan(
+        plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest,
+        measure=measure,
+    )  # fmt: skip
 
 
 class PruningHookBase(Hook):
@@ -376,6 +384,9 @@ class PruningHookBase(Hook):
     `report_extra` (their own report fields) and `report_thresholds` (per-group thresholds)."""
 
     method = ""  # the registered method name, set by the subclass
+    # a `methods.budgets.LatencyBudget` where the method budgets measured latency (--target-latency); set by
+    # the subclasses that support one
+    latency: Any = None
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig) -> None:
         self.model, self.groups, self.config = model, groups, config
@@ -396,8 +407,13 @@ class PruningHookBase(Hook):
         return self.config.prune_epochs * loop.steps_per_epoch
 
     def budget_limit(self) -> float:
-        """The most deploy MACs per image a final plan may have: the target itself."""
-        return self.target_macs
+        """The most a final plan may cost: the target itself, in deploy MACs per image, or with a latency
+        budget in predicted ms per batch."""
+        return self.latency.target_ms if self.latency is not None else self.target_macs
+
+    def deploy_report(self, deploy_model: nn.Module) -> dict[str, Any]:
+        """Report fields that need the final deploy model: with a latency budget, its measured latency."""
+        return self.latency.deploy_report(self.plan, deploy_model) if self.latency is not None else {}
 
     def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
         """Remove `plan`'s channels from the training model, refit the layers reading them (--reconstruct),
@@ -523,7 +539,8 @@ class PruningHookBase(Hook):
         return PruneResult(
             method=self.method,
             plan=self.plan,
-            target_macs=self.config.target_macs,
+            # with a latency budget the MACs fall where that budget puts them: there is no MACs target
+            target_macs=self.config.target_macs if self.latency is None else None,
             dense=self.dense,
             deploy=self.deploy,
             layers=layers,

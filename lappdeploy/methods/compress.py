@@ -72,7 +72,11 @@ class CompressExtension:
         result = self.hook.result()
         if has_bypass(model):
             fold_bypass_(model.eval())  # the deploy model: one plain conv per bypass block
-        return compress_report(result, self.config, self.dense_counted), {"plan.json": result.plan.to_dict()}
+        report = compress_report(result, self.config, self.dense_counted)
+        deploy_report = getattr(self.hook, "deploy_report", None)  # fields measured on the deploy model
+        if deploy_report is not None:
+            report.update(deploy_report(model))
+        return report, {"plan.json": result.plan.to_dict()}
 
 
 def run_compress(

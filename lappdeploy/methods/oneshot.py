@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lappdeploy.methods.base import PruneConfig
+from lappdeploy.methods.budgets import latency_budget
 from lappdeploy.methods.common import (
     PruningHookBase,
     held_out_tensors,
@@ -28,18 +29,23 @@ from lappdeploy.surgery import (
     plan_cost,
     uniform_plan,
 )
+from lappdeploy.surgery.plan import PlanMeasure
 
 __all__ = ["OneShotPruning", "Planner", "land_plan", "lowest_widths", "uniform_budget_plan"]
 
 log = logging.getLogger(__name__)
 
-# (groups, config, MACs limit, channel scores) -> plan
-Planner = Callable[[ChannelGroups, PruneConfig, float, torch.Tensor], ChannelPlan]
+# (groups, config, limit, channel scores[, measure]) -> plan; the limit is in MACs per image, or with a latency
+# budget in the unit of `measure` (predicted ms)
+Planner = Callable[..., ChannelPlan]
 _TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
 
 
-def uniform_budget_plan(groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor) -> ChannelPlan:
-    return land_plan(uniform_plan(groups, config.target_macs, scores=scores), groups, config, limit, scores)
+def uniform_budget_plan(
+    groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor, measure: PlanMeasure | None = None
+) -> ChannelPlan:
+    plan = uniform_plan(groups, config.target_macs, scores=scores, measure=measure, budget=limit)
+    return land_plan(plan, groups, config, limit, scores, measure=measure)
 
 
 class OneShotPruning(PruningHookBase):
@@ -49,6 +55,10 @@ class OneShotPruning(PruningHookBase):
     def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig, planner: Planner, name: str):
         super().__init__(model, groups, config)
         self.planner, self.method = planner, name
+        self.latency = latency_budget(groups, config) if config.budgets_latency else None  # --target-latency
+
+    def plan_cost_in_budget_unit(self, plan: ChannelPlan) -> float:
+        return self.latency.measure(plan) if self.latency is not None else plan_cost(self.groups, plan).macs
 
     def on_train_start(self, loop) -> None:
         if not self.frozen and self.phase_steps(loop) == 0:
@@ -73,16 +83,18 @@ class OneShotPruning(PruningHookBase):
         dist = getattr(loop, "dist", None)
         plan = None
         if dist is None or dist.is_main:
-            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop)).to_dict()
+            measure = {"measure": self.latency.measure} if self.latency is not None else {}
+            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop), **measure)
+            plan = plan.to_dict()
         return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)
 
     def _prune(self, loop) -> None:
         plan = self._decide(loop)
         cost = plan_cost(self.groups, plan)
-        if cost.macs > self.budget_limit():
+        if self.plan_cost_in_budget_unit(plan) > self.budget_limit():
+            unit = "predicted latency" if self.latency is not None else "MACs"
             raise SurgeryError(
-                f"{self.method}: the rounded plan needs {cost.macs / self.dense.macs:.3f} of the dense MACs, "
-                f"above the target {self.config.target_macs}; lower --round-to or raise --target-macs"
+                f"{self.method}: the rounded plan exceeds the {unit} target; lower --round-to or raise the target"
             )
         self.apply_(loop, plan)
         step = loop.state.step  # the record's epoch lets a resume drop it with the epochs it belongs to
@@ -90,4 +102,7 @@ class OneShotPruning(PruningHookBase):
         log_to(loop, {"type": "prune", "step": step, "epoch": epoch, "macs": cost.macs / self.dense.macs})
 
     def report_extra(self) -> dict:
-        return {"criterion": self.config.criterion}
+        extra = {"criterion": self.config.criterion}
+        if self.latency is not None:
+            extra["latency"] = self.latency.report(self.plan)
+        return extra

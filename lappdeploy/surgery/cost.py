@@ -48,9 +48,15 @@ class CostModel:
         out_index, in_index, out_layer, in_layer = [], [], [], []
         macs_a, macs_b, params_a, params_b = [], [], [], []
         self.constant_params = 0  # parameters of layers whose size no mask changes (per model)
+        # per layer entry: the deploy module's canonical name and kind (conv, depthwise, linear, bn), so
+        # other cost models (measured latency) can attach their own per-layer terms to the same kept counts
+        self.names: list[str] = []
+        self.kinds: list[str] = []
 
-        def add_layer(in_map, out_map, in_width, out_width, coeffs) -> None:
+        def add_layer(in_map, out_map, in_width, out_width, coeffs, kind) -> None:
             layer = len(macs_a)
+            self.names.append(canonical)
+            self.kinds.append(kind)
             for index, width, indices, layers in (
                 (out_map, out_width, out_index, out_layer),
                 (in_map, in_width, in_index, in_layer),
@@ -77,18 +83,20 @@ class CostModel:
             positions = groups.positions.get(canonical, 0)  # output elements per channel per sample
             if isinstance(module, nn.modules.conv._ConvNd):
                 area = math.prod(module.kernel_size)
-                if is_depthwise(module):  # one kxk filter per channel: linear in c_out
+                depthwise = is_depthwise(module)
+                if depthwise:  # one kxk filter per channel: linear in c_out
                     coeffs = (0, positions * (area + bias), 0, area + bias)
                 else:
                     per_pair = area / module.groups
                     coeffs = (positions * per_pair, positions * bias, per_pair, bias)
-                add_layer(in_map, out_map, module.in_channels, module.out_channels, coeffs)
+                kind = "depthwise" if depthwise else "conv"
+                add_layer(in_map, out_map, module.in_channels, module.out_channels, coeffs, kind)
             elif isinstance(module, nn.Linear):
                 coeffs = (positions, positions * bias, 1, bias)
-                add_layer(in_map, out_map, module.in_features, module.out_features, coeffs)
+                add_layer(in_map, out_map, module.in_features, module.out_features, coeffs, "linear")
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
                 if canonical not in folded_bns and module.affine:  # an unfolded BN keeps gamma and beta
-                    add_layer(None, out_map, 1, module.num_features, (0, 0, 0, 2))
+                    add_layer(None, out_map, 1, module.num_features, (0, 0, 0, 2), "bn")
             else:
                 self.constant_params += sum(p.numel() for p in module.parameters(recurse=False))
         self.layers = len(macs_a)

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "compose_plans",
     "fill_plan",
     "kept_first",
+    "macs_measure",
     "plan_from_scores",
     "plan_id",
     "random_plan",
@@ -167,29 +169,45 @@ def plan_from_scores(groups: ChannelGroups, scores: torch.Tensor, keep: dict[str
     return plan
 
 
+PlanMeasure = Callable[[ChannelPlan], float]  # a plan's cost: deploy MACs per sample, or a latency (ms)
+
+
+def macs_measure(groups: ChannelGroups) -> PlanMeasure:
+    """The default plan cost of the landing and rounding helpers: exact deploy MACs per sample."""
+    return lambda plan: plan_cost(groups, plan).macs
+
+
 def _counts_for_fraction(groups: ChannelGroups, fraction: float) -> dict[str, int]:
     return {g.id: max(g.segments, math.ceil(fraction * g.channels / g.segments) * g.segments) for g in groups.prunable}
 
 
 def uniform_plan(
-    groups: ChannelGroups, macs_ratio: float, *, scores: torch.Tensor | None = None, **info: Any
+    groups: ChannelGroups,
+    macs_ratio: float,
+    *,
+    scores: torch.Tensor | None = None,
+    measure: PlanMeasure | None = None,
+    budget: float | None = None,
+    **info: Any,
 ) -> ChannelPlan:
     """Keep the same fraction of every prunable group, the largest fraction whose deploy MACs are at most
-    `macs_ratio` x the dense deploy MACs; channels chosen by `scores` (default: l2 magnitude)."""
+    `macs_ratio` x the dense deploy MACs; channels chosen by `scores` (default: l2 magnitude). With `measure`
+    and `budget`, the largest fraction whose `measure` (e.g. predicted latency, ms) is at most `budget`."""
     if not 0 < macs_ratio <= 1:
         raise SurgeryError(f"MACs ratio must be in (0, 1], got {macs_ratio}")
     scores = channel_scores(groups, "l2") if scores is None else scores
-    budget = macs_ratio * plan_cost(groups, ChannelPlan()).macs
+    if measure is None or budget is None:
+        measure, budget = macs_measure(groups), macs_ratio * plan_cost(groups, ChannelPlan()).macs
     low, high = 0.0, 1.0
     best = plan_from_scores(groups, scores, _counts_for_fraction(groups, 0.0))
     for _ in range(30):  # bisection on the kept fraction; 30 steps resolve 1e-9
         mid = (low + high) / 2
         plan = plan_from_scores(groups, scores, _counts_for_fraction(groups, mid))
-        if plan_cost(groups, plan).macs <= budget:
+        if measure(plan) <= budget:
             low, best = mid, plan
         else:
             high = mid
-    if plan_cost(groups, ChannelPlan()).macs <= budget:
+    if measure(ChannelPlan()) <= budget:
         best = ChannelPlan()
     best.info.update(info, method="uniform", keep_fraction=low, macs_ratio=macs_ratio)
     return best
@@ -202,14 +220,17 @@ def round_plan(
     *,
     scores: torch.Tensor | None = None,
     budget: float | None = None,
+    measure: PlanMeasure | None = None,
 ) -> ChannelPlan:
     """Make every prunable group's kept count a multiple of `k` (8 for FP16 Tensor Cores, 16 for INT8),
     never below k (or the whole group when it is smaller): first every group rounds down; then, where
-    the deploy MACs `budget` allows, groups round up, adding their best-scored dropped channels, those
-    closest to the next multiple first. Without a budget, counts round to the nearest multiple.
+    the `budget` allows, groups round up, adding their best-scored dropped channels, those closest to the
+    next multiple first. Without a budget, counts round to the nearest multiple. The budget is in the unit
+    of `measure` (default: deploy MACs per sample; a latency model gives ms).
     A group whose dense width is not a multiple of k may also keep all its channels."""
     if k < 1:
         raise SurgeryError(f"round-to must be >= 1, got {k}")
+    measure = measure or macs_measure(groups)
     scores = channel_scores(groups, "l2") if scores is None else scores
     mask = plan.keep_mask(groups)
     counts, down, up = {}, {}, {}
@@ -231,7 +252,7 @@ def round_plan(
                 rounded[gid] = up[gid]
             continue
         trial = dict(rounded, **{gid: up[gid]})
-        if plan_cost(groups, plan_from_scores(groups, ranking, trial)).macs <= budget:
+        if measure(plan_from_scores(groups, ranking, trial)) <= budget:
             rounded = trial
     out = plan_from_scores(groups, ranking, rounded)
     for gid, gp in out.groups.items():
@@ -258,6 +279,7 @@ def fill_plan(
     window: float = 0.0,
     lowest: dict[str, int] | None = None,
     four_move_trade: bool = False,
+    measure: PlanMeasure | None = None,
 ) -> ChannelPlan:
     """Grow `plan` by whole units (multiples of `k`, whole blocks of grouped convs), the least-kept group
     first, while its deploy MACs stay within `budget`: a rounded plan lands close under the budget instead
@@ -267,11 +289,12 @@ def fill_plan(
     between two groups (one unit more in one, one fewer in another, never below `lowest[gid]`, default one
     unit) while that brings it closer under the budget: on small inputs a single unit can be several
     percent of the MACs, more than the window. `four_move_trade` adds a last resort when those trades end
-    under the window: one trade of four moves from the grown plan, aimed at the middle of the window."""
+    under the window: one trade of four moves from the grown plan, aimed at the middle of the window.
+    `budget` is in the unit of `measure` (default: deploy MACs per sample)."""
     mask = plan.keep_mask(groups)
     ranking = kept_first(scores, mask)
     counts = {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in groups.prunable}
-    landing = _Landing(groups, k, ranking, budget, lowest or {})
+    landing = _Landing(groups, k, ranking, budget, lowest or {}, measure or macs_measure(groups))
     counts = landing.grow(counts)
     if window > 0:
         counts = landing.trade(counts, floor=(1 - window) * budget, four_moves=four_move_trade)
@@ -281,16 +304,26 @@ def fill_plan(
 
 
 class _Landing:
-    """Moves of whole width units that keep a plan's deploy MACs within a budget (see `fill_plan`)."""
+    """Moves of whole width units that keep a plan's cost (`measure`: deploy MACs, or a latency model) within a
+    budget (see `fill_plan`)."""
 
-    def __init__(self, groups: ChannelGroups, k: int, ranking: torch.Tensor, budget: float, lowest: dict[str, int]):
-        self.groups, self.ranking, self.budget = groups, ranking, budget
+    def __init__(
+        self,
+        groups: ChannelGroups,
+        k: int,
+        ranking: torch.Tensor,
+        budget: float,
+        lowest: dict[str, int],
+        measure: PlanMeasure,
+    ) -> None:
+        self.groups, self.ranking, self.budget, self.measure = groups, ranking, budget, measure
         self.unit = {g.id: math.lcm(k, g.segments) for g in groups.prunable}
         self.width = {g.id: g.channels for g in groups.prunable}
         self.lowest = {g.id: lowest.get(g.id, min(g.channels, self.unit[g.id])) for g in groups.prunable}
 
-    def macs(self, counts: dict[str, int]) -> int:
-        return plan_cost(self.groups, plan_from_scores(self.groups, self.ranking, counts)).macs
+    def macs(self, counts: dict[str, int]) -> float:
+        """The cost of the plan with these widths, in `measure`'s unit (named for the default, MACs)."""
+        return self.measure(plan_from_scores(self.groups, self.ranking, counts))
 
     def grow(self, counts: dict[str, int]) -> dict[str, int]:
         """One unit more for the least-kept group that still fits, until none fits."""

@@ -7,6 +7,7 @@ This module holds the method's config and registration and imports no torch; the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lappdeploy.config import check_choices, option
 from lappdeploy.errors import ConfigError
@@ -19,7 +20,10 @@ __all__ = ["LappConfig", "LappController", "ThresholdMask", "cubic_budget", "pre
 @dataclass(frozen=True)
 class LappConfig(PruneConfig):
     """LAPP's options. The defaults (tau 0.1, penalty 2, threshold learning rate 0.01) were measured on
-    ResNet-20 / Fashion-MNIST (docs/lapp.md#objective-and-budget-schedule)."""
+    ResNet-20 / Fashion-MNIST (docs/lapp.md#objective-and-budget-schedule). LAPP can budget measured latency
+    (--target-latency, docs/latency.md)."""
+
+    supports_latency: ClassVar[bool] = True
 
     score: str = option("bn", "Channel importance: bn (|gamma|) or l2 (weight norm).", choices=("bn", "l2"))
     tau: float = option(0.1, "Temperature of the straight-through sigmoid surrogate.")

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lappdeploy.methods.common import PruningHookBase, log_to, plan_within_budget, prepare_groups_, smallest_offset
+from lappdeploy.methods.budgets import latency_budget
+from lappdeploy.methods.common import (
+    PruningHookBase,
+    log_to,
+    plan_within_budget,
+    prepare_groups_,
+    smallest_offset,
+)
 from lappdeploy.methods.lapp import LappConfig
 from lappdeploy.methods.lapp.budget import cubic_budget
 from lappdeploy.methods.lapp.masks import ThresholdMask
@@ -65,6 +72,12 @@ class LappController(PruningHookBase):
         super().__init__(model, groups, config)
         self.mask = ThresholdMask(groups, tau=config.tau, min_channels=config.min_channels, round_to=config.round_to)
         self.cost = cost_model(groups)
+        # what the budget counts: deploy MACs per image, or with --target-latency the latency model's ms per batch
+        self.latency = latency_budget(groups, config) if config.budgets_latency else None
+        if self.latency is not None:
+            self.dense_cost, self.target_cost = self.latency.model.dense_ms, self.latency.target_ms
+        else:
+            self.dense_cost, self.target_cost = float(self.dense.macs), self.target_macs
         device = next(model.parameters()).device
         # t_g, one per prunable group in `mask.ids` order, with its own Adam optimizer; it starts just below
         # the group's lowest normalised score: every mask is all ones, and the first update already prunes
@@ -94,8 +107,15 @@ class LappController(PruningHookBase):
 
     # ------------------------------------------------------------------ state of the schedule
     def budget_macs(self, step: int, steps_per_epoch: int) -> float:
-        """F_T at `step` optimizer steps (fractional epochs), in MACs per image."""
-        return cubic_budget(step / steps_per_epoch, self.config.prune_epochs, self.dense.macs, self.target_macs)
+        """F_T at `step` optimizer steps (fractional epochs), in the budget's unit: MACs per image, or with a
+        latency target the latency model's ms per batch."""
+        return cubic_budget(step / steps_per_epoch, self.config.prune_epochs, self.dense_cost, self.target_cost)
+
+    def budgeted_cost(self, keep_mask: torch.Tensor) -> torch.Tensor:
+        """What the budget counts of a (soft) mask, differentiable: deploy MACs or predicted latency (ms)."""
+        if self.latency is not None:
+            return self.latency.model(keep_mask)
+        return self.cost(keep_mask)[0]
 
     def normalised_scores(self) -> torch.Tensor:
         return self.mask.normalise(channel_scores(self.groups, self.config.score))
@@ -109,6 +129,16 @@ class LappController(PruningHookBase):
         """Optimizer step at which the masks are fixed to the final, rounded plan (the last `snap` of the
         phase trains exactly the widths that will be deployed)."""
         return round((1 - self.config.snap) * self.phase_steps(loop))
+
+    def current_cost(self) -> float:
+        """What the budget counts of the model as masked now (MACs per image, or predicted ms)."""
+        if self.latency is None:
+            return self.current_macs()
+        plan = self.plan or self.snapped
+        if plan is not None:
+            return self.latency.model.plan_ms(plan)
+        with torch.no_grad():
+            return float(self.latency.model(self.current_mask()))
 
     def current_macs(self) -> float:
         """Deploy MACs per image of the model as masked now (after the freeze: of the pruned model)."""
@@ -170,7 +200,7 @@ class LappController(PruningHookBase):
             return
         task_grad = self._task_gradient(loop)
         # The penalty moves thresholds only: the scores are detached here, so it never acts on weights.
-        macs, _ = self.cost(self.mask(self._normalised, self.thresholds))
+        macs = self.budgeted_cost(self.mask(self._normalised, self.thresholds))
         budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
         penalty = self.config.penalty * torch.log(macs / budget) ** 2
         self.thresholds.grad = None
@@ -189,7 +219,7 @@ class LappController(PruningHookBase):
         thresholds = self.thresholds.detach()
 
         def macs(offset: float) -> float:
-            return float(self.cost(self.mask.hard(normalised, thresholds, offset))[0])
+            return float(self.budgeted_cost(self.mask.hard(normalised, thresholds, offset)))
 
         now = macs(0.0)
         if (1 - PROJECTION_BAND) * budget <= now <= (1 + PROJECTION_TOLERANCE) * budget:
@@ -218,15 +248,22 @@ class LappController(PruningHookBase):
             self.remove_(loop)
 
     def step_record(self, step: int, steps_per_epoch: int) -> dict[str, Any]:
-        """Budget, MACs (as fractions of dense), penalty, every threshold and kept width, at `step`."""
+        """Budget, MACs (as fractions of dense), penalty, every threshold and kept width, at `step`; with a
+        latency target `budget` and `latency` are fractions of the dense model's predicted latency."""
         mask = self.current_mask().cpu()
         thresholds = self.thresholds.detach().cpu().tolist()
+        latency = {}
+        if self.latency is not None:
+            latency = {"latency": float(self._last["macs"]) / self.dense_cost}
         return {
             "type": "lapp",
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
-            "budget": self._last["budget"] / self.dense.macs,
-            "macs": float(self._last["macs"]) / self.dense.macs,
+            "budget": self._last["budget"] / self.dense_cost,
+            "macs": self.current_macs() / self.dense.macs
+            if self.latency is not None
+            else float(self._last["macs"]) / self.dense.macs,
+            **latency,
             "penalty": float(self._last["penalty"]),
             "thresholds": {gid: round(t, 5) for gid, t in zip(self.mask.ids, thresholds, strict=True)},
             "kept": {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in self.groups.prunable},
@@ -235,16 +272,20 @@ class LappController(PruningHookBase):
     def on_epoch_end(self, loop, metrics: dict[str, Any]) -> None:
         super().on_epoch_end(loop, metrics)
         budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
-        metrics["budget_ratio"] = round(budget / self.dense.macs, 5)
+        metrics["budget_ratio"] = round(budget / self.dense_cost, 5)
+        if self.latency is not None:
+            metrics["latency_ratio"] = round(self.current_cost() / self.dense_cost, 5)
 
     def freeze_(self, loop) -> ChannelPlan:
         """Fix the masks: meet the budget, round the widths, and train exactly this plan, masked, until the
         phase ends; then `remove_` takes the channels out, which changes nothing the model computes."""
         with torch.no_grad():
             normalised = self.normalised_scores()
+        measure = self.latency.measure if self.latency is not None else None
         plan, offset = plan_within_budget(
-            self.groups, self.mask, normalised, self.thresholds, self.budget_limit(), round_to=self.config.round_to
-        )
+            self.groups, self.mask, normalised, self.thresholds, self.budget_limit(), round_to=self.config.round_to,
+            measure=measure, unit="ms (predicted latency)" if measure else "MACs",
+        )  # fmt: skip
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the MACs budget", offset)
         self.threshold_offset, self.snapped = offset, plan
@@ -256,6 +297,8 @@ class LappController(PruningHookBase):
             "step": loop.state.step,
             "epoch": round(loop.state.step / loop.steps_per_epoch, 4),
         }
+        if self.latency is not None:
+            record["latency"] = self.latency.model.plan_ms(plan) / self.dense_cost
         log_to(loop, {**record, "macs": macs, "threshold_offset": offset})
         return plan
 
@@ -265,10 +308,12 @@ class LappController(PruningHookBase):
             self.freeze_(loop)
         self.apply_(loop, self.snapped)
         log.info(
-            "pruning phase over: removed %d channels; deploy MACs %.3f of dense (target %.3f)",
+            "pruning phase over: removed %d channels; deploy MACs %.3f of dense; %s %.3f of dense (target %.3f)",
             sum(len(gp.dropped) for gp in self.snapped.groups.values()),
             self.deploy.macs / self.dense.macs,
-            self.config.target_macs,
+            "predicted latency" if self.latency is not None else "MACs",
+            self.current_cost() / self.dense_cost,
+            self.target_cost / self.dense_cost,
         )
 
     def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
@@ -288,7 +333,10 @@ class LappController(PruningHookBase):
         return {gid: float(t) for gid, t in zip(self.mask.ids, values, strict=True)}
 
     def report_extra(self) -> dict[str, Any]:
-        return {"score": self.config.score, "threshold_offset": self.threshold_offset}
+        extra = {"score": self.config.score, "threshold_offset": self.threshold_offset}
+        if self.latency is not None:
+            extra["latency"] = self.latency.report(self.plan or self.snapped)
+        return extra
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""LAPP under a measured-latency budget vs LAPP under a MACs budget vs the baselines, at equal measured latency.
+
+Every run trains --model from scratch on real Fashion-MNIST (the first --train-subset training images minus
+--holdout held out, one split for all runs; the test split only for the reported top-1), --epochs epochs,
+pruning by the end of epoch --prune-epochs, seeds --seeds. Steps:
+
+1. profile the dense model on ONNX Runtime CPU at --batch / --threads (cached in OUT/tables);
+2. `lapp` at --target-macs: the MACs-budgeted reference; its final models' measured latency, averaged over
+   seeds, is the latency target L (ms per batch) of every latency-budgeted run;
+3. `lapp`, `uniform` and `global` with --target-latency-ms L, and `lapp` with 0.9 L (does latency-LAPP keep
+   MACs-LAPP's accuracy at 10% lower latency?);
+4. every final model timed again, all interleaved in one bench-protocol session (same conditions for all).
+
+    python benchmarks/latency_budget.py                                # resnet20, about 35 min on 2 cores
+    python benchmarks/latency_budget.py --model resnet56 --runs macs-lapp,lapp --seeds 0,1,2
+Writes OUT/{latency_budget.json, latency_budget.md, accuracy_vs_latency.png}; finished runs are reused and
+interrupted ones resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lappdeploy.bench.protocol import TimingPolicy, measure_batch
+from lappdeploy.bench.sessions import OrtSession
+from lappdeploy.config import TrainConfig, parse_int_list
+from lappdeploy.environment import write_benchmark
+from lappdeploy.export import to_onnx
+from lappdeploy.io import atomic_write_text, read_json
+from lappdeploy.latency.profile import cached_profile
+from lappdeploy.methods import method_config
+from lappdeploy.methods.compress import run_compress
+from lappdeploy.models import create_model
+from lappdeploy.surgery import load_model
+
+RUNS = ("macs-lapp", "lapp", "lapp-0.9", "uniform", "global")
+SHAPE = (1, 28, 28)
+
+
+def train_config(args, seed: int) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, dataset="fashion-mnist", epochs=args.epochs, batch_size=128, lr=0.1,
+        train_subset=args.train_subset, holdout=args.holdout, channels_last=True, device="cpu", seed=seed,
+    )  # fmt: skip
+
+
+def method_for(run: str, args, table: Path, target_ms: float | None):
+    common = {"prune_epochs": args.prune_epochs, "round_to": args.round_to}
+    if run == "macs-lapp":
+        return method_config({"name": "lapp", "target_macs": args.target_macs, **common})
+    name, _, factor = run.partition("-")
+    latency = {"target_latency_ms": target_ms * float(factor or 1.0), "latency_table": str(table)}
+    return method_config({"name": name, **common, **latency})
+
+
+def compress(args, run: str, seed: int, table: Path, target_ms: float | None) -> Path:
+    out = args.out / "runs" / f"{args.model}-{run}-s{seed}"
+    if not (out / "report.json").is_file():
+        resume = (out / "config.yaml").is_file()
+        print(f"--- {out.name}{' (resumed)' if resume else ''}", flush=True)
+        train, method = train_config(args, seed), method_for(run, args, table, target_ms)
+        run_compress(train, method, out, resume=resume, force=out.exists() and not resume)
+    return out
+
+
+def measure_runs(run_dirs: list[Path], args) -> dict[Path, float]:
+    """Median latency (ms per batch) of every run's deploy model, all interleaved in one session set."""
+    with tempfile.TemporaryDirectory(prefix="latency-budget-") as scratch:
+        sessions = []
+        for index, run_dir in enumerate(run_dirs):
+            model = load_model(run_dir / "model.pt").model.eval()
+            path = Path(scratch) / f"m{index}.onnx"
+            to_onnx(model, torch.zeros((2, *SHAPE)), path)
+            sessions.append(OrtSession(path, provider="cpu", threads=args.threads))
+        policy = TimingPolicy(min_seconds=args.seconds * len(sessions), warmup_seconds=1.0, throughput_seconds=0.1)
+        timings = measure_batch(sessions, args.batch, policy)
+    return {run_dir: t.latency.median_ms for run_dir, t in zip(run_dirs, timings, strict=True)}
+
+
+def summarise(rows: list[dict], dense_ms: float) -> list[dict]:
+    reference = {r["seed"]: r["top1"] for r in rows if r["run"] == "macs-lapp"}
+    out = []
+    for run in dict.fromkeys(r["run"] for r in rows):
+        group = [r for r in rows if r["run"] == run]
+        diffs = [r["top1"] - reference[r["seed"]] for r in group if r["seed"] in reference and run != "macs-lapp"]
+
+        def stats(key: str, rows=group) -> tuple[float, float]:
+            values = [r[key] for r in rows]
+            return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+        out.append({
+            "run": run, "seeds": len(group), "top1": stats("top1"), "measured_ms": stats("measured_ms"),
+            "latency_vs_dense": stats("measured_ms")[0] / dense_ms,
+            "measured_vs_target": [r["measured_ms"] / r["target_ms"] for r in group if r["target_ms"]],
+            "macs_ratio": stats("macs_ratio"), "params": stats("params")[0],
+            "diff_vs_macs_lapp": (statistics.mean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0.0)
+            if diffs else None,
+        })  # fmt: skip
+    return out
+
+
+def markdown(summary: list[dict], args, dense_ms: float, target_ms: float) -> str:
+    lines = [
+        f"{args.model}, ONNX Runtime CPU, batch {args.batch}, {args.threads} threads; dense {dense_ms:.3f} ms; "
+        f"latency target L = {target_ms:.3f} ms (mean measured latency of macs-lapp at {args.target_macs} MACs)",
+        "",
+        "| run | seeds | top-1 % (mean +- std) | paired diff vs macs-lapp (pts) | measured ms (mean +- std) | "
+        "latency / dense | measured / target | MACs / dense | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        diff = s["diff_vs_macs_lapp"]
+        ratios = s["measured_vs_target"]
+        lines.append(
+            f"| {s['run']} | {s['seeds']} | {100 * s['top1'][0]:.2f} +- {100 * s['top1'][1]:.2f} | "
+            + (f"{100 * diff[0]:+.2f} +- {100 * diff[1]:.2f}" if diff else "")
+            + f" | {s['measured_ms'][0]:.3f} +- {s['measured_ms'][1]:.3f} | {s['latency_vs_dense']:.3f} | "
+            + (f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "")
+            + f" | {s['macs_ratio'][0]:.3f} | {s['params'] / 1e3:.1f}K |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], dense_ms: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        group = [r for r in rows if r["run"] == run]
+        ax.scatter([r["measured_ms"] / dense_ms for r in group], [100 * r["top1"] for r in group], label=run, s=24)
+    ax.set_xlabel("measured latency / dense (ONNX Runtime CPU)")
+    ax.set_ylabel("test top-1 %")
+    ax.set_title("accuracy vs measured latency, one point per seed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--target-macs", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--prune-epochs", type=int, default=3)
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--train-subset", type=int, default=12000)
+    parser.add_argument("--holdout", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per final model")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    args.out = args.out or Path(__file__).with_name("results") / f"latency_budget_{args.model}"
+    seeds, runs = parse_int_list(args.seeds), args.runs.split(",")
+    torch.manual_seed(0)
+    dense = create_model(args.model, num_classes=10, in_channels=1)
+    table, table_path, _ = cached_profile(dense, SHAPE, model_name=args.model, cache_dir=args.out / "tables",
+                                          batch=args.batch, threads=args.threads)  # fmt: skip
+    reference = [compress(args, "macs-lapp", seed, table_path, None) for seed in seeds]
+    target_ms = statistics.mean(measure_runs(reference, args).values())
+    print(f"latency target L = {target_ms:.4f} ms ({target_ms / table.dense_ms:.3f} of dense)", flush=True)
+    done = {(run, seed): compress(args, run, seed, table_path, target_ms) for run in runs for seed in seeds}
+    measured = measure_runs(list(done.values()), args)
+    rows = []
+    for (run, seed), run_dir in done.items():
+        report = read_json(run_dir / "report.json")
+        factor = float(run.partition("-")[2] or 1.0) if run != "macs-lapp" else None
+        rows.append({
+            "run": run, "seed": seed, "top1": report["top1"], "macs_ratio": report["macs_ratio"],
+            "params": report["params"], "measured_ms": measured[run_dir], "wall_s": report["wall_s"],
+            "target_ms": target_ms * factor if factor else None,
+            "report_measured_ms": (report.get("latency") or {}).get("measured_ms"),
+        })  # fmt: skip
+    summary = summarise(rows, table.dense_ms)
+    text = markdown(summary, args, table.dense_ms, target_ms)
+    atomic_write_text(args.out / "latency_budget.md", text)
+    plot(rows, table.dense_ms, args.out / "accuracy_vs_latency.png")
+    write_benchmark("latency_budget", rows, args.out / "latency_budget.json", device="cpu", summary=summary,
+                    dense_ms=table.dense_ms, target_ms=target_ms, table=str(table_path))  # fmt: skip
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""How well does a latency table predict whole-model latency? Per case (model, input size, batch): profile
+the model (`lappdeploy profile`'s code, ONNX Runtime CPU), then time >= 10 random pruned versions of it whole
+(bench protocol) and compare with the latency model's prediction. The random plans draw each group's kept
+share uniformly from [0.15, 1] and round widths to the table's step (8), as `compress --round-to 8` does; they
+are drawn with seeds the profiling's own calibration plans do not use. Weights are random: latency does not
+depend on them.
+
+    python benchmarks/latency_model.py                                   # all cases, about an hour on 2 cores
+    python benchmarks/latency_model.py --cases resnet20:28:8 --plans 10
+Writes benchmarks/results/latency_model/{CASE.json, tables/CASE.json, latency_model.json, latency_model.md,
+predicted_vs_measured.png}; a case whose JSON exists is not re-run (delete it to re-measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lappdeploy.environment import write_benchmark
+from lappdeploy.latency import LatencyModel, LatencyTable
+from lappdeploy.latency.profile import measure_model_ms, profile_model
+from lappdeploy.models import create_model
+from lappdeploy.surgery import analyze, plan_cost, remove_channels_
+from lappdeploy.surgery.plan import ChannelPlan, plan_from_scores
+
+CASES = (
+    "resnet20:28:8", "resnet20:28:64", "resnet56:28:8", "resnet56:28:64",
+    "mobilenet_v2:224:1", "resnet50:224:1", "mobilenet_v2:224:8", "resnet50:224:8",
+)  # fmt: skip
+PLAN_SEED = 5000  # random plans of the validation; the profiling's calibration plans use seeds 1000+
+
+
+def random_widths_plan(groups, step: int, seed: int) -> ChannelPlan:
+    """Each group keeps a share drawn from U[0.15, 1], rounded up to a multiple of `step`; random channels."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = {}
+    for g in groups.prunable:
+        share = 0.15 + 0.85 * float(torch.rand((), generator=generator))
+        unit = math.lcm(step, g.segments)
+        counts[g.id] = min(g.channels, max(unit, math.ceil(share * g.channels / unit) * unit))
+    scores = torch.rand(groups.global_channels, generator=generator)
+    return plan_from_scores(groups, scores, counts, method="random-widths", seed=seed)
+
+
+def build(name: str, size: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    torch.manual_seed(0)
+    channels, classes = (1, 10) if size == 28 else (3, 1000)
+    return create_model(name, num_classes=classes, in_channels=channels).eval(), (channels, size, size)
+
+
+def run_case(case: str, args, out: Path) -> dict:
+    name, size, batch = case.split(":")
+    size, batch = int(size), int(batch)
+    model, shape = build(name, size)
+    table_path = out / "tables" / f"{case.replace(':', '_')}.json"
+    if table_path.is_file():
+        table = LatencyTable.load(table_path)
+    else:
+        table = profile_model(model, shape, model_name=name, batch=batch, threads=args.threads, points=args.points)
+        table.save(table_path)
+    example = torch.zeros((2, *shape))
+    groups = analyze(model, example)
+    latency = LatencyModel(groups, table)
+    dense_macs = plan_cost(groups, ChannelPlan()).macs
+    rows = []
+    start = time.perf_counter()
+    for i in range(args.plans):
+        plan = random_widths_plan(groups, table.step, PLAN_SEED + i)
+        pruned = copy.deepcopy(model)
+        remove_channels_(pruned, plan, example)
+        measured = measure_model_ms(pruned, shape, batch=batch, threads=args.threads, seconds=args.seconds)
+        predicted = latency.plan_ms(plan)
+        rows.append({
+            "seed": PLAN_SEED + i, "macs_ratio": round(plan_cost(groups, plan).macs / dense_macs, 4),
+            "measured_ms": round(measured, 5), "predicted_ms": round(predicted, 5),
+            "error": round((predicted - measured) / measured, 5),
+        })  # fmt: skip
+        print(f"  {case} plan {i}: MACs {rows[-1]['macs_ratio']:.3f}, measured {measured:.4g} ms, "
+              f"predicted {predicted:.4g} ms ({100 * rows[-1]['error']:+.1f}%)", flush=True)  # fmt: skip
+    errors = np.abs([r["error"] for r in rows])
+    return {
+        "case": case, "model": name, "image_size": size, "batch": batch, "threads": args.threads,
+        "profile_s": table.profile_s, "measurements": table.measurements, "points": table.points,
+        "dense_ms": table.dense_ms, "scale": table.scale, "remainder_ms": table.remainder_ms,
+        "validation_s": round(time.perf_counter() - start, 1), "plans": rows,
+        "abs_error_median": float(np.median(errors)), "abs_error_p90": float(np.percentile(errors, 90)),
+        "abs_error_max": float(errors.max()), "within_10pct": int((errors <= 0.10).sum()),
+    }  # fmt: skip
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| case (model:px:batch) | profile s | points timed | dense ms | plans | median abs err | p90 | max "
+        "| within 10% |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['case']} | {r['profile_s']:.0f} | {r['measurements']} | {r['dense_ms']:.3g} | {len(r['plans'])} | "
+            f"{100 * r['abs_error_median']:.1f}% | {100 * r['abs_error_p90']:.1f}% | {100 * r['abs_error_max']:.1f}% | "
+            f"{r['within_10pct']}/{len(r['plans'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for r in results:
+        measured = [p["measured_ms"] / r["dense_ms"] for p in r["plans"]]
+        predicted = [p["predicted_ms"] / r["dense_ms"] for p in r["plans"]]
+        ax.scatter(measured, predicted, s=14, label=r["case"])
+    ax.plot([0, 1.2], [0, 1.2], color="black", lw=0.8)
+    for band in (0.9, 1.1):
+        ax.plot([0, 1.2], [0, 1.2 * band], color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("measured latency / dense (ONNX Runtime CPU)")
+    ax.set_ylabel("predicted latency / dense (latency table)")
+    ax.set_title("latency model vs measurement, random pruned plans (+-10% dashed)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--plans", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--points", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per whole model")
+    parser.add_argument("--out", default="benchmarks/results/latency_model")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for case in args.cases.split(","):
+        path = out / f"{case.replace(':', '_')}.json"
+        if not path.is_file():
+            print(f"{case}: profiling and validating", flush=True)
+            path.write_text(json.dumps(run_case(case, args, out), indent=1))
+        results.append(json.loads(path.read_text()))
+    (out / "latency_model.md").write_text(markdown(results))
+    plot(results, out / "predicted_vs_measured.png")
+    write_benchmark("latency_model", results, out / "latency_model.json", device="cpu")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`lappdeploy profile`: a model's per-layer latency table on a runtime and device (docs/latency.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lappdeploy.cli.common import ProgressBar, ShapeParam, stdout_console
+from lappdeploy.cli.inspect_cmd import model_from_name
+from lappdeploy.errors import ConfigError
+
+__all__ = ["profile_command"]
+
+
+@click.command("profile")
+@click.argument("model_name", metavar="MODEL")
+@click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
+              help="What the layers run on: ONNX Runtime or PyTorch eager.")  # fmt: skip
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size timed.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (intra-op) of the runtime.")  # fmt: skip
+@click.option("--dataset", default=None, help="Take input channels, size and classes from this dataset.")
+@click.option("--data-dir", default=None, help="Where --dataset lives.")
+@click.option("--synthetic-shape", type=ShapeParam(), default=None, help="With --dataset synthetic: CxHxW.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input resolution (px).")
+@click.option("--input-shape", type=ShapeParam(), default=None, help="Without --dataset: CxHxW [default: 3x224x224].")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes.")
+@click.option("--points", type=click.IntRange(min=2), default=12, show_default=True,
+              help="Most widths timed per layer dimension (narrow layers: every --step multiple).")  # fmt: skip
+@click.option("--step", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Width spacing of the grid (channels): the --round-to the pruned widths will use.")  # fmt: skip
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the table (JSON) [default: the cache, reused when it holds it].")  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--refresh", is_flag=True, help="Profile again even if the cache holds this profile.")
+def profile_command(model_name: str, out: str | None, force: bool, refresh: bool, **options) -> None:
+    """Measure the latency of every conv and linear layer of MODEL (a registered architecture) over a grid of
+    (input width, output width) on --runtime / --device at --batch, then of the whole dense model and a few
+    pruned ones, which fit the table's scale and remainder. The table budgets `lappdeploy compress
+    --target-latency ... --latency-table FILE`.
+
+    \b
+    Examples:
+      lappdeploy profile resnet20 --dataset fashion-mnist --batch 8 --threads 2 --out tables/r20-ort-b8.json
+      lappdeploy profile resnet50 --input-shape 3x224x224 --batch 1 --threads 2 --out tables/r50-b1.json
+    """
+    from lappdeploy.latency.profile import cached_profile, profile_model
+
+    settings = {k: options.pop(k) for k in ("runtime", "device", "batch", "threads", "points", "step")}
+    if out is not None and Path(out).exists() and not force:
+        raise ConfigError(f"--out {out} exists; pass --force to overwrite it or choose another path")
+    model, card = model_from_name(model_name, **options)
+    shape = tuple(card["input_shape"])
+    with ProgressBar() as progress:
+        if out is None:
+            table, path, reused = cached_profile(
+                model, shape, model_name=model_name, refresh=refresh, progress=progress, **settings
+            )
+        else:
+            table = profile_model(model, shape, model_name=model_name, progress=progress, **settings)
+            path, reused = table.save(out), False
+    _print_summary(table, path, reused)
+
+
+def _print_summary(table, path: Path, reused: bool) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    summary = Table(title=f"latency table of {table.model}: {table.describe()}", title_justify="left")
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    rows = [
+        ("layers", str(len(table.layers))),
+        ("grid points timed", str(table.measurements)),
+        ("dense model, measured (ms / batch)", f"{table.dense_ms:.4g}"),
+        ("fit on whole models: scale, remainder (ms)", f"{table.scale:.3f}, {table.remainder_ms:+.4g}"),
+        ("profiling time (s)", f"{table.profile_s:.1f}" + (" (reused from the cache)" if reused else "")),
+    ]
+    for label, value in rows:
+        summary.add_row(label, value)
+    console.print(summary)
+    console.print(f"table: {path}")

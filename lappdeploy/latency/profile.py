@@ -1,0 +1,387 @@
+"""Profiling a model's layers into a latency table (docs/latency.md#profiling).
+
+Every conv and linear layer of the dense model is timed alone, as the deploy model runs it (BN folded into
+the conv's bias, followed by its ReLU, which ONNX Runtime fuses), over a grid of (input width, output
+width); layers of the same shape share their measurements. The whole dense model is timed with the bench
+protocol, and the difference to the sum of its layers at full width is the table's remainder (element-wise
+ops, pooling, per-call overhead). Isolated layers also carry work a whole model shares (layout reorders at
+graph boundaries, one runtime call each), so the table's `scale` and `remainder_ms` are fitted by least
+squares on the dense model and a few pruned ones (`_calibrate`), all timed whole.
+
+Per grid point the timing is short (a warm-up by calls and time, then the median of timed calls): a table
+has hundreds to thousands of points; whole models are timed with `lappdeploy bench`'s full protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lappdeploy.bench.protocol import LatencyStats, TimingPolicy, measure_batch
+from lappdeploy.bench.sessions import OrtSession, TorchSession
+from lappdeploy.environment import versions
+from lappdeploy.errors import ConfigError
+from lappdeploy.export.onnx_export import deploy_copy, to_onnx
+from lappdeploy.io import cache_root
+from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable, device_fingerprint
+from lappdeploy.surgery import ChannelPlan, analyze, random_plan, remove_channels_, round_plan, uniform_plan
+from lappdeploy.surgery.plan import plan_id
+
+__all__ = [
+    "LayerSpec",
+    "PointTiming",
+    "cached_profile",
+    "default_cache_dir",
+    "layer_grids",
+    "layer_specs",
+    "measure_model_ms",
+    "profile_key",
+    "profile_model",
+    "width_grid",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]  # (what, fraction done)
+
+
+@dataclass(frozen=True)
+class PointTiming:
+    """How long one grid point is timed: warm-up calls and seconds (both), then timed calls until both
+    `calls` and `seconds` are reached or `max_seconds` have passed (at least `min_calls` calls)."""
+
+    warmup_calls: int = 10
+    warmup_seconds: float = 0.02
+    calls: int = 25
+    seconds: float = 0.05
+    max_seconds: float = 0.5
+    min_calls: int = 5
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One conv or linear layer of the deploy model, as it is called (input shape per sample)."""
+
+    name: str
+    kind: str  # conv, depthwise or linear
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    input_hw: tuple[int, ...] = ()
+
+    @property
+    def shape_key(self) -> tuple:
+        """Layers with the same key cost the same at the same widths."""
+        return (self.kind, self.in_channels, self.out_channels, self.kernel, self.stride, self.padding,
+                self.dilation, self.groups, self.input_hw)  # fmt: skip
+
+    def geometry(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in ("name", "kind")}
+
+
+def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """The conv / linear layers of `model` (eval, one sample of `input_shape`), in execution order."""
+    specs: dict[str, LayerSpec] = {}
+    handles = []
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, _output) -> None:
+            if name in specs:
+                return
+            if isinstance(module, nn.Linear):
+                specs[name] = LayerSpec(name, "linear", module.in_features, module.out_features)
+                return
+            if isinstance(module.padding, str):
+                raise ConfigError(f"layer {name}: padding={module.padding!r} is not profiled; use explicit padding")
+            depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+            specs[name] = LayerSpec(
+                name, "depthwise" if depthwise else "conv", module.in_channels, module.out_channels,
+                tuple(module.kernel_size), tuple(module.stride), tuple(module.padding), tuple(module.dilation),
+                module.groups, tuple(inputs[0].shape[2:]),
+            )  # fmt: skip
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            handles.append(module.register_forward_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(specs.values())
+
+
+def width_grid(width: int, step: int, points: int, multiple: int = 1) -> list[int]:
+    """Widths a layer dimension of `width` channels is timed at: every multiple of `step` (and 1 and the
+    full width) when that is at most `points` widths, else `points` of them spread evenly, ends included.
+    Grouped convs need widths that are multiples of their groups (`multiple`)."""
+    unit = math.lcm(step, multiple)
+    candidates = sorted({multiple, width, *range(unit, width + 1, unit)})
+    if len(candidates) <= points:
+        return candidates
+    picks = np.linspace(0, len(candidates) - 1, points).round().astype(int)
+    return sorted({candidates[i] for i in picks})
+
+
+def _graph_module(spec: LayerSpec, c_in: int, c_out: int) -> nn.Module:
+    if spec.kind == "linear":
+        return nn.Sequential(nn.Linear(c_in, c_out))
+    groups = c_out if spec.kind == "depthwise" else spec.groups
+    conv = nn.Conv2d(c_in, c_out, spec.kernel, spec.stride, spec.padding, spec.dilation, groups, bias=True)
+    return nn.Sequential(conv, nn.ReLU())
+
+
+def _input_shape(spec: LayerSpec, c_in: int) -> tuple[int, ...]:
+    return (c_in,) if spec.kind == "linear" else (c_in, *spec.input_hw)
+
+
+def _onnx_graph(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -> None:
+    """The layer alone as an ONNX graph (Conv + bias + Relu, or Gemm), with random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    module = _graph_module(spec, c_in, c_out)
+    layer = module[0]
+    weight = numpy_helper.from_array(rng.standard_normal(layer.weight.shape).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(layer.bias.shape).astype(np.float32), "b")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *_input_shape(spec, c_in)])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    if spec.kind == "linear":
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    else:
+        pads = list(spec.padding) * 2
+        conv = helper.make_node(
+            "Conv", ["x", "w", "b"], ["z"], kernel_shape=list(spec.kernel), strides=list(spec.stride), pads=pads,
+            dilations=list(spec.dilation), group=layer.groups,
+        )  # fmt: skip
+        nodes = [conv, helper.make_node("Relu", ["z"], ["y"])]
+    graph = helper.make_graph(nodes, "layer", [x], [y], initializer=[weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path):
+    if runtime == "ort":
+        path = scratch / "layer.onnx"
+        _onnx_graph(spec, c_in, c_out, batch, path)
+        return OrtSession(path, provider=device, threads=threads)
+    torch.set_num_threads(threads)
+    return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
+
+
+def _time_point(session, batch: int, timing: PointTiming) -> float:
+    """Median latency (ms) of one isolated layer."""
+    session.set_batch(batch)
+    start, calls = time.perf_counter(), 0
+    while calls < timing.warmup_calls or time.perf_counter() - start < timing.warmup_seconds:
+        session.infer()
+        calls += 1
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        samples.append(session.infer()[0])
+        elapsed = time.perf_counter() - start
+        enough = len(samples) >= timing.calls and elapsed >= timing.seconds
+        if enough or (elapsed >= timing.max_seconds and len(samples) >= timing.min_calls):
+            break
+    return LatencyStats.of(samples).median_ms
+
+
+def layer_grids(spec: LayerSpec, step: int, points: int) -> tuple[list[int], list[int]]:
+    """(input widths, output widths) the layer is timed at; a depthwise layer has one width (input grid [0])."""
+    multiple = 1 if spec.kind in ("linear", "depthwise") else spec.groups
+    out_grid = width_grid(spec.out_channels, step, points, multiple)
+    in_grid = [0] if spec.kind == "depthwise" else width_grid(spec.in_channels, step, points, multiple)
+    return in_grid, out_grid
+
+
+def measure_model_ms(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    runtime: str = "ort",
+    device: str = "cpu",
+    batch: int = 8,
+    threads: int = 1,
+    seconds: float = 2.0,
+) -> float:
+    """Median latency (ms per batch) of a whole model (its deploy form: BN and bypass folded) on `runtime`,
+    timed by the bench protocol for `seconds` of timed calls."""
+    policy = TimingPolicy(min_seconds=seconds, min_samples=50, warmup_seconds=min(1.0, seconds / 2),
+                          throughput_seconds=0.1)  # fmt: skip
+    example = torch.zeros((2, *input_shape))
+    with tempfile.TemporaryDirectory(prefix="lappdeploy-latency-") as scratch:
+        if runtime == "ort":
+            path = Path(scratch) / "model.onnx"
+            to_onnx(model, example, path, dynamic_batch=True)
+            session = OrtSession(path, provider=device, threads=threads)
+        else:
+            torch.set_num_threads(threads)
+            session = TorchSession(deploy_copy(model, example), input_shape, device=device)
+        return measure_batch([session], batch, policy)[0].latency.median_ms
+
+
+def profile_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    model_name: str,
+    runtime: str = "ort",
+    device: str = "cpu",
+    batch: int = 8,
+    threads: int = 1,
+    points: int = 12,
+    step: int = 8,
+    timing: PointTiming | None = None,
+    dense_seconds: float = 3.0,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """Time every conv / linear layer of `model` over its width grid, then the whole dense model; the
+    latency table of this model on this runtime, device, batch and thread count."""
+    if runtime not in ("ort", "torch"):
+        raise ConfigError(f"--runtime {runtime}: profiling runs ort or torch here (trtexec: see --runtime trtexec)")
+    start, timing = time.perf_counter(), timing or PointTiming()
+    specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
+    shapes: dict[tuple, tuple[list[int], list[int]]] = {}
+    for spec in specs:
+        shapes.setdefault(spec.shape_key, layer_grids(spec, step, points))
+    total = sum(len(a) * len(b) for a, b in shapes.values())
+    measured: dict[tuple, list[list[float]]] = {}
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="lappdeploy-profile-") as scratch:
+        for spec in specs:
+            if spec.shape_key in measured:
+                continue
+            in_grid, out_grid = shapes[spec.shape_key]
+            rows = []
+            for c_in in in_grid:
+                row = []
+                for c_out in out_grid:
+                    session = _point_session(spec, c_out if spec.kind == "depthwise" else c_in, c_out,
+                                             runtime=runtime, device=device, batch=batch, threads=threads,
+                                             scratch=Path(scratch))  # fmt: skip
+                    row.append(round(_time_point(session, batch, timing), 5))
+                    del session
+                    done += 1
+                    if progress is not None:
+                        progress(f"layers {done}/{total}", 0.9 * done / total)
+                rows.append(row)
+            measured[spec.shape_key] = rows
+    layers = {
+        spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.shape_key], spec.geometry())
+        for spec in specs
+    }
+    if progress is not None:
+        progress("whole models", 0.9)
+    scale, remainder, calibration = _calibrate(model, input_shape, layers, step=step, runtime=runtime, device=device,
+                                               batch=batch, threads=threads, seconds=dense_seconds)  # fmt: skip
+    if progress is not None:
+        progress("done", 1.0)
+    return LatencyTable(
+        model=model_name, input_shape=list(input_shape), batch=batch, threads=threads, runtime=runtime,
+        device=device, fingerprint=device_fingerprint(runtime, device), layers=layers,
+        remainder_ms=round(remainder, 5), dense_ms=calibration[0]["measured_ms"], scale=round(scale, 6),
+        calibration=calibration, profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
+        measurements=total,
+        provenance={"versions": versions(), "point_timing": asdict(timing),
+                    "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu"},
+    )  # fmt: skip
+
+
+CALIBRATION_PLANS = 4  # whole models timed besides the dense one to fit the table's scale and remainder
+
+
+def _calibration_plans(groups, step: int) -> list:
+    """The dense model, two uniform plans and two random ones (fixed seeds), widths rounded to `step`: the
+    whole models whose measured latency fits the table's scale and remainder."""
+    plans = [ChannelPlan(), uniform_plan(groups, 0.5), uniform_plan(groups, 0.25)]
+    plans += [random_plan(groups, 0.3 + 0.3 * i, seed=1000 + i) for i in range(CALIBRATION_PLANS - 2)]
+    return [plans[0]] + [round_plan(plan, groups, step) if step > 1 else plan for plan in plans[1:]]
+
+
+def _calibrate(model, input_shape, layers: dict[str, LayerTable], *, step: int, seconds: float, **where):
+    """(scale, remainder_ms, records): the least-squares fit of measured = scale * (sum of the layers'
+    table values) + remainder over the calibration plans. Isolated layers run with their own graph-boundary
+    work (layout reorders, one runtime call each), which a whole model shares between layers: the fit puts
+    that, the element-wise ops and the per-call overhead into two numbers."""
+    from lappdeploy.latency.model import LatencyModel  # the model module imports this one's package only
+
+    example = torch.zeros((2, *input_shape))
+    groups = analyze(model, example)
+    unscaled = LatencyModel(groups, _bare_table(layers))
+    records = []
+    for plan in _calibration_plans(groups, step):
+        pruned = copy.deepcopy(model)
+        if not plan.is_empty:
+            remove_channels_(pruned, plan, example)
+        measured = measure_model_ms(pruned, input_shape, seconds=seconds, **where)
+        records.append({"plan": plan_id([plan.to_dict()]), "layers_ms": round(unscaled.plan_ms(plan), 5),
+                        "measured_ms": round(measured, 5)})  # fmt: skip
+    x = np.array([r["layers_ms"] for r in records])
+    y = np.array([r["measured_ms"] for r in records])
+    scale, remainder = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(y[0] - x[0]))
+    return float(scale), float(remainder), records
+
+
+def _bare_table(layers: dict[str, LayerTable]) -> LatencyTable:
+    """A table of only these layers (scale 1, no remainder): their summed latency."""
+    return LatencyTable(model="", input_shape=[], batch=1, threads=1, runtime="ort", device="cpu", fingerprint={},
+                        layers=layers, remainder_ms=0.0, dense_ms=1.0)  # fmt: skip
+
+
+def default_cache_dir() -> Path:
+    """Where profiled tables are cached: $XDG_CACHE_HOME/lappdeploy/latency (default ~/.cache/...)."""
+    return cache_root() / "latency"
+
+
+def profile_key(model: nn.Module, input_shape: tuple[int, ...], **settings) -> str:
+    """A name for the table of this model's layer shapes under these settings on this machine and runtime."""
+    specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
+    fingerprint = device_fingerprint(settings["runtime"], settings["device"])
+    text = json.dumps([[vars(s) for s in specs], list(input_shape), settings, fingerprint], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_profile(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    model_name: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    refresh: bool = False,
+    progress: Progress | None = None,
+    **settings,
+) -> tuple[LatencyTable, Path, bool]:
+    """(table, its path, whether it was reused): the cached table of this model, settings and machine, else
+    a fresh profile saved to the cache. `settings` are `profile_model`'s (runtime, device, batch, ...)."""
+    settings = {"runtime": "ort", "device": "cpu", "batch": 8, "threads": 1, "points": 12, "step": 8, **settings}
+    path = Path(cache_dir or default_cache_dir()) / f"{model_name}-{profile_key(model, input_shape, **settings)}.json"
+    if path.is_file() and not refresh:
+        try:
+            return LatencyTable.load(path), path, True
+        except LatencyTableError:
+            log.warning("cached latency table %s is unreadable: profiling again", path)
+    table = profile_model(model, input_shape, model_name=model_name, progress=progress, **settings)
+    return table, table.save(path), False

@@ -1,0 +1,119 @@
+"""Budgets in measured latency (docs/latency.md#a-latency-budget), shared by the methods that support one
+(lapp, uniform, global): the latency table of the run's model (given, or profiled and cached), the
+differentiable latency model built from it, and the target in ms per batch, checked before training starts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lappdeploy.errors import ConfigError
+from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint
+from lappdeploy.latency.profile import cached_profile
+from lappdeploy.methods.base import PruneConfig
+from lappdeploy.methods.common import GroupThresholds, minimum_plan
+from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores
+
+__all__ = ["LatencyBudget", "latency_budget", "measured_deploy_ms"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatencyBudget:
+    model: LatencyModel
+    table: LatencyTable
+    source: str  # the table's path
+    target_ms: float  # ms per batch (the table's batch size) on the table's runtime
+    profiled: bool = False  # profiled by this run (not given, not taken from the cache)
+
+    @property
+    def measure(self):
+        """The predicted latency (ms) of a plan: the cost the landing and rounding helpers compare."""
+        return self.model.plan_ms
+
+    def report(self, plan: ChannelPlan | None) -> dict[str, Any]:
+        """report.json's `latency` section before the deploy model is timed."""
+        return {**self.describe(), "predicted_ms": round(self.model.plan_ms(plan), 5) if plan is not None else None}
+
+    def deploy_report(self, plan: ChannelPlan | None, deploy_model: torch.nn.Module) -> dict[str, Any]:
+        """The `latency` section with the final model's latency measured on the table's runtime (when the
+        table was measured on this machine)."""
+        measured = measured_deploy_ms(self, deploy_model)
+        section = self.report(plan)
+        section["measured_ms"] = round(measured, 5) if measured is not None else None
+        for key, reference in (("measured_vs_target", self.target_ms), ("measured_vs_dense", self.table.dense_ms)):
+            section[key] = round(measured / reference, 4) if measured is not None else None
+        return {"latency": section}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "table": self.source,
+            "runtime": self.table.runtime,
+            "device": self.table.device,
+            "processor": self.table.fingerprint.get("processor"),
+            "batch": self.table.batch,
+            "threads": self.table.threads,
+            "target_ms": round(self.target_ms, 5),
+            "dense_measured_ms": self.table.dense_ms,
+            "dense_predicted_ms": round(self.model.dense_ms, 5),
+        }
+
+
+def _table_for(groups: ChannelGroups, config: PruneConfig) -> tuple[LatencyTable, str, bool]:
+    input_shape = tuple(int(s) for s in groups.example_inputs.shape[1:])
+    if config.latency_table:
+        table = LatencyTable.load(config.latency_table)
+        check_fingerprint(table, config.latency_table, force=config.force_table)
+        if tuple(table.input_shape) != input_shape:
+            raise LatencyTableError(
+                f"latency table {config.latency_table} was profiled at input {table.input_shape}, this run's input "
+                f"is {list(input_shape)}; profile at this size (`lappdeploy profile --image-size`)"
+            )
+        return table, config.latency_table, False
+    name = getattr(groups.model, "lappdeploy_arch", {}).get("name", type(groups.model).__name__.lower())
+    log.info("no --latency-table: profiling %s on ONNX Runtime CPU, batch 8 (cached)", name)
+    table, path, reused = cached_profile(groups.model, input_shape, model_name=name)
+    return table, str(path), not reused
+
+
+def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
+    """The latency budget of a LAPP run; ConfigError (before any training) when the target is not below the
+    dense model's latency or below what the narrowest allowed widths reach."""
+    table, source, profiled = _table_for(groups, config)
+    model = LatencyModel(groups, table, source=f"latency table {source}")
+    target = config.target_latency_ms or config.target_latency * table.dense_ms
+    flag = (
+        f"--target-latency-ms {target:g}" if config.target_latency_ms else f"--target-latency {config.target_latency}"
+    )
+    if target >= table.dense_ms:
+        raise ConfigError(
+            f"{flag} is at or above the dense model's measured {table.dense_ms:.4g} ms ({table.describe()}): nothing "
+            "to prune; lower the target"
+        )
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    floor = model.plan_ms(minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
+    if floor > target:
+        raise ConfigError(
+            f"{flag} ({target:.4g} ms) is unreachable: with every group at its minimum width the latency model "
+            f"predicts {floor:.4g} ms ({floor / table.dense_ms:.3f} of dense) on {table.describe()}; raise the target "
+            "or lower --min-channels/--round-to"
+        )
+    return LatencyBudget(model=model, table=table, source=source, target_ms=float(target), profiled=profiled)
+
+
+def measured_deploy_ms(budget: LatencyBudget, deploy_model: torch.nn.Module) -> float | None:
+    """The final model's latency measured on the table's runtime here (None where the table comes from
+    another device: a forced table or a trtexec table from a Jetson)."""
+    from lappdeploy.latency import device_fingerprint
+    from lappdeploy.latency.profile import measure_model_ms
+
+    table = budget.table
+    if table.runtime not in ("ort", "torch") or device_fingerprint(table.runtime, table.device) != table.fingerprint:
+        return None
+    shape = tuple(table.input_shape)
+    return measure_model_ms(deploy_model, shape, runtime=table.runtime, device=table.device, batch=table.batch,
+                            threads=table.threads)  # fmt: skip
