@@ -23,7 +23,7 @@ from lappdeploy.errors import BenchError
 from lappdeploy.export.trt_recipes import trtexec_log_file, trtexec_times_file
 from lappdeploy.rundir import EXPORT_FILE
 
-__all__ = ["TrtexecResult", "read_trtexec"]
+__all__ = ["TrtexecResult", "compute_ms", "read_trtexec"]
 
 _SHAPES = re.compile(r"^--shapes=[^:]+:(\d+)x")
 _THROUGHPUT = re.compile(r"Throughput:\s*([0-9.]+)\s*qps")
@@ -41,6 +41,11 @@ class TrtexecResult:
     trt_version: str | None
     device_name: str | None
     args: list[str]
+
+
+def compute_ms(path: str | Path) -> list[float]:
+    """GPU compute time (ms) of every inference in a trtexec --exportTimes file."""
+    return [float(e["computeMs"]) for e in _entries(Path(path))]
 
 
 def _entries(path: Path) -> list[dict[str, Any]]:

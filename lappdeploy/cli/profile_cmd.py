@@ -15,8 +15,12 @@ __all__ = ["profile_command"]
 
 @click.command("profile")
 @click.argument("model_name", metavar="MODEL")
-@click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
-              help="What the layers run on: ONNX Runtime or PyTorch eager.")  # fmt: skip
+@click.option("--runtime", type=click.Choice(["ort", "torch", "trtexec"]), default="ort", show_default=True,
+              help="ONNX Runtime or PyTorch here; trtexec: graphs and a script to time on the device.")  # fmt: skip
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="--runtime trtexec: the engines' precision.")  # fmt: skip
+@click.option("--ingest", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Read a --runtime trtexec directory timed on the device into a table (--out).")  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -35,16 +39,23 @@ __all__ = ["profile_command"]
               help="Where to write the table (JSON) [default: the cache, reused when it holds it].")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--refresh", is_flag=True, help="Profile again even if the cache holds this profile.")
-def profile_command(model_name: str, out: str | None, force: bool, refresh: bool, **options) -> None:
+def profile_command(
+    model_name: str, out: str | None, force: bool, refresh: bool, precision: str, ingest: str | None, **options
+) -> None:
     """Measure the latency of every conv and linear layer of MODEL (a registered architecture) over a grid of
     (input width, output width) on --runtime / --device at --batch, then of the whole dense model and a few
     pruned ones, which fit the table's scale and remainder. The table budgets `lappdeploy compress
     --target-latency ... --latency-table FILE`.
 
+    For a Jetson, `--runtime trtexec --out DIR` writes every profiling graph and `profile_trtexec.sh` into DIR;
+    run the script on the board, copy DIR back and `--ingest DIR --out table.json` (docs/latency.md).
+
     \b
     Examples:
       lappdeploy profile resnet20 --dataset fashion-mnist --batch 8 --threads 2 --out tables/r20-ort-b8.json
       lappdeploy profile resnet50 --input-shape 3x224x224 --batch 1 --threads 2 --out tables/r50-b1.json
+      lappdeploy profile resnet20 --dataset fashion-mnist --runtime trtexec --batch 1 --out r20-jetson/
+      lappdeploy profile resnet20 --dataset fashion-mnist --ingest r20-jetson/ --out tables/r20-orin.json
     """
     from lappdeploy.latency.profile import cached_profile, profile_model
 
@@ -53,6 +64,9 @@ def profile_command(model_name: str, out: str | None, force: bool, refresh: bool
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it or choose another path")
     model, card = model_from_name(model_name, **options)
     shape = tuple(card["input_shape"])
+    if ingest is not None or settings["runtime"] == "trtexec":
+        _trtexec(model, model_name, shape, settings, precision, ingest, out, force)
+        return
     with ProgressBar() as progress:
         if out is None:
             table, path, reused = cached_profile(
@@ -62,6 +76,29 @@ def profile_command(model_name: str, out: str | None, force: bool, refresh: bool
             table = profile_model(model, shape, model_name=model_name, progress=progress, **settings)
             path, reused = table.save(out), False
     _print_summary(table, path, reused)
+
+
+def _trtexec(model, model_name: str, shape, settings: dict, precision: str, ingest, out, force: bool) -> None:
+    import shutil
+
+    from lappdeploy.latency.trtexec_profile import SCRIPT, ingest_trtexec_profile, write_trtexec_profile
+
+    if out is None:
+        raise ConfigError("--runtime trtexec and --ingest need --out (a directory to write, or the table file)")
+    if out is not None and force and Path(out).exists() and ingest is None:
+        shutil.rmtree(out)
+    if ingest is not None:
+        table = ingest_trtexec_profile(ingest, model)
+        _print_summary(table, table.save(out), False)
+        return
+    manifest = write_trtexec_profile(
+        model, shape, out, model_name=model_name, batch=settings["batch"], points=settings["points"],
+        step=settings["step"], precision=precision,
+    )  # fmt: skip
+    graphs = len(list(Path(out, "graphs").glob("*.onnx")))
+    console = stdout_console()
+    console.print(f"wrote {graphs} graphs of {len(manifest['layers'])} layers and {out}/{SCRIPT}")
+    console.print(f"on the device: bash {out}/{SCRIPT}; then: lappdeploy profile {model_name} ... --ingest {out}")
 
 
 def _print_summary(table, path: Path, reused: bool) -> None:

@@ -29,7 +29,7 @@ from lappdeploy.export.trt_recipes import (
     trtexec_times_file,
 )
 
-__all__ = ["AUTO", "DEFAULT_FAMILY", "onnx_for", "trtexec_args", "trtexec_script"]
+__all__ = ["AUTO", "DEFAULT_FAMILY", "FAMILY_OF_VERSION", "onnx_for", "trtexec_args", "trtexec_script"]
 
 DEFAULT_FAMILY = "10"  # JetPack 6.x ships TensorRT 10.3
 AUTO = "auto"  # --trt-version auto: trtexec.sh picks the family on the target
@@ -84,7 +84,7 @@ def trtexec_args(
     ]
 
 
-_FAMILY_OF_VERSION = r"""
+FAMILY_OF_VERSION = r"""
 # the TensorRT family of this trtexec, from the banner every trtexec prints ("[TensorRT v8502]" for
 # 8.5.2, "v100300" for 10.3.0, "v110100" for 11.1.0) or a "TensorRT version: 8.5.2" line
 TRT_VERSION=$( { "$TRTEXEC" --help 2>&1 || true; } | sed -n -e 's/.*TensorRT v\([0-9][0-9]*\).*/\1/p' \
@@ -174,7 +174,7 @@ def _header(family: str, precision: str, model: str, cuda_graph: bool) -> list[s
         "DEVICE=$( (tr -d '\\0' 2>/dev/null < /proc/device-tree/model || "
         "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) "
         "| tr -c 'A-Za-z0-9._-' '_')",
-        *_FAMILY_OF_VERSION.strip().splitlines(),
+        *FAMILY_OF_VERSION.strip().splitlines(),
     ]
 
 

@@ -44,8 +44,11 @@ __all__ = [
     "LayerSpec",
     "PointTiming",
     "cached_profile",
+    "calibration_models",
     "default_cache_dir",
+    "fit_calibration",
     "layer_grids",
+    "layer_onnx",
     "layer_specs",
     "measure_model_ms",
     "profile_key",
@@ -155,7 +158,7 @@ def _input_shape(spec: LayerSpec, c_in: int) -> tuple[int, ...]:
     return (c_in,) if spec.kind == "linear" else (c_in, *spec.input_hw)
 
 
-def _onnx_graph(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -> None:
+def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -> None:
     """The layer alone as an ONNX graph (Conv + bias + Relu, or Gemm), with random weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -185,7 +188,7 @@ def _onnx_graph(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) 
 def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path):
     if runtime == "ort":
         path = scratch / "layer.onnx"
-        _onnx_graph(spec, c_in, c_out, batch, path)
+        layer_onnx(spec, c_in, c_out, batch, path)
         return OrtSession(path, provider=device, threads=threads)
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
@@ -321,28 +324,43 @@ def _calibration_plans(groups, step: int) -> list:
     return [plans[0]] + [round_plan(plan, groups, step) if step > 1 else plan for plan in plans[1:]]
 
 
-def _calibrate(model, input_shape, layers: dict[str, LayerTable], *, step: int, seconds: float, **where):
-    """(scale, remainder_ms, records): the least-squares fit of measured = scale * (sum of the layers'
-    table values) + remainder over the calibration plans. Isolated layers run with their own graph-boundary
-    work (layout reorders, one runtime call each), which a whole model shares between layers: the fit puts
-    that, the element-wise ops and the per-call overhead into two numbers."""
-    from lappdeploy.latency.model import LatencyModel  # the model module imports this one's package only
-
+def calibration_models(model: nn.Module, input_shape: tuple[int, ...], step: int):
+    """(plan, pruned copy of `model`) of every calibration plan, with the summed layer latency function
+    `layers_ms(layers, plan)` the fit needs once the layers are timed."""
     example = torch.zeros((2, *input_shape))
     groups = analyze(model, example)
-    unscaled = LatencyModel(groups, _bare_table(layers))
-    records = []
+    out = []
     for plan in _calibration_plans(groups, step):
         pruned = copy.deepcopy(model)
         if not plan.is_empty:
             remove_channels_(pruned, plan, example)
-        measured = measure_model_ms(pruned, input_shape, seconds=seconds, **where)
-        records.append({"plan": plan_id([plan.to_dict()]), "layers_ms": round(unscaled.plan_ms(plan), 5),
-                        "measured_ms": round(measured, 5)})  # fmt: skip
+        out.append((plan, pruned))
+    return groups, out
+
+
+def fit_calibration(groups, layers: dict[str, LayerTable], measured: list[tuple]) -> tuple[float, float, list]:
+    """(scale, remainder_ms, records): the least-squares fit of measured = scale * (sum of the layers' table
+    values) + remainder over the calibration models, `measured` = [(plan, measured ms), ...]. Isolated layers
+    run with their own graph-boundary work (layout reorders, one runtime call each), which a whole model shares
+    between layers: the fit puts that, the element-wise ops and the per-call overhead into two numbers."""
+    from lappdeploy.latency.model import LatencyModel  # the model module imports this one's package only
+
+    unscaled = LatencyModel(groups, _bare_table(layers))
+    records = [
+        {"plan": plan_id([plan.to_dict()]), "layers_ms": round(unscaled.plan_ms(plan), 5), "measured_ms": round(ms, 5)}
+        for plan, ms in measured
+    ]
     x = np.array([r["layers_ms"] for r in records])
     y = np.array([r["measured_ms"] for r in records])
     scale, remainder = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(y[0] - x[0]))
     return float(scale), float(remainder), records
+
+
+def _calibrate(model, input_shape, layers: dict[str, LayerTable], *, step: int, seconds: float, **where):
+    """Time the calibration models whole here and fit the table's scale and remainder (`fit_calibration`)."""
+    groups, models = calibration_models(model, input_shape, step)
+    measured = [(plan, measure_model_ms(pruned, input_shape, seconds=seconds, **where)) for plan, pruned in models]
+    return fit_calibration(groups, layers, measured)
 
 
 def _bare_table(layers: dict[str, LayerTable]) -> LatencyTable:

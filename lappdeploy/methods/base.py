@@ -110,8 +110,8 @@ class PruneConfig:
 
     target_latency: float = option(
         0.0,
-        "Budget measured latency instead of MACs: the fraction, in (0, 1), of the dense model's latency on the "
-        "--latency-table's runtime and device (docs/latency.md); 0: budget --target-macs.",
+        "lapp, uniform, global: budget measured latency instead of MACs, the fraction, in (0, 1), of the dense "
+        "model's latency on the --latency-table's runtime and device (docs/latency.md); 0: budget --target-macs.",
     )
     target_latency_ms: float = option(
         0.0, "Budget latency in ms per batch (the table's batch size) on the --latency-table's runtime; 0: not used."

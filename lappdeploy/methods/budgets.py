@@ -74,6 +74,15 @@ def _table_for(groups: ChannelGroups, config: PruneConfig) -> tuple[LatencyTable
                 f"is {list(input_shape)}; profile at this size (`lappdeploy profile --image-size`)"
             )
         return table, config.latency_table, False
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        raise ConfigError(
+            "--target-latency under DDP needs --latency-table: every rank would profile at once on shared cores; "
+            "run `lappdeploy profile` first"
+        )
     name = getattr(groups.model, "lappdeploy_arch", {}).get("name", type(groups.model).__name__.lower())
     log.info("no --latency-table: profiling %s on ONNX Runtime CPU, batch 8 (cached)", name)
     table, path, reused = cached_profile(groups.model, input_shape, model_name=name)
