@@ -126,7 +126,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot([0, 1.2], [0, 1.2 * band], color="grey", lw=0.6, ls="--")
     ax.set_xlabel("measured latency / dense (ONNX Runtime CPU)")
     ax.set_ylabel("predicted latency / dense (latency table)")
-    ax.set_title("latency model vs measurement, random pruned plans (+-10% dashed)")
+    ax.set_title("predicted vs measured, random pruned plans (+-10% dashed)", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
