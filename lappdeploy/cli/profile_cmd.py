@@ -35,7 +35,7 @@ __all__ = ["profile_command"]
               help="Most widths timed per layer dimension (narrow layers: every --step multiple).")  # fmt: skip
 @click.option("--step", type=click.IntRange(min=1), default=8, show_default=True,
               help="Width spacing of the grid (channels): the --round-to the pruned widths will use.")  # fmt: skip
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "-o", type=click.Path(), default=None,
               help="Where to write the table (JSON) [default: the cache, reused when it holds it].")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--refresh", is_flag=True, help="Profile again even if the cache holds this profile.")
@@ -85,8 +85,12 @@ def _trtexec(model, model_name: str, shape, settings: dict, precision: str, inge
 
     if out is None:
         raise ConfigError("--runtime trtexec and --ingest need --out (a directory to write, or the table file)")
-    if out is not None and force and Path(out).exists() and ingest is None:
-        shutil.rmtree(out)
+    if force and ingest is None and Path(out).exists():
+        if Path(out, "times").is_dir() and any(Path(out, "times").iterdir()):
+            raise ConfigError(
+                f"--out {out} holds timings from the device; --force would delete them: choose another --out"
+            )
+        shutil.rmtree(out) if Path(out).is_dir() else Path(out).unlink()
     if ingest is not None:
         table = ingest_trtexec_profile(ingest, model)
         _print_summary(table, table.save(out), False)

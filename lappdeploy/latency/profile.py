@@ -353,6 +353,9 @@ def fit_calibration(groups, layers: dict[str, LayerTable], measured: list[tuple]
     x = np.array([r["layers_ms"] for r in records])
     y = np.array([r["measured_ms"] for r in records])
     scale, remainder = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(y[0] - x[0]))
+    if not scale > 0 or scale * x.min() + remainder <= 0:  # noisy timings: keep the model positive and monotone
+        log.warning("the whole-model fit is implausible (scale %.3g): using scale 1 and the dense remainder", scale)
+        scale, remainder = 1.0, float(y[0] - x[0])
     return float(scale), float(remainder), records
 
 

@@ -10,7 +10,9 @@ the timings back into a `LatencyTable` (runtime `trtexec`).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +76,25 @@ def _script(precision: str, model_name: str) -> str:
         "exit 2 ;;",
         "esac",
         "DEVICE=$( (tr -d '\\0' 2>/dev/null < /proc/device-tree/model || "
-        "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) )",
+        "nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || echo gpu) "
+        "| tr -d '\\n' | tr -c 'A-Za-z0-9 ._-' '_')",
         'printf \'{"device": "%s", "trt_version": "%s", "family": "%s"}\\n\' "$DEVICE" "$TRT_VERSION" "$FAMILY" '
         "> device.json",
         "mkdir -p times logs",
-        "total=$(ls graphs/*.onnx | wc -l); done=0",
+        "total=$(find graphs -name '*.onnx' | wc -l); done=0; failed=0",
         "for graph in graphs/*.onnx; do",
         '    name=$(basename "$graph" .onnx); done=$((done + 1))',
         '    if [ -s "times/$name.json" ]; then continue; fi',
         '    echo "[$done/$total] $name"',
-        f'    "$TRTEXEC" --onnx="$graph" --warmUp={WARMUP_MS} --duration={DURATION_S} "${{FLAGS[@]}}" '
-        '--exportTimes="times/$name.json.tmp" > "logs/$name.log" 2>&1',
+        f'    if ! "$TRTEXEC" --onnx="$graph" --warmUp={WARMUP_MS} --duration={DURATION_S} '
+        '${FLAGS[@]+"${FLAGS[@]}"} --timingCacheFile=timing.cache '
+        '--exportTimes="times/$name.json.tmp" > "logs/$name.log" 2>&1; then',
+        '        echo "FAILED $name (see logs/$name.log)" >&2; failed=$((failed + 1)); continue',
+        "    fi",
         '    mv "times/$name.json.tmp" "times/$name.json"',
         "done",
+        'if [ "$failed" -gt 0 ]; then echo "$failed graphs failed; run again after a fix (timed ones are kept)" >&2; '
+        "exit 1; fi",
         'echo "timed $total graphs; ingest with: lappdeploy profile MODEL --ingest $(pwd)"',
     ]) + "\n"  # fmt: skip
 
@@ -108,7 +116,8 @@ def write_trtexec_profile(
         raise ConfigError(f"--out {out} exists; pass --force to replace it or choose another directory")
     _family_flags(precision)  # an unsupported precision stops here
     tmp = out.with_name(out.name + ".partial")
-    (tmp / "graphs").mkdir(parents=True, exist_ok=False)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted write
+    (tmp / "graphs").mkdir(parents=True)
     specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
     keys: dict[tuple, str] = {}
     shapes: dict[str, dict[str, Any]] = {}
@@ -163,8 +172,15 @@ def ingest_trtexec_profile(directory: str | os.PathLike[str], model: nn.Module) 
         manifest = read_json(directory / MANIFEST)
     except (OSError, ValueError):
         raise LatencyTableError(f"{directory} holds no readable {MANIFEST}: write it with --runtime trtexec") from None
-    if manifest.get("format") != "lappdeploy.trtexec_profile":
+    if not isinstance(manifest, dict) or manifest.get("format") != "lappdeploy.trtexec_profile":
         raise LatencyTableError(f"{directory / MANIFEST} is not a lappdeploy trtexec profile")
+    try:
+        return _ingest(directory, manifest, model)
+    except (KeyError, TypeError) as exc:
+        raise LatencyTableError(f"{directory / MANIFEST} is incomplete ({exc}); write the profile again") from None
+
+
+def _ingest(directory: Path, manifest: dict[str, Any], model: nn.Module) -> LatencyTable:
     grids = {}
     for key, shape in manifest["shapes"].items():
         ms = [[_median_ms(directory, f"{key}_{i}_{o}") for o in shape["out_grid"]] for i in shape["in_grid"]]
@@ -176,14 +192,18 @@ def ingest_trtexec_profile(directory: str | os.PathLike[str], model: nn.Module) 
     input_shape = tuple(manifest["input_shape"])
     groups = analyze(model, torch.zeros((2, *input_shape)))
     measured = [(ChannelPlan.from_dict(c["plan"]), _median_ms(directory, c["graph"])) for c in manifest["calibration"]]
-    if set(layers) != {
-        spec.name for spec in layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
-    }:
+    specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
+    written = {name: entry["geometry"] for name, entry in manifest["layers"].items()}
+    if written != {spec.name: json.loads(json.dumps(spec.geometry())) for spec in specs}:
         raise LatencyTableError(
-            f"{directory} was written for another model ({manifest['model']}); ingest with that one"
+            f"{directory} was written for another model or input ({manifest['model']}, {list(input_shape)}); "
+            "ingest with the same model options (--dataset / --input-shape / --num-classes)"
         )
     scale, remainder, records = fit_calibration(groups, layers, measured)
-    device = read_json(directory / "device.json") if (directory / "device.json").is_file() else {}
+    try:
+        device = read_json(directory / "device.json") if (directory / "device.json").is_file() else {}
+    except ValueError:  # written on the device; a broken one loses only the fingerprint
+        device = {}
     fingerprint = {
         "runtime": "trtexec", "runtime_version": device.get("trt_version"), "device": "cuda",
         "processor": device.get("device"), "family": device.get("family"),

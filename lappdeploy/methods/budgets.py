@@ -98,10 +98,10 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
     flag = (
         f"--target-latency-ms {target:g}" if config.target_latency_ms else f"--target-latency {config.target_latency}"
     )
-    if target >= table.dense_ms:
+    if target >= min(table.dense_ms, model.dense_ms):  # measured, and the model the budget anneals from
         raise ConfigError(
-            f"{flag} is at or above the dense model's measured {table.dense_ms:.4g} ms ({table.describe()}): nothing "
-            "to prune; lower the target"
+            f"{flag} is at or above the dense model's latency (measured {table.dense_ms:.4g} ms, predicted "
+            f"{model.dense_ms:.4g} ms; {table.describe()}): nothing to prune; lower the target"
         )
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
     floor = model.plan_ms(minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))

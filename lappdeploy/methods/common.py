@@ -341,7 +341,7 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
     dense = plan_cost(groups, ChannelPlan())
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
     floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
-    if floor.macs > config.target_macs * dense.macs:
+    if not config.budgets_latency and floor.macs > config.target_macs * dense.macs:  # latency: methods.budgets
         raise ConfigError(
             f"--target-macs {config.target_macs} is unreachable: with every group at its minimum width "
             f"(--min-channels {config.min_channels}, --round-to {config.round_to}) the model still needs "

@@ -18,7 +18,7 @@ from lappdeploy.latency import (
     synthetic_table,
     width_grid,
 )
-from lappdeploy.latency.profile import PointTiming, cached_profile, layer_specs, profile_model
+from lappdeploy.latency.profile import PointTiming, cached_profile, fit_calibration, layer_specs, profile_model
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, plan_within_budget
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan
@@ -186,6 +186,17 @@ def test_a_fresh_profile_predicts_its_own_calibration_models(tiny):
     predicted = [table.scale * r["layers_ms"] + table.remainder_ms for r in table.calibration]
     assert latency.dense_ms == pytest.approx(predicted[0], rel=1e-6)
     assert table.calibration[0]["plan"] == "dense" and table.calibration[0]["measured_ms"] == table.dense_ms
+
+
+def test_a_whole_model_fit_that_would_invert_the_model_falls_back_to_scale_one(tiny, table):
+    _, groups = tiny
+    plans = [ChannelPlan(), *(random_plan(groups, r, seed=1) for r in (0.3, 0.5, 0.7))]
+    unscaled = [LatencyModel(groups, table).plan_ms(p) for p in plans]
+    # timings that fall as the layers grow (noise on a tiny model): a negative slope would reward width
+    measured = [(plan, 2.0 - 0.5 * ms) for plan, ms in zip(plans, unscaled, strict=True)]
+    assert len(set(unscaled)) == len(plans), "distinct plans, so a line could be fitted"
+    scale, remainder, records = fit_calibration(groups, table.layers, measured)
+    assert scale == 1.0 and remainder == pytest.approx(measured[0][1] - records[0]["layers_ms"], abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- compress

@@ -109,6 +109,33 @@ def test_profile_cli_writes_and_ingests_a_trtexec_profile(cli, tmp_path, fake_tr
     assert LatencyTable.load(tmp_path / "t.json").runtime == "trtexec"
 
 
+def test_a_failing_graph_does_not_stop_the_script_and_a_broken_manifest_is_one_error(tmp_path, model, fake_trtexec):
+    out = tmp_path / "prof"
+    write_trtexec_profile(model, SHAPE, out, model_name="tiny_resnet", batch=1, points=2, precision="fp32")
+    first = sorted((out / "graphs").glob("*.onnx"))[0]
+    broken = fake_trtexec.with_name("broken_trtexec")
+    broken.write_text(FAKE_TRTEXEC.replace("ms=$(", f'case "$onnx" in *{first.name}) exit 3 ;; esac\nms=$('))
+    broken.chmod(0o755)
+    done = _run_script(out, broken)
+    assert done.returncode == 1 and f"FAILED {first.stem}" in done.stderr
+    assert len(list((out / "times").glob("*.json"))) == len(list((out / "graphs").glob("*.onnx"))) - 1
+    manifest = (out / MANIFEST).read_text()
+    (out / MANIFEST).write_text(manifest.replace('"shapes"', '"shapes_gone"'))
+    with pytest.raises(LatencyTableError, match="incomplete"):
+        ingest_trtexec_profile(out, model)
+
+
+def test_force_never_deletes_timings_from_the_device(cli, tmp_path, fake_trtexec):
+    out = tmp_path / "prof"
+    common = ["profile", "tiny_resnet", "--input-shape", "3x16x16", "--batch", "1", "--points", "2"]
+    assert cli(*common, "--runtime", "trtexec", "--precision", "fp32", "--out", out).code == 0
+    assert cli(*common, "--runtime", "trtexec", "--precision", "fp32", "--out", out, "--force").code == 0
+    assert _run_script(out, fake_trtexec).returncode == 0
+    result = cli(*common, "--runtime", "trtexec", "--precision", "fp32", "--out", out, "--force")
+    assert result.code == 2 and "timings from the device" in result.err
+    assert any((out / "times").iterdir())
+
+
 @pytest.mark.skipif(shutil.which("trtexec") is None, reason="needs TensorRT's trtexec")
 def test_a_real_trtexec_times_the_profile(tmp_path, model):
     out = tmp_path / "prof"

@@ -287,7 +287,7 @@ class LappController(PruningHookBase):
             measure=measure, unit="ms (predicted latency)" if measure else "MACs",
         )  # fmt: skip
         if offset > 0:
-            log.info("raised every threshold by %.4f to meet the MACs budget", offset)
+            log.info("raised every threshold by %.4f to meet the %s budget", offset, "latency" if measure else "MACs")
         self.threshold_offset, self.snapped = offset, plan
         self._snapped_mask = plan.keep_mask(self.groups).float().to(self.thresholds.device)
         self.thresholds.grad = None
