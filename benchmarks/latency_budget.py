@@ -13,6 +13,7 @@ pruning by the end of epoch --prune-epochs, seeds --seeds. Steps:
 
     python benchmarks/latency_budget.py                                # resnet20, about 35 min on 2 cores
     python benchmarks/latency_budget.py --model resnet56 --runs macs-lapp,lapp --seeds 0,1,2
+    python benchmarks/latency_budget.py --runs lapp,lapp:auto,uniform:auto    # RUN:K or RUN:auto sets --round-to
 Writes OUT/{latency_budget.json, latency_budget.md, accuracy_vs_latency.png}; finished runs are reused and
 interrupted ones resumed.
 """
@@ -50,7 +51,8 @@ def train_config(args, seed: int) -> TrainConfig:
 
 
 def method_for(run: str, args, table: Path, target_ms: float | None):
-    common = {"prune_epochs": args.prune_epochs, "round_to": args.round_to}
+    run, _, rounding = run.partition(":")  # lapp:auto, uniform:16: that --round-to instead of --round-to
+    common = {"prune_epochs": args.prune_epochs, "round_to": rounding or args.round_to}
     if run == "macs-lapp":
         return method_config({"name": "lapp", "target_macs": args.target_macs, **common})
     name, _, factor = run.partition("-")
@@ -182,7 +184,7 @@ def main() -> None:
     rows = []
     for (run, seed), run_dir in done.items():
         report = read_json(run_dir / "report.json")
-        factor = float(run.partition("-")[2] or 1.0) if run != "macs-lapp" else None
+        factor = float(run.partition(":")[0].partition("-")[2] or 1.0) if not run.startswith("macs-lapp") else None
         rows.append({
             "run": run, "seed": seed, "top1": report["top1"], "macs_ratio": report["macs_ratio"],
             "params": report["params"], "measured_ms": measured[run_dir], "wall_s": report["wall_s"],

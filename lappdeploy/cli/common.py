@@ -15,6 +15,7 @@ import click
 
 from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape, split_sections
 from lappdeploy.errors import ConfigError
+from lappdeploy.methods.base import ROUND_TO_AUTO
 
 __all__ = [
     "ProgressBar",
@@ -83,6 +84,22 @@ class ShapeParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class RoundToParam(click.ParamType):
+    """--round-to: a multiple K >= 1, or auto (per group, from the latency table: ROUND_TO_AUTO)."""
+
+    name = "K|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return ROUND_TO_AUTO
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number of channels nor auto", param, ctx)
+
+
 class IntListParam(click.ParamType):
     name = "N,N,..."
 
@@ -117,6 +134,8 @@ def _option_specs(
             kwargs["type"] = IntListParam()
             kwargs["default"] = ",".join(map(str, f.default))
             kwargs["show_default"] = False
+        elif cli_type == "round_to":
+            kwargs["type"] = RoundToParam()
         elif cli_type == "str_list":  # the config dataclass splits the text on commas
             kwargs["type"] = str
             kwargs["default"] = ",".join(f.default)

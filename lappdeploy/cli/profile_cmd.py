@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -35,6 +36,9 @@ __all__ = ["profile_command"]
               help="Most widths timed per layer dimension (narrow layers: every --step multiple).")  # fmt: skip
 @click.option("--step", type=click.IntRange(min=1), default=8, show_default=True,
               help="Width spacing of the grid (channels): the --round-to the pruned widths will use.")  # fmt: skip
+@click.option("--probe-steps/--no-probe-steps", default=True, show_default=True,
+              help="Also time one conv per prunable group at every width of a window (the width steps "
+                   "--round-to auto reads).")  # fmt: skip
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Where to write the table (JSON) [default: the cache, reused when it holds it].")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
@@ -59,12 +63,14 @@ def profile_command(
     """
     from lappdeploy.latency.profile import cached_profile, profile_model
 
-    settings = {k: options.pop(k) for k in ("runtime", "device", "batch", "threads", "points", "step")}
+    names = ("runtime", "device", "batch", "threads", "points", "step", "probe_steps")
+    settings = {k: options.pop(k) for k in names}
     if out is not None and Path(out).exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it or choose another path")
     model, card = model_from_name(model_name, **options)
     shape = tuple(card["input_shape"])
     if ingest is not None or settings["runtime"] == "trtexec":
+        settings.pop("probe_steps")  # the trtexec graphs hold no probes yet
         _trtexec(model, model_name, shape, settings, precision, ingest, out, force)
         return
     with ProgressBar() as progress:
@@ -105,6 +111,13 @@ def _trtexec(model, model_name: str, shape, settings: dict, precision: str, inge
     console.print(f"on the device: bash {out}/{SCRIPT}; then: lappdeploy profile {model_name} ... --ingest {out}")
 
 
+def _steps_summary(table) -> str:
+    if not table.steps:
+        return "none (--round-to auto needs them)"
+    counts = Counter(probe["multiple"] for probe in table.steps.values())
+    return f"{len(table.steps)}, " + ", ".join(f"{m}: {n}x" for m, n in sorted(counts.items()))
+
+
 def _print_summary(table, path: Path, reused: bool) -> None:
     from rich.table import Table
 
@@ -117,6 +130,7 @@ def _print_summary(table, path: Path, reused: bool) -> None:
         ("grid points timed", str(table.measurements)),
         ("dense model, measured (ms / batch)", f"{table.dense_ms:.4g}"),
         ("fit on whole models: scale, remainder (ms)", f"{table.scale:.3f}, {table.remainder_ms:+.4g}"),
+        ("width steps probed: layers, multiples (channels)", _steps_summary(table)),
         ("profiling time (s)", f"{table.profile_s:.1f}" + (" (reused from the cache)" if reused else "")),
     ]
     for label, value in rows:

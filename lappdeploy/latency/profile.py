@@ -259,10 +259,12 @@ def profile_model(
     step: int = 8,
     timing: PointTiming | None = None,
     dense_seconds: float = 3.0,
+    probe_steps: bool = True,
     progress: Progress | None = None,
 ) -> LatencyTable:
-    """Time every conv / linear layer of `model` over its width grid, then the whole dense model; the
-    latency table of this model on this runtime, device, batch and thread count."""
+    """Time every conv / linear layer of `model` over its width grid, then (`probe_steps`) one producer per
+    prunable group at every width of a window below its full width (`latency.steps`), then whole models;
+    the latency table of this model on this runtime, device, batch and thread count."""
     if runtime not in ("ort", "torch"):
         raise ConfigError(f"--runtime {runtime}: profiling runs ort or torch here (trtexec: see --runtime trtexec)")
     start, timing = time.perf_counter(), timing or PointTiming()
@@ -289,9 +291,11 @@ def profile_model(
                     del session
                     done += 1
                     if progress is not None:
-                        progress(f"layers {done}/{total}", 0.9 * done / total)
+                        progress(f"layers {done}/{total}", 0.8 * done / total)
                 rows.append(row)
             measured[spec.shape_key] = rows
+        where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads, "scratch": Path(scratch)}
+        steps = _probe_steps(model, input_shape, specs, timing, progress, **where) if probe_steps else {}
     layers = {
         spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.shape_key], spec.geometry())
         for spec in specs
@@ -307,10 +311,43 @@ def profile_model(
         device=device, fingerprint=device_fingerprint(runtime, device), layers=layers,
         remainder_ms=round(remainder, 5), dense_ms=calibration[0]["measured_ms"], scale=round(scale, 6),
         calibration=calibration, profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
-        measurements=total,
+        measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing),
                     "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu"},
     )  # fmt: skip
+
+
+def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming, progress, **where) -> dict:
+    """Per prunable group, its probed producer (`steps.probe_layers`) timed at every output width of
+    `steps.probe_widths` at full input width, with the block size its latency steps at; layers of one
+    shape share their probe."""
+    from lappdeploy.latency.steps import detect_multiple, probe_layers, probe_widths
+
+    groups = analyze(model, torch.zeros((2, *input_shape)))
+    by_name = {spec.name: spec for spec in specs}
+    probed = sorted(set(probe_layers(groups, specs).values()))
+    shapes = {by_name[name].shape_key for name in probed}
+    timed: dict[tuple, dict] = {}
+    for name in probed:
+        spec = by_name[name]
+        if spec.shape_key in timed:
+            continue
+        widths = probe_widths(spec.out_channels)
+        ms = []
+        for width in widths:
+            session = _point_session(spec, spec.in_channels, width, **where)
+            ms.append(round(_time_point(session, where["batch"], timing), 5))
+            del session
+        timed[spec.shape_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
+        if progress is not None:
+            progress(f"width steps {len(timed)}/{len(shapes)}", 0.8 + 0.1 * len(timed) / len(shapes))
+    return {name: dict(timed[by_name[name].shape_key]) for name in probed}
+
+
+def _distinct_probe_points(steps: dict) -> int:
+    """Widths timed by the probes: layers of one shape share theirs."""
+    distinct = {(tuple(p["widths"]), tuple(p["ms"])) for p in steps.values()}
+    return sum(len(widths) for widths, _ in distinct)
 
 
 CALIBRATION_PLANS = 4  # whole models timed besides the dense one to fit the table's scale and remainder
@@ -397,7 +434,8 @@ def cached_profile(
 ) -> tuple[LatencyTable, Path, bool]:
     """(table, its path, whether it was reused): the cached table of this model, settings and machine, else
     a fresh profile saved to the cache. `settings` are `profile_model`'s (runtime, device, batch, ...)."""
-    settings = {"runtime": "ort", "device": "cpu", "batch": 8, "threads": 1, "points": 12, "step": 8, **settings}
+    defaults = {"runtime": "ort", "device": "cpu", "batch": 8, "threads": 1, "points": 12, "step": 8}
+    settings = {**defaults, "probe_steps": True, **settings}
     path = Path(cache_dir or default_cache_dir()) / f"{model_name}-{profile_key(model, input_shape, **settings)}.json"
     if path.is_file() and not refresh:
         try:

@@ -84,6 +84,9 @@ class LatencyTable:
     step: int = 0  # grid spacing the narrow layers were measured at (channels)
     measurements: int = 0  # distinct (layer shape, widths) points timed
     provenance: dict[str, Any] = field(default_factory=dict)  # versions, timing settings
+    # per probed layer (one per prunable group, `latency.steps`): consecutive output widths, their ms at full
+    # input width, and the block size (channels) the latency steps at; read by --round-to auto
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +106,8 @@ class LatencyTable:
             raise LatencyTableError(f"{source} is incomplete or malformed ({exc}); profile again") from None
         for name, layer in table.layers.items():
             layer.check(name)
+        for name, probe in table.steps.items():
+            _check_probe(name, probe, source)
         if table.runtime not in RUNTIMES or table.batch < 1 or not table.dense_ms > 0:
             raise LatencyTableError(f"{source}: runtime, batch or dense latency out of range; profile again")
         return table
@@ -127,6 +132,15 @@ class LatencyTable:
 
     def describe(self) -> str:
         return f"{self.runtime} on {self.fingerprint.get('processor')} ({self.device}), batch {self.batch}"
+
+
+def _check_probe(name: str, probe: Any, source: str) -> None:
+    try:
+        ok = len(probe["widths"]) == len(probe["ms"]) > 1 and int(probe["multiple"]) >= 1
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise LatencyTableError(f"{source}: the width-step probe of layer {name!r} is malformed; profile again")
 
 
 def device_fingerprint(runtime: str, device: str) -> dict[str, Any]:

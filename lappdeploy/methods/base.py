@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "RECONSTRUCT_MODES",
+    "ROUND_TO_AUTO",
     "AttemptConfig",
     "MethodSpec",
     "PruneConfig",
@@ -52,6 +53,8 @@ DEFAULT_METHOD = "lapp"
 # What to refit after channels are removed (docs/ldrf.md#reconstruction): nothing, least squares of each
 # affected layer's output (ls), or of its SVD embedding (ldrf)
 RECONSTRUCT_MODES = ("none", "ls", "ldrf")
+# --round-to auto (0 in a config): per group, the multiple the latency table's width-step probes show
+ROUND_TO_AUTO = 0
 C = TypeVar("C", bound="PruneConfig")
 
 
@@ -72,7 +75,12 @@ class PruneConfig:
         "Length of the pruning phase in epochs (for one-shot and iterative methods: the dense epochs before "
         "pruning starts; 0 with --init-from prunes the trained model at once; default 0 for ldrf).",
     )
-    round_to: int = option(8, "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables.")
+    round_to: int = option(
+        8,
+        "Round every kept width to a multiple of K (Tensor Cores want 8 for FP16); 1 disables; auto (0 in a "
+        "config; with a latency budget): per group, the multiple its latency steps at on the --latency-table.",
+        cli_type="round_to",
+    )
     min_channels: int = option(1, "Fewest channels a group keeps (at least --round-to when rounding).")
     ignore: tuple[str, ...] = option(
         (), "Never prune groups spanning these modules (comma-separated fnmatch patterns).", cli_type="str_list"
@@ -124,11 +132,14 @@ class PruneConfig:
     force_table: bool = option(False, "Use a --latency-table measured on another device or runtime.")
 
     def __post_init__(self) -> None:
+        if self.round_to == "auto":  # from YAML or the Python API; the CLI passes ROUND_TO_AUTO
+            object.__setattr__(self, "round_to", ROUND_TO_AUTO)
         check_types(self)
         in_range(self, "target_macs", 0.0, 1.0, lo_open=True)
         self._check_latency()
         at_least(self, "prune_epochs", 0)
-        at_least(self, "round_to", 1)
+        if self.round_to < ROUND_TO_AUTO:
+            raise ConfigError(f"--round-to must be a multiple >= 1 or auto (got {self.round_to})")
         at_least(self, "min_channels", 1)
         at_least(self, "log_every", 1)
         at_least(self, "recalibrate_bn", 0)
@@ -154,6 +165,11 @@ class PruneConfig:
             )
         if self.target_latency_ms < 0:
             raise ConfigError(f"--target-latency-ms must be > 0 (got {self.target_latency_ms})")
+        if self.round_to == ROUND_TO_AUTO and not self.budgets_latency:
+            raise ConfigError(
+                "--round-to auto reads the width steps of a latency table: it needs --target-latency or "
+                "--target-latency-ms (or give --round-to K)"
+            )
         if (self.latency_table or self.force_table) and not self.budgets_latency:
             raise ConfigError("--latency-table / --force-table need --target-latency or --target-latency-ms")
 

@@ -13,9 +13,11 @@ import torch
 from lappdeploy.errors import ConfigError
 from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint
 from lappdeploy.latency.profile import cached_profile
-from lappdeploy.methods.base import PruneConfig
+from lappdeploy.latency.steps import group_multiples
+from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig
 from lappdeploy.methods.common import GroupThresholds, minimum_plan
 from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores
+from lappdeploy.surgery.plan import RoundTo
 
 __all__ = ["LatencyBudget", "latency_budget", "measured_deploy_ms"]
 
@@ -29,6 +31,7 @@ class LatencyBudget:
     source: str  # the table's path
     target_ms: float  # ms per batch (the table's batch size) on the table's runtime
     profiled: bool = False  # profiled by this run (not given, not taken from the cache)
+    round_to: RoundTo = 8  # --round-to, or with --round-to auto the multiple per group id the table shows
 
     @property
     def measure(self):
@@ -60,6 +63,7 @@ class LatencyBudget:
             "target_ms": round(self.target_ms, 5),
             "dense_measured_ms": self.table.dense_ms,
             "dense_predicted_ms": round(self.model.dense_ms, 5),
+            "round_to": dict(self.round_to) if isinstance(self.round_to, dict) else self.round_to,
         }
 
 
@@ -103,7 +107,8 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
             f"{flag} is at or above the dense model's latency (measured {table.dense_ms:.4g} ms, predicted "
             f"{model.dense_ms:.4g} ms; {table.describe()}): nothing to prune; lower the target"
         )
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    round_to = group_multiples(groups, table, source=source) if config.round_to == ROUND_TO_AUTO else config.round_to
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=round_to)
     floor = model.plan_ms(minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
     if floor > target:
         raise ConfigError(
@@ -111,7 +116,11 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
             f"predicts {floor:.4g} ms ({floor / table.dense_ms:.3f} of dense) on {table.describe()}; raise the target "
             "or lower --min-channels/--round-to"
         )
-    return LatencyBudget(model=model, table=table, source=source, target_ms=float(target), profiled=profiled)
+    if config.round_to == ROUND_TO_AUTO:
+        log.info("--round-to auto: per-group multiples %s (from the width steps of %s)", round_to, source)
+    return LatencyBudget(
+        model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to
+    )
 
 
 def measured_deploy_ms(budget: LatencyBudget, deploy_model: torch.nn.Module) -> float | None:

@@ -12,7 +12,7 @@ import copy
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from lappdeploy.surgery import (
     remove_channels_,
     round_plan,
 )
-from lappdeploy.surgery.plan import PlanMeasure, macs_measure
+from lappdeploy.surgery.plan import PlanMeasure, RoundTo, macs_measure, width_unit
 
 __all__ = [
     "LANDING_WINDOW",
@@ -104,7 +104,7 @@ class GroupThresholds:
     scores are averaged over the blocks first, so every block gets the same mask.
     """
 
-    def __init__(self, groups: ChannelGroups, *, min_channels: int = 1, round_to: int = 1) -> None:
+    def __init__(self, groups: ChannelGroups, *, min_channels: int = 1, round_to: RoundTo = 1) -> None:
         self.groups = groups
         self.prunable = groups.prunable
         self.ids = [g.id for g in self.prunable]
@@ -117,7 +117,7 @@ class GroupThresholds:
             unit += [units + c % g.segment_size for c in range(g.channels)]
             sizes += [g.segments] * g.segment_size
             units += g.segment_size
-            self.min_keep.append(min(g.channels, max(min_channels, math.lcm(round_to, g.segments))))
+            self.min_keep.append(min(g.channels, max(min_channels, width_unit(round_to, g))))
         self._owner = torch.tensor(owner, dtype=torch.long)
         self._unit = torch.tensor(unit, dtype=torch.long)
         self._unit_size = torch.tensor(sizes, dtype=torch.float32)
@@ -186,7 +186,7 @@ def plan_within_budget(
     thresholds: torch.Tensor,
     budget: float,
     *,
-    round_to: int = 1,
+    round_to: RoundTo = 1,
     measure: PlanMeasure | None = None,
     unit: str = "MACs",
 ) -> tuple[ChannelPlan, float]:
@@ -204,7 +204,7 @@ def plan_within_budget(
 
     def plan_at(offset: float) -> ChannelPlan:
         plan = ChannelPlan.from_keep_mask(groups, mask.hard(normalised, thresholds, offset))
-        if round_to == 1:
+        if round_to == 1 or (isinstance(round_to, Mapping) and set(round_to.values()) <= {1}):
             return plan
         return round_plan(plan, groups, round_to, scores=normalised, budget=budget, measure=measure)
 
@@ -338,10 +338,12 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
         raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")
     if config.reconstruct != "none":
         check_calibration(groups, ReconstructionSettings.from_config(config), config.calib_images)
+    if config.budgets_latency:  # the latency budget checks its own floor (methods.budgets)
+        return groups
     dense = plan_cost(groups, ChannelPlan())
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
     floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
-    if not config.budgets_latency and floor.macs > config.target_macs * dense.macs:  # latency: methods.budgets
+    if floor.macs > config.target_macs * dense.macs:
         raise ConfigError(
             f"--target-macs {config.target_macs} is unreachable: with every group at its minimum width "
             f"(--min-channels {config.min_channels}, --round-to {config.round_to}) the model still needs "
@@ -350,9 +352,11 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
     return groups
 
 
-def lowest_widths(groups: ChannelGroups, config: PruneConfig) -> dict[str, int]:
-    """The fewest channels each prunable group may keep (--min-channels, --round-to, grouped-conv blocks)."""
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+def lowest_widths(groups: ChannelGroups, config: PruneConfig, round_to: RoundTo | None = None) -> dict[str, int]:
+    """The fewest channels each prunable group may keep (--min-channels, --round-to or the resolved per-group
+    `round_to`, grouped-conv blocks)."""
+    round_to = config.round_to if round_to is None else round_to
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=round_to)
     return dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
 
 
@@ -364,15 +368,17 @@ def land_plan(
     scores: torch.Tensor,
     lowest: dict[str, int] | None = None,
     measure: PlanMeasure | None = None,
+    round_to: RoundTo | None = None,
 ) -> ChannelPlan:
-    """`plan` with widths rounded to --round-to and grown back to within LANDING_WINDOW under `limit` (MACs, or
-    the unit of `measure`); the trades that land it never take a group below `lowest` (default: `lowest_widths`)."""
-    if config.round_to > 1:
-        plan = round_plan(plan, groups, config.round_to, scores=scores, budget=limit, measure=measure)
-    lowest = lowest if lowest is not None else lowest_widths(groups, config)
+    """`plan` with widths rounded to --round-to (or the resolved per-group `round_to`) and grown back to within
+    LANDING_WINDOW under `limit` (MACs, or the unit of `measure`); the trades that land it never take a group
+    below `lowest` (default: `lowest_widths`)."""
+    round_to = config.round_to if round_to is None else round_to
+    if round_to != 1:
+        plan = round_plan(plan, groups, round_to, scores=scores, budget=limit, measure=measure)
+    lowest = lowest if lowest is not None else lowest_widths(groups, config, round_to)
     return fill_plan(
-        plan, groups, config.round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest,
-        measure=measure,
+        plan, groups, round_to, scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest, measure=measure,
     )  # fmt: skip
 
 
@@ -406,6 +412,12 @@ class PruningHookBase(Hook):
     def phase_steps(self, loop) -> int:
         return self.config.prune_epochs * loop.steps_per_epoch
 
+    @property
+    def round_to(self) -> RoundTo:
+        """The rounding multiple(s) in force: --round-to, or with --round-to auto the per-group multiples the
+        latency table's width-step probes show."""
+        return self.latency.round_to if self.latency is not None else self.config.round_to
+
     def budget_limit(self) -> float:
         """The most a final plan may cost: the target itself, in deploy MACs per image, or with a latency
         budget in predicted ms per batch."""
@@ -434,7 +446,7 @@ class PruningHookBase(Hook):
             dense_params=self.dense.params,
             macs=self.deploy.macs,
             params=self.deploy.params,
-            round_to=self.config.round_to,
+            round_to=dict(self.round_to) if isinstance(self.round_to, Mapping) else self.round_to,
         )
 
     @contextlib.contextmanager

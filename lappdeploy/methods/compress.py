@@ -19,7 +19,7 @@ from torch import nn
 
 from lappdeploy.config import TrainConfig
 from lappdeploy.hooks import Hook
-from lappdeploy.methods.base import PruneConfig, method_section, spec_for
+from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig, method_section, spec_for
 from lappdeploy.methods.common import PruneResult, PruningHookBase
 from lappdeploy.models import count_macs
 from lappdeploy.surgery import fold_bypass_, has_bypass
@@ -41,7 +41,7 @@ def compress_report(result: PruneResult, config: PruneConfig, dense_counted) -> 
         "deploy_params": result.deploy.params,
         "macs_ratio": result.macs_ratio,
         "prune_epochs": config.prune_epochs,
-        "round_to": config.round_to,
+        "round_to": "auto" if config.round_to == ROUND_TO_AUTO else config.round_to,  # per group: latency.round_to
         "bypass": config.bypass,
         "score": None,  # LAPP's importance score; methods report theirs in `extra`
         **result.extra,

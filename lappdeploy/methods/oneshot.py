@@ -29,23 +29,28 @@ from lappdeploy.surgery import (
     plan_cost,
     uniform_plan,
 )
-from lappdeploy.surgery.plan import PlanMeasure
+from lappdeploy.surgery.plan import PlanMeasure, RoundTo
 
 __all__ = ["OneShotPruning", "Planner", "land_plan", "lowest_widths", "uniform_budget_plan"]
 
 log = logging.getLogger(__name__)
 
-# (groups, config, limit, channel scores[, measure]) -> plan; the limit is in MACs per image, or with a latency
-# budget in the unit of `measure` (predicted ms)
+# (groups, config, limit, channel scores[, measure, round_to]) -> plan; the limit is in MACs per image, or with a
+# latency budget in the unit of `measure` (predicted ms), with the rounding the budget resolved (--round-to auto)
 Planner = Callable[..., ChannelPlan]
 _TAYLOR_IMAGES = 1024  # held-out images whose loss gradient the taylor criterion reads
 
 
 def uniform_budget_plan(
-    groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor, measure: PlanMeasure | None = None
+    groups: ChannelGroups,
+    config: PruneConfig,
+    limit: float,
+    scores: torch.Tensor,
+    measure: PlanMeasure | None = None,
+    round_to: RoundTo | None = None,
 ) -> ChannelPlan:
     plan = uniform_plan(groups, config.target_macs, scores=scores, measure=measure, budget=limit)
-    return land_plan(plan, groups, config, limit, scores, measure=measure)
+    return land_plan(plan, groups, config, limit, scores, measure=measure, round_to=round_to)
 
 
 class OneShotPruning(PruningHookBase):
@@ -83,8 +88,8 @@ class OneShotPruning(PruningHookBase):
         dist = getattr(loop, "dist", None)
         plan = None
         if dist is None or dist.is_main:
-            measure = {"measure": self.latency.measure} if self.latency is not None else {}
-            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop), **measure)
+            latency = {"measure": self.latency.measure, "round_to": self.round_to} if self.latency is not None else {}
+            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop), **latency)
             plan = plan.to_dict()
         return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)
 

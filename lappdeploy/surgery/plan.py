@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from lappdeploy.surgery.graph import ChannelGroup, ChannelGroups, SurgeryError
 __all__ = [
     "ChannelPlan",
     "GroupPlan",
+    "RoundTo",
     "compose_plans",
     "fill_plan",
     "kept_first",
@@ -36,6 +37,7 @@ __all__ = [
     "random_plan",
     "round_plan",
     "uniform_plan",
+    "width_unit",
 ]
 
 PLAN_FORMAT = "lappdeploy.channel_plan"
@@ -170,6 +172,15 @@ def plan_from_scores(groups: ChannelGroups, scores: torch.Tensor, keep: dict[str
 
 
 PlanMeasure = Callable[[ChannelPlan], float]  # a plan's cost: deploy MACs per sample, or a latency (ms)
+# the multiple kept widths are rounded to: one for every group, or per group id (--round-to auto)
+RoundTo = int | Mapping[str, int]
+
+
+def width_unit(round_to: RoundTo, group) -> int:
+    """Channels a group's kept count moves by (its rounding multiple, in whole blocks of a grouped conv); a
+    group a per-group mapping does not name is not rounded."""
+    multiple = round_to.get(group.id, 1) if isinstance(round_to, Mapping) else round_to
+    return math.lcm(multiple, group.segments)
 
 
 def macs_measure(groups: ChannelGroups) -> PlanMeasure:
@@ -216,19 +227,21 @@ def uniform_plan(
 def round_plan(
     plan: ChannelPlan,
     groups: ChannelGroups,
-    k: int = 8,
+    k: RoundTo = 8,
     *,
     scores: torch.Tensor | None = None,
     budget: float | None = None,
     measure: PlanMeasure | None = None,
 ) -> ChannelPlan:
-    """Make every prunable group's kept count a multiple of `k` (8 for FP16 Tensor Cores, 16 for INT8),
+    """Make every prunable group's kept count a multiple of `k` (8 for FP16 Tensor Cores, 16 for INT8; or a
+    multiple per group id),
     never below k (or the whole group when it is smaller): first every group rounds down; then, where
     the `budget` allows, groups round up, adding their best-scored dropped channels, those closest to the
     next multiple first. Without a budget, counts round to the nearest multiple. The budget is in the unit
     of `measure` (default: deploy MACs per sample; a latency model gives ms).
     A group whose dense width is not a multiple of k may also keep all its channels."""
-    if k < 1:
+    smallest = min(k.values(), default=1) if isinstance(k, Mapping) else k
+    if smallest < 1:
         raise SurgeryError(f"round-to must be >= 1, got {k}")
     measure = measure or macs_measure(groups)
     scores = channel_scores(groups, "l2") if scores is None else scores
@@ -236,7 +249,7 @@ def round_plan(
     counts, down, up = {}, {}, {}
     for g in groups.prunable:
         kept = int(mask[g.offset : g.offset + g.channels].sum())
-        step = math.lcm(k, g.segments)
+        step = width_unit(k, g)
         floor = min(g.channels, step)
         down[g.id] = max(floor, kept // step * step)
         up[g.id] = min(g.channels, math.ceil(kept / step) * step)
@@ -258,7 +271,7 @@ def round_plan(
     for gid, gp in out.groups.items():
         if gid in plan.groups:
             gp.threshold = plan.groups[gid].threshold
-    out.info = dict(plan.info, round_to=k)
+    out.info = dict(plan.info, round_to=dict(k) if isinstance(k, Mapping) else k)
     return out
 
 
@@ -272,7 +285,7 @@ def kept_first(scores: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
 def fill_plan(
     plan: ChannelPlan,
     groups: ChannelGroups,
-    k: int,
+    k: RoundTo,
     *,
     scores: torch.Tensor,
     budget: float,
@@ -310,14 +323,14 @@ class _Landing:
     def __init__(
         self,
         groups: ChannelGroups,
-        k: int,
+        k: RoundTo,
         ranking: torch.Tensor,
         budget: float,
         lowest: dict[str, int],
         measure: PlanMeasure,
     ) -> None:
         self.groups, self.ranking, self.budget, self.measure = groups, ranking, budget, measure
-        self.unit = {g.id: math.lcm(k, g.segments) for g in groups.prunable}
+        self.unit = {g.id: width_unit(k, g) for g in groups.prunable}
         self.width = {g.id: g.channels for g in groups.prunable}
         self.lowest = {g.id: lowest.get(g.id, min(g.channels, self.unit[g.id])) for g in groups.prunable}
 

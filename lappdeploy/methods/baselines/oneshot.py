@@ -17,20 +17,24 @@ from lappdeploy.methods.baselines import GlobalConfig, UniformConfig
 from lappdeploy.methods.common import GroupThresholds, plan_within_budget, prepare_groups_
 from lappdeploy.methods.oneshot import OneShotPruning, Planner, uniform_budget_plan
 from lappdeploy.surgery import CRITERIA, ChannelGroups, ChannelPlan
-from lappdeploy.surgery.plan import PlanMeasure
+from lappdeploy.surgery.plan import PlanMeasure, RoundTo
 
 __all__ = ["OneShotPruning", "global_plan", "prepare_global_", "prepare_uniform_", "uniform_budget_plan"]
 
 
 def global_plan(
-    groups: ChannelGroups, config: PruneConfig, limit: float, scores: torch.Tensor, measure: PlanMeasure | None = None
+    groups: ChannelGroups,
+    config: PruneConfig,
+    limit: float,
+    scores: torch.Tensor,
+    measure: PlanMeasure | None = None,
+    round_to: RoundTo | None = None,
 ) -> ChannelPlan:
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
+    round_to = config.round_to if round_to is None else round_to
+    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=round_to)
     normalised = thresholds.normalise(scores)  # torch-pruning's "mean" normaliser
     common_cut = torch.zeros(len(thresholds.ids))
-    plan, _ = plan_within_budget(
-        groups, thresholds, normalised, common_cut, limit, round_to=config.round_to, measure=measure
-    )
+    plan, _ = plan_within_budget(groups, thresholds, normalised, common_cut, limit, round_to=round_to, measure=measure)
     for gp in plan.groups.values():
         gp.threshold = None  # one global cut, not a learned per-group threshold
     return plan

@@ -70,10 +70,10 @@ class LappController(PruningHookBase):
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, config: LappConfig) -> None:
         super().__init__(model, groups, config)
-        self.mask = ThresholdMask(groups, tau=config.tau, min_channels=config.min_channels, round_to=config.round_to)
-        self.cost = cost_model(groups)
         # what the budget counts: deploy MACs per image, or with --target-latency the latency model's ms per batch
         self.latency = latency_budget(groups, config) if config.budgets_latency else None
+        self.mask = ThresholdMask(groups, tau=config.tau, min_channels=config.min_channels, round_to=self.round_to)
+        self.cost = cost_model(groups)
         if self.latency is not None:
             self.dense_cost, self.target_cost = self.latency.model.dense_ms, self.latency.target_ms
         else:
@@ -283,7 +283,7 @@ class LappController(PruningHookBase):
             normalised = self.normalised_scores()
         measure = self.latency.measure if self.latency is not None else None
         plan, offset = plan_within_budget(
-            self.groups, self.mask, normalised, self.thresholds, self.budget_limit(), round_to=self.config.round_to,
+            self.groups, self.mask, normalised, self.thresholds, self.budget_limit(), round_to=self.round_to,
             measure=measure, unit="ms (predicted latency)" if measure else "MACs",
         )  # fmt: skip
         if offset > 0:

@@ -12,6 +12,7 @@ import torch
 
 from lappdeploy.methods.common import GroupThresholds
 from lappdeploy.surgery import ChannelGroups
+from lappdeploy.surgery.plan import RoundTo
 
 __all__ = ["ThresholdMask"]
 
@@ -19,7 +20,7 @@ __all__ = ["ThresholdMask"]
 class ThresholdMask(GroupThresholds):
     """Maps (scores over the global channel vector, one threshold per prunable group) to a kept mask."""
 
-    def __init__(self, groups: ChannelGroups, *, tau: float, min_channels: int = 1, round_to: int = 1) -> None:
+    def __init__(self, groups: ChannelGroups, *, tau: float, min_channels: int = 1, round_to: RoundTo = 1) -> None:
         super().__init__(groups, min_channels=min_channels, round_to=round_to)
         self.tau = tau
 
