@@ -102,8 +102,8 @@ def deploy_copy(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
         try:
             fold_bn_(deploy, example_inputs)  # finds conv->BN pairs by tracing; needs autograd enabled
         except SurgeryError as exc:
-            # torch-pruning cannot trace a few architectures (ShuffleNetV2's channel shuffle); torch.fx
-            # finds the same conv->BN pairs where the model is symbolically traceable
+            # where torch-pruning cannot trace a model (an op it cannot map channels through), torch.fx
+            # finds the same conv->BN pairs if the model is symbolically traceable
             from torch.fx.experimental.optimization import fuse
 
             try:

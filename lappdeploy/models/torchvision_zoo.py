@@ -81,4 +81,8 @@ def build_torchvision_model(name: str, *, num_classes: int = 1000, in_channels: 
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     if in_channels != 3:
         _replace_stem_input_channels(model, in_channels)
+    if name.startswith("shufflenet_v2"):
+        from lappdeploy.models.shuffle import use_shuffle_modules_
+
+        use_shuffle_modules_(model)  # the channel shuffle as a module the surgery can trace
     return model

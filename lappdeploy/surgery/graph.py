@@ -17,6 +17,7 @@ vector gives each layer's kept channel counts exactly (`cost.py`) and each produ
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import warnings
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import SurgeryError
+from lappdeploy.models.shuffle import ChannelShuffle, as_one_op
 from lappdeploy.surgery.repconv import RepConvBN
 
 __all__ = [
@@ -106,7 +108,11 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
         with torch.enable_grad(), warnings.catch_warnings():
             # tp warns about unwrapped parameters (e.g. ConvNeXt layer scales) it then handles itself
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            with as_one_op():  # a channel shuffle is one node, a barrier (`_shuffle_barrier`)
+                return tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, verbose=False,
+                    customized_pruners={ChannelShuffle: _shuffle_barrier()},
+                )  # fmt: skip
     except SurgeryError:
         raise
     except Exception as exc:
@@ -118,6 +124,29 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
         model.train(was_training)
         for p in frozen:
             p.requires_grad_(False)
+
+
+@functools.cache
+def _shuffle_barrier():
+    """torch-pruning's view of a `ChannelShuffle`: its input and output channels are not coupled (distinct
+    prune functions), so the channels on either side form their own groups, which `analyze` keeps whole;
+    pruning it is never asked for."""
+    import torch_pruning as tp
+
+    class ShuffleBarrier(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer: nn.Module, idxs):
+            raise SurgeryError(f"the channels of a channel shuffle ({layer}) cannot be removed")
+
+        def prune_in_channels(self, layer: nn.Module, idxs):
+            raise SurgeryError(f"the channels of a channel shuffle ({layer}) cannot be removed")
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.channels
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.channels
+
+    return ShuffleBarrier()
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -220,6 +249,9 @@ def _scan_group(tp_group, graph, model: nn.Module, names: dict, terminal: set, p
             scan.reasons.append(norm_reason)
         if not (isinstance(module, nn.Module) and module in names):
             continue  # functional ops (add, cat, reshape) and unwrapped parameters carry no channels of their own
+        if isinstance(module, ChannelShuffle):
+            scan.reasons.append("its channels cross a channel shuffle (kept whole, so the shuffle stays exact)")
+            continue
         name = canonical_name(model, names[module])
         is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
         if is_out:

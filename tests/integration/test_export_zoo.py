@@ -19,15 +19,12 @@ from lappdeploy.testing import randomize_norms_
 # The default suite: one CIFAR ResNet (residual coupling, bypass), the CIFAR VGG (a plain chain), a
 # torchvision net with concatenations, and the smallest torchvision VGG-style head (AlexNet, whose default
 # export falls back to dynamo). The dynamo exporter costs 4-15 s per model on 2 CPU cores.
-DEFAULT = {"resnet20", "vgg16_bn_cifar", "squeezenet1_1", "alexnet"}
+DEFAULT = {"resnet20", "vgg16_bn_cifar", "squeezenet1_1", "alexnet", "shufflenet_v2_x0_5"}
 
 # torch 2.14's legacy (TorchScript) exporter cannot export an AdaptiveAvgPool2d whose output size does
 # not divide its input size, which VGG's and AlexNet's (7x7 / 6x6 heads) are at inputs below 224 px
 # (at 224 px the map is exactly 7x7); the dynamo exporter handles them.
 LEGACY_ADAPTIVE_POOL = ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19")
-
-# surgery cannot trace ShuffleNetV2's channel_shuffle (see test_surgery_zoo.py): exported dense
-DENSE_ONLY = ("shufflenet_v2",)
 
 
 def _params():
@@ -44,8 +41,6 @@ def _prepare(name: str):
     shape = resolve_input_shape(name, 3, (1, 1))  # the architecture's minimum
     model = randomize_norms_(create_model(name, num_classes=10)).eval()
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
-    if name.startswith(DENSE_ONLY):
-        return model, x
     if MODELS.get(name).family == "cifar":
         add_bypass_(model, x)  # LAPP's training-time form; to_onnx must fold it
         randomize_norms_(model, seed=1)

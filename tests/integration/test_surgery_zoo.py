@@ -1,6 +1,7 @@
 """Every registered CNN: a random plan keeping ~50% of each group is removed physically; the pruned
 model computes the masked dense model's logits, its measured MACs equal the analytic ones, and it
-saves and loads (in this process and in a fresh one) with identical logits."""
+saves and loads (in this process and in a fresh one) with identical logits. ShuffleNetV2 included: its
+channel shuffle is a barrier the surgery keeps whole (lappdeploy.models.shuffle)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import torch
 from lappdeploy.models import count_macs, create_model, list_models, model_card, resolve_input_shape
 from lappdeploy.surgery import (
     ChannelMasker,
-    SurgeryError,
     analyze,
     fold_bn_,
     load_model,
@@ -26,12 +26,6 @@ from lappdeploy.surgery import (
     save_model,
 )
 from lappdeploy.testing import randomize_norms_
-
-# torch-pruning 1.6.1 cannot trace channel_shuffle (view(b, 2, c/2, h, w) -> transpose -> view): its
-# reshape index mapping only models reshapes that split or merge the channel dimension contiguously
-# (flatten), not an interleaving permutation, and DependencyGraph.build_dependency raises
-# ZeroDivisionError in update_reshape_index_mapping. See README, "Surgery".
-SHUFFLENET_REASON = "torch-pruning 1.6.1 cannot trace ShuffleNetV2's channel_shuffle (see README, 'Surgery')"
 
 # Minutes, not seconds, on 2 CPU cores (dependency-graph build grows with the number of concatenations
 # or the width): run with `pytest -m slow` / `make test-all`.
@@ -61,8 +55,6 @@ SLOW = {
 def _params():
     for name in list_models():
         marks = []
-        if name.startswith("shufflenet_v2"):
-            marks.append(pytest.mark.xfail(raises=SurgeryError, strict=True, reason=SHUFFLENET_REASON))
         if name in SLOW:
             marks.append(pytest.mark.slow)
         yield pytest.param(name, marks=marks, id=name)
