@@ -8,6 +8,7 @@ one CPU or GPU says little about another.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -129,6 +130,11 @@ class LatencyTable:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LatencyTableError(f"latency table {path} is not readable JSON ({exc}); profile again") from None
         return cls.from_dict(data, source=f"latency table {path}")
+
+    def digest(self) -> str:
+        """A short hash of everything the table holds: two tables with one digest predict the same."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         return f"{self.runtime} on {self.fingerprint.get('processor')} ({self.device}), batch {self.batch}"

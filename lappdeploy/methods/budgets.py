@@ -38,6 +38,22 @@ class LatencyBudget:
         """The predicted latency (ms) of a plan: the cost the landing and rounding helpers compare."""
         return self.model.plan_ms
 
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must budget again: the same table and target (kept in its checkpoint)."""
+        return {"table": self.table.digest(), "target_ms": round(self.target_ms, 6), "source": self.source}
+
+    def check_resumed(self, saved: dict[str, Any] | None) -> None:
+        """ConfigError when a resumed run would budget another table or target than it started with."""
+        if not saved:
+            return
+        now = self.identity()
+        if (saved["table"], saved["target_ms"]) != (now["table"], now["target_ms"]):
+            raise ConfigError(
+                f"this run started with latency table {saved['source']} (digest {saved['table']}, target "
+                f"{saved['target_ms']:.4g} ms); now it is {now['source']} (digest {now['table']}, target "
+                f"{now['target_ms']:.4g} ms): resume with the run's table, or start a new run"
+            )
+
     def report(self, plan: ChannelPlan | None) -> dict[str, Any]:
         """report.json's `latency` section before the deploy model is timed."""
         return {**self.describe(), "predicted_ms": round(self.model.plan_ms(plan), 5) if plan is not None else None}

@@ -518,11 +518,14 @@ class PruningHookBase(Hook):
         return {
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "reconstruction": self.reconstruction.state_dict(),
+            "latency": self.latency.identity() if self.latency is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], loop) -> None:
         """Replay the channel removal if it had happened (called before the weights are loaded, so they
-        then fit the compact architecture)."""
+        then fit the compact architecture). A latency budget must be the one the run started with."""
+        if self.latency is not None:
+            self.latency.check_resumed(state.get("latency"))
         if state.get("plan") is not None:
             self.apply_(loop, ChannelPlan.from_dict(state["plan"]), recalibrate=False, reconstruct=False)
         self.reconstruction.load_state_dict(state.get("reconstruction", []))

@@ -273,3 +273,23 @@ def test_random_plans_are_cheaper_than_dense_on_a_profiled_table(tiny, table):
     latency = LatencyModel(groups, table)
     for seed in range(3):
         assert latency.plan_ms(random_plan(groups, 0.5, seed=seed)) < latency.plan_ms(ChannelPlan())
+
+
+def test_a_resumed_run_refuses_another_table_or_target(tmp_path, tiny, table_file):
+    from lappdeploy.errors import ConfigError
+    from lappdeploy.methods import method_config, spec_for
+
+    def hook(table: str, target: float):
+        torch.manual_seed(0)
+        model = create_model("tiny_resnet", num_classes=4, in_channels=3)
+        config = method_config({"name": "lapp", "target_latency": target, "latency_table": table, "round_to": 1})
+        return spec_for(config).prepare(model, torch.zeros((2, *SHAPE)), config)
+
+    state = hook(str(table_file), 0.6).state_dict()
+    assert state["latency"]["table"] == LatencyTable.load(table_file).digest()
+    hook(str(table_file), 0.6).load_state_dict(state, None)  # the same table and target resume
+    other = tmp_path / "other.json"
+    synthetic_table(tiny[0], SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=300.0).save(other)
+    for table, target in ((str(other), 0.6), (str(table_file), 0.7)):
+        with pytest.raises(ConfigError, match="this run started with latency table"):
+            hook(table, target).load_state_dict(state, None)
