@@ -14,9 +14,11 @@ data (laasp, pcp) use the held-out images; the test split gives only the reporte
 A run is NAME or NAME[option=value,...] (method options, e.g. lapp[bypass=rep]); `dense` trains
 unpruned. Runs whose report.json exists are reused and interrupted ones resumed, so the script can be
 stopped and started again. Prints a table of mean +- std over seeds and the per-seed paired difference
-against --reference, writes JSON, a Markdown table and accuracy_vs_macs.png. --step-times also measures
-what a LAPP run costs against dense training: training steps of the dense model, the masked model of the
-pruning phase and the compact model after removal, interleaved step by step (medians), giving
+against --reference, writes JSON, a Markdown table and accuracy_vs_macs.png; --latency adds every final
+model's median ONNX Runtime CPU latency (batch 8, 2 threads), all timed interleaved in one session.
+--step-times also measures what a LAPP run costs against dense training: training steps of the dense
+model, the masked model of the pruning phase and the compact model after removal, interleaved step by
+step (medians), giving
 (P * t_masked + (E - P) * t_compact) / (E * t_dense); separate runs' wall times drift with the machine.
 """
 
@@ -109,6 +111,21 @@ def run_one(args, label: str, method: str, options: dict, target: float | None, 
     }
 
 
+def measure_latency(args, rows: list[dict]) -> None:
+    """Add `ort_ms` (median ms per batch of --latency-batch on ONNX Runtime CPU, --latency-threads) to every
+    row: all runs' deploy models timed interleaved in one `lappdeploy bench` session, same conditions."""
+    from lappdeploy.bench.run import bench_runs
+    from lappdeploy.config import BenchConfig
+
+    config = BenchConfig(
+        runtime="ort", device="cpu", batch=(args.latency_batch,), threads=args.latency_threads, min_seconds=3.0
+    )
+    records, _ = bench_runs([args.out / "runs" / r["run"] for r in rows], config, out=args.out / "bench")
+    by_source = {Path(record.source).name: record.latency_median_ms for record in records}
+    for row in rows:
+        row["ort_ms"] = by_source.get(row["run"])
+
+
 def read_json_line(line: str) -> dict:
     import json
 
@@ -149,6 +166,7 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
                 if dense_wall
                 else None,
                 "decision_share": statistics.mean(decisions) if decisions else None,
+                "ort_ms": _mean_std(timed) if (timed := [r["ort_ms"] for r in group if r.get("ort_ms")]) else None,
                 "diff_vs_reference": _mean_std(diffs) if diffs else None,
             }
         )
@@ -158,8 +176,8 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
 def markdown(summary: list[dict], reference: str) -> str:
     lines = [
         f"| method | target | seeds | top-1 % (mean +- std) | paired diff vs {reference} (pts) | held-out top-1 % | "
-        "deploy MACs / dense | params | wall time vs dense | decisions / wall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "deploy MACs / dense | params | ORT CPU ms per batch | wall time vs dense | decisions / wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         diff = s["diff_vs_reference"]
@@ -175,6 +193,7 @@ def markdown(summary: list[dict], reference: str) -> str:
                     f"{100 * s['holdout_top1_mean']:.2f}" if s["holdout_top1_mean"] is not None else "",
                     f"{s['macs_ratio_min']:.3f}-{s['macs_ratio_max']:.3f}",
                     f"{s['params_mean'] / 1e3:.1f}K",
+                    f"{s['ort_ms'][0]:.3f} +- {s['ort_ms'][1]:.3f}" if s["ort_ms"] else "",
                     f"{s['wall_vs_dense']:.2f}" if s["wall_vs_dense"] else "",
                     f"{100 * s['decision_share']:.0f}%" if s["decision_share"] is not None else "",
                 ]
@@ -277,6 +296,9 @@ def main() -> None:
     parser.add_argument(
         "--step-times", action="store_true", help="also time dense, masked (LAPP phase) and compact steps, interleaved"
     )
+    parser.add_argument("--latency", action="store_true", help="also time every final model on ONNX Runtime CPU")
+    parser.add_argument("--latency-batch", type=int, default=8)
+    parser.add_argument("--latency-threads", type=int, default=2)
     args = parser.parse_args()
     runs = parse_runs(args.runs)
     targets = [float(t) for t in args.targets.split(",")]
@@ -289,6 +311,8 @@ def main() -> None:
         for label, method, options in runs:
             for target in [None] if method == "dense" else targets:
                 rows.append(run_one(args, label, method, options, target, seed))
+    if args.latency:
+        measure_latency(args, rows)
     step_times = None
     lapp_rows = [r for r in rows if r["label"] == "lapp" and r["target"] == 0.5]
     if args.step_times and lapp_rows:
