@@ -87,8 +87,10 @@ class PruneConfig:
     )
     bypass: str = option(
         "none",
-        "rep: train each prunable conv with a foldable 1x1 bypass, folded away at the end (docs/lapp.md).",
-        choices=("none", "rep"),
+        "rep: train each prunable kxk conv with a 1x1 bypass folded away at the end; width: a 1x1 bypass that "
+        "stays and keeps the layer's output width while its kxk filters are pruned, one threshold per layer "
+        "(docs/lapp.md#bypass).",
+        choices=("none", "rep", "width"),
     )
     log_every: int = option(10, "Log the pruning state to metrics.jsonl every N steps of the pruning phase.")
     recalibrate_bn: int = option(
@@ -165,6 +167,11 @@ class PruneConfig:
             )
         if self.target_latency_ms < 0:
             raise ConfigError(f"--target-latency-ms must be > 0 (got {self.target_latency_ms})")
+        if self.budgets_latency and self.bypass == "width":
+            raise ConfigError(
+                "--bypass width deploys two convs per layer, which latency tables do not time yet: budget "
+                "MACs (--target-macs) with --bypass width, or use --bypass none/rep with a latency target"
+            )
         if self.round_to == ROUND_TO_AUTO and not self.budgets_latency:
             raise ConfigError(
                 "--round-to auto reads the width steps of a latency table: it needs --target-latency or "
@@ -179,10 +186,10 @@ class PruneConfig:
         in_range(self, "ldrf_energy", 0.0, 1.0, lo_open=True)
         if not self.reconstruct_ridge >= 0:
             raise ConfigError(f"reconstruct_ridge must be >= 0 (got {self.reconstruct_ridge})")
-        if self.reconstruct != "none" and self.bypass == "rep":
+        if self.reconstruct != "none" and self.bypass != "none":
             raise ConfigError(
-                "--reconstruct cannot refit layers trained with --bypass rep: every conv has a parallel bypass "
-                "reading the same channels; use --bypass none"
+                f"--reconstruct cannot refit layers trained with --bypass {self.bypass}: every conv has a "
+                "parallel bypass reading the same channels; use --bypass none"
             )
 
     def check_against(self, train: TrainConfig) -> None:

@@ -329,10 +329,10 @@ def log_to(loop, record: dict) -> None:
 
 
 def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> ChannelGroups:
-    """Add the bypass blocks when `config.bypass == "rep"` (in place), then find the channel groups;
-    raise ConfigError when nothing can be pruned or the MACs target is out of reach."""
-    if config.bypass == "rep" and not has_bypass(model):
-        add_bypass_(model, example_inputs, ignore=config.ignore)
+    """Add the bypass blocks when `config.bypass` is `rep` or `width` (in place), then find the channel
+    groups; raise ConfigError when nothing can be pruned or the MACs target is out of reach."""
+    if config.bypass != "none" and not has_bypass(model):
+        add_bypass_(model, example_inputs, ignore=config.ignore, kind=config.bypass)
     groups = analyze(model, example_inputs, ignore=config.ignore)
     if not groups.prunable:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")

@@ -71,7 +71,7 @@ class CompressExtension:
         self.hook.detach_hooks()
         result = self.hook.result()
         if has_bypass(model):
-            fold_bypass_(model.eval())  # the deploy model: one plain conv per bypass block
+            fold_bypass_(model.eval())  # the deploy model: each bypass block in its deploy form
         report = compress_report(result, self.config, self.dense_counted)
         deploy_report = getattr(self.hook, "deploy_report", None)  # fields measured on the deploy model
         if deploy_report is not None:

@@ -11,16 +11,14 @@ which ONNX export and torch.fx trace as before.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["ChannelShuffle", "as_one_op", "use_shuffle_modules_"]
+from lappdeploy.models.tracing import as_one_op, one_op_active
 
-_ONE_OP = {"active": False}
+__all__ = ["ChannelShuffle", "as_one_op", "use_shuffle_modules_"]
 
 
 def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -51,23 +49,12 @@ class ChannelShuffle(nn.Module):
         self.channels, self.groups = channels, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _ONE_OP["active"]:
+        if one_op_active():
             return _ShuffleAsOneOp.apply(x, self.groups)
         return _shuffle(x, self.groups)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}"
-
-
-@contextlib.contextmanager
-def as_one_op() -> Iterator[None]:
-    """Within this block every `ChannelShuffle` is one autograd node (for dependency tracing)."""
-    before = _ONE_OP["active"]
-    _ONE_OP["active"] = True
-    try:
-        yield
-    finally:
-        _ONE_OP["active"] = before
 
 
 @functools.cache

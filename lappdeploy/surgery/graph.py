@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import SurgeryError
-from lappdeploy.models.shuffle import ChannelShuffle, as_one_op
+from lappdeploy.models.shuffle import ChannelShuffle
+from lappdeploy.models.tracing import as_one_op
 from lappdeploy.surgery.repconv import RepConvBN
+from lappdeploy.surgery.widthconv import ChannelScatter, WidthBypassDeploy
 
 __all__ = [
     "ChannelGroup",
@@ -108,10 +110,9 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
         with torch.enable_grad(), warnings.catch_warnings():
             # tp warns about unwrapped parameters (e.g. ConvNeXt layer scales) it then handles itself
             warnings.simplefilter("ignore")
-            with as_one_op():  # a channel shuffle is one node, a barrier (`_shuffle_barrier`)
+            with as_one_op():  # shuffles, scatters and folded width bypasses are one node each: barriers
                 return tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_inputs, verbose=False,
-                    customized_pruners={ChannelShuffle: _shuffle_barrier()},
+                    model, example_inputs=example_inputs, verbose=False, customized_pruners=_barriers(),
                 )  # fmt: skip
     except SurgeryError:
         raise
@@ -127,26 +128,40 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
 
 
 @functools.cache
-def _shuffle_barrier():
-    """torch-pruning's view of a `ChannelShuffle`: its input and output channels are not coupled (distinct
-    prune functions), so the channels on either side form their own groups, which `analyze` keeps whole;
-    pruning it is never asked for."""
+def _barriers() -> dict:
+    """torch-pruning's view of the modules it cannot follow op by op: their input and output channels are
+    not coupled (distinct prune functions), so the channels on either side form their own groups.
+    `analyze` keeps whole the groups on the output side (and on both sides of a shuffle or a folded width
+    bypass); only a width bypass's scatter has its input channels (the main path's filters) removed."""
     import torch_pruning as tp
 
-    class ShuffleBarrier(tp.pruner.BasePruningFunc):
+    class Barrier(tp.pruner.BasePruningFunc):
         def prune_out_channels(self, layer: nn.Module, idxs):
-            raise SurgeryError(f"the channels of a channel shuffle ({layer}) cannot be removed")
+            raise SurgeryError(f"the output channels of {layer} cannot be removed")
 
         def prune_in_channels(self, layer: nn.Module, idxs):
-            raise SurgeryError(f"the channels of a channel shuffle ({layer}) cannot be removed")
+            raise SurgeryError(f"the input channels of {layer} cannot be removed")
 
         def get_out_channels(self, layer: nn.Module) -> int:
-            return layer.channels
+            return layer.out_channels if isinstance(layer, WidthBypassDeploy) else layer.channels
 
         def get_in_channels(self, layer: nn.Module) -> int:
-            return layer.channels
+            return layer.main.in_channels if isinstance(layer, WidthBypassDeploy) else layer.channels
 
-    return ShuffleBarrier()
+    class ScatterPruner(Barrier):
+        def prune_in_channels(self, layer: ChannelScatter, idxs):
+            keep = torch.ones(len(layer.kept), dtype=torch.bool)
+            keep[torch.as_tensor(list(idxs), dtype=torch.long)] = False
+            layer.kept = layer.kept[keep.to(layer.kept.device)]
+            return layer
+
+        def get_out_channels(self, layer: ChannelScatter) -> int:
+            return layer.width
+
+        def get_in_channels(self, layer: ChannelScatter) -> int:
+            return len(layer.kept)
+
+    return {ChannelShuffle: Barrier(), WidthBypassDeploy: Barrier(), ChannelScatter: ScatterPruner()}
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -251,6 +266,13 @@ def _scan_group(tp_group, graph, model: nn.Module, names: dict, terminal: set, p
             continue  # functional ops (add, cat, reshape) and unwrapped parameters carry no channels of their own
         if isinstance(module, ChannelShuffle):
             scan.reasons.append("its channels cross a channel shuffle (kept whole, so the shuffle stays exact)")
+            continue
+        if isinstance(module, ChannelScatter):
+            if is_out:  # the input side is the main path's filters: their own, prunable group
+                scan.reasons.append("its width is kept by width bypasses (their kxk filters are pruned instead)")
+            continue
+        if isinstance(module, WidthBypassDeploy):
+            scan.reasons.append("it passes through a folded width bypass (deploy form, not pruned again)")
             continue
         name = canonical_name(model, names[module])
         is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))

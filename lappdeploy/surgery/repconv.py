@@ -9,7 +9,7 @@ from torch import nn
 
 from lappdeploy.errors import SurgeryError
 
-__all__ = ["RepConvBN", "centre_padding", "fuse_conv_bn"]
+__all__ = ["RepConvBN", "bypass_branch", "centre_padding", "fuse_conv_bn"]
 
 
 def centre_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
@@ -25,22 +25,26 @@ def centre_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(padding)
 
 
+def bypass_branch(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """A fresh 1x1 conv + BN reading the same input as `conv` and aligned to its kernel's centre tap (same
+    output size), on the conv's device and dtype."""
+    padding = centre_padding(conv)
+    if padding is None or conv.groups != 1 or not isinstance(conv.padding, tuple):
+        raise SurgeryError(f"{conv} has no centre-aligned 1x1 bypass (needs odd kernel, groups 1, int padding)")
+    factory = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+    bypass_conv = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, padding=padding, bias=False)
+    bypass_bn = nn.BatchNorm2d(conv.out_channels, eps=bn.eps, momentum=bn.momentum)
+    return bypass_conv.to(**factory), bypass_bn.to(**factory)
+
+
 class RepConvBN(nn.Module):
     """BN(conv_kxk(x)) + BN_b(conv_1x1(x)); folds into one kxk conv with bias (`fold_bypass_`)."""
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        padding = centre_padding(conv)
-        if padding is None or conv.groups != 1 or not isinstance(conv.padding, tuple):
-            raise SurgeryError(f"{conv} has no centre-aligned 1x1 bypass (needs odd kernel, groups 1, int padding)")
         self.conv = conv
         self.bn = bn
-        self.bypass_conv = nn.Conv2d(
-            conv.in_channels, conv.out_channels, 1, stride=conv.stride, padding=padding, bias=False
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        self.bypass_bn = nn.BatchNorm2d(conv.out_channels, eps=bn.eps, momentum=bn.momentum).to(
-            device=conv.weight.device, dtype=conv.weight.dtype
-        )
+        self.bypass_conv, self.bypass_bn = bypass_branch(conv, bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x)) + self.bypass_bn(self.bypass_conv(x))

@@ -55,7 +55,7 @@ _PROJECTION_STEPS = 20  # bisection halvings: ~1e-6 of the score range, a few ms
 
 
 def prepare_(model: nn.Module, example_inputs: torch.Tensor, config: LappConfig | None = None) -> LappController:
-    """Set `model` up for LAPP (in place): add the bypass blocks when `config.bypass == "rep"`, find the
+    """Set `model` up for LAPP (in place): add the bypass blocks (`config.bypass`), find the
     channel groups, create one threshold per prunable group and install the masks. Returns the
     controller whose hooks the training loop calls. Raises ConfigError when the MACs target cannot be
     reached even with every group at its minimum width."""
