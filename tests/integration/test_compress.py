@@ -185,3 +185,25 @@ def test_lapp_under_ddp_keeps_ranks_identical(tmp_path):
         assert torch.equal(value, rank1["state_dict"][key]), key
     report = read_json(out / "report.json")
     assert report["world_size"] == 2 and report["deploy_macs"] <= 0.5025 * report["dense_deploy_macs"]
+
+
+def test_compress_with_the_width_bypass_then_export(cli, tmp_path):
+    """`--bypass width` end to end: the report's deploy MACs are within the budget and are what the exported
+    ONNX graph counts; the 1x1 bypass is in the deployed graph (every output channel computed)."""
+    out = tmp_path / "run"
+    args = [
+        "compress", "--model", "resnet20", "--dataset", "synthetic", "--synthetic-shape", "3x32x32",
+        "--synthetic-samples", "64", "--synthetic-classes", "4", "--batch-size", "32", "--epochs", "2",
+        "--prune-epochs", "1", "--target-macs", "0.5", "--bypass", "width", "--device", "cpu", "--out", out,
+    ]  # fmt: skip
+    result = cli(*args)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["bypass"] == "width" and 0.4975 <= report["macs_ratio"] <= 0.5025, report["macs_ratio"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["groups"]) == 19 and all(gid.endswith(".conv") for gid in plan["groups"])
+    result = cli("export", out)
+    assert result.code == 0, result.err
+    onnx = json.loads((out / "export" / "export.json").read_text())["onnx"]
+    assert max(row["relative_error"] for row in onnx["parity"]) <= 1e-4
+    assert onnx["torch_macs"] == report["deploy_macs"]

@@ -239,3 +239,30 @@ def test_residual_tied_convs_are_pruned_one_by_one():
     assert (model.layer1[0].conv2.conv.out_channels, model.layer1[1].conv2.conv.out_channels) == (4, 12)
     assert model.layer1[0].conv2.bypass_conv.out_channels == 16  # the stream's width
     assert math.isclose(count_macs(_deploy(model, x), SHAPE).macs, cost.macs)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16_bn_cifar"])
+def test_other_architectures_prune_mask_exactly_at_the_analytic_cost(name):
+    """ResNet-50 mixes both kinds of group: its 3x3 convs get a width bypass and their filters a group each,
+    its 1x1 convs stay in ordinary groups, which the bypass's inputs then follow."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model(name)).double().eval()
+    x = _inputs().double()
+    wrapped = add_bypass_(model, x, kind="width")
+    randomize_norms_(model, seed=1)
+    groups = analyze(model, x)
+    prunable = {g.id for g in groups.prunable}
+    assert {f"{n}.conv" for n in wrapped} <= prunable
+    if name == "resnet50":
+        assert len(prunable) > len(wrapped)  # and the groups of its 1x1 convs
+    plan = random_plan(groups, 0.5, seed=7)
+    with ChannelMasker(groups) as masker, torch.no_grad():
+        masker.set(plan)
+        masked = model(x)
+    cost = plan_cost(groups, plan)
+    remove_channels_(model, plan, x)
+    deploy = _deploy(model, x)
+    with torch.no_grad():
+        assert _relative_error(model(x), masked) < 1e-10
+        assert _relative_error(deploy(x), masked) < 1e-10
+    assert count_macs(deploy.float(), SHAPE).macs == cost.macs
