@@ -34,6 +34,7 @@ import torch
 
 from lappdeploy.config import TrainConfig, parse_int_list
 from lappdeploy.environment import write_benchmark
+from lappdeploy.errors import ConfigError
 from lappdeploy.io import atomic_write_text, read_json
 from lappdeploy.methods import METHODS, AttemptConfig, LappConfig, method_config
 from lappdeploy.methods.compress import run_compress
@@ -306,11 +307,15 @@ def main() -> None:
     for _, method, _ in runs:
         if method != "dense":
             METHODS.get(method)  # an unknown method stops here
-    rows = []
+    rows, unreachable = [], []
     for seed in seeds:  # seed-major: a partial result is balanced over methods
         for label, method, options in runs:
             for target in [None] if method == "dense" else targets:
-                rows.append(run_one(args, label, method, options, target, seed))
+                try:
+                    rows.append(run_one(args, label, method, options, target, seed))
+                except ConfigError as exc:  # e.g. a target below what a variant can reach: report, go on
+                    print(f"--- {label} at {target}: not run: {exc}", flush=True)
+                    unreachable.append({"label": label, "target": target, "seed": seed, "reason": str(exc)})
     if args.latency:
         measure_latency(args, rows)
     step_times = None
@@ -331,6 +336,7 @@ def main() -> None:
         device=args.device if args.device != "auto" else "cpu",
         summary=summary,
         step_times=step_times,
+        not_run=unreachable,
         settings={k: str(v) for k, v in vars(args).items()},
     )
 

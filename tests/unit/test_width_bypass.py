@@ -63,6 +63,22 @@ def _deploy(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return fold_bn_(deploy, x)
 
 
+def _prune_and_fold_exactly(model: nn.Module, x: torch.Tensor, plan: ChannelPlan):
+    """Remove `plan` from `model` (float64) and fold it; both compute the masked model (1e-10 relative).
+    Returns the plan's analytic cost and the deploy model."""
+    groups = analyze(model, x)
+    with ChannelMasker(groups) as masker, torch.no_grad():
+        masker.set(plan)
+        masked = model(x)
+    cost = plan_cost(groups, plan)
+    remove_channels_(model, plan, x)
+    deploy = _deploy(model, x)
+    with torch.no_grad():
+        assert _relative_error(model(x), masked) < 1e-10
+        assert _relative_error(deploy(x), masked) < 1e-10
+    return cost, deploy
+
+
 def test_every_kxk_conv_gets_its_own_group_and_the_streams_keep_their_width():
     model, wrapped = _wrapped_resnet20()
     # the stem and both 3x3 convs of all 9 blocks, the residual-tied conv2s included
@@ -80,20 +96,9 @@ def test_removal_equals_masking_and_the_fold_is_exact_at_the_analytic_cost():
     model, _ = _wrapped_resnet20()
     model.double()
     x = _inputs().double()
-    groups = analyze(model, x)
-    plan = random_plan(groups, 0.4, seed=4)
-    with ChannelMasker(groups) as masker, torch.no_grad():
-        masker.set(plan)
-        masked = model(x)
-    cost = plan_cost(groups, plan)
-    remove_channels_(model, plan, x)
-    with torch.no_grad():
-        assert _relative_error(model(x), masked) < 1e-10
-    deploy = _deploy(model, x)
+    cost, deploy = _prune_and_fold_exactly(model, x, random_plan(analyze(model, x), 0.4, seed=4))
     assert any(isinstance(m, WidthBypassDeploy) for m in deploy.modules())
     assert not any(isinstance(m, (WidthBypassConvBN, nn.BatchNorm2d)) for m in deploy.modules())
-    with torch.no_grad():
-        assert _relative_error(deploy(x), masked) < 1e-10
     deploy.float()
     assert count_macs(deploy, SHAPE).macs == cost.macs
     assert sum(p.numel() for p in deploy.parameters()) == cost.params
@@ -255,14 +260,5 @@ def test_other_architectures_prune_mask_exactly_at_the_analytic_cost(name):
     assert {f"{n}.conv" for n in wrapped} <= prunable
     if name == "resnet50":
         assert len(prunable) > len(wrapped)  # and the groups of its 1x1 convs
-    plan = random_plan(groups, 0.5, seed=7)
-    with ChannelMasker(groups) as masker, torch.no_grad():
-        masker.set(plan)
-        masked = model(x)
-    cost = plan_cost(groups, plan)
-    remove_channels_(model, plan, x)
-    deploy = _deploy(model, x)
-    with torch.no_grad():
-        assert _relative_error(model(x), masked) < 1e-10
-        assert _relative_error(deploy(x), masked) < 1e-10
+    cost, deploy = _prune_and_fold_exactly(model, x, random_plan(groups, 0.5, seed=7))
     assert count_macs(deploy.float(), SHAPE).macs == cost.macs
