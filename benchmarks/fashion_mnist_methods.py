@@ -304,16 +304,16 @@ def main() -> None:
     runs = parse_runs(args.runs)
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in parse_int_list(args.seeds)]
-    for _, method, _ in runs:
-        if method != "dense":
-            METHODS.get(method)  # an unknown method stops here
+    for _, method, options in runs:
+        for target in [] if method == "dense" else targets:
+            _method(args, method, target, options)  # an unknown method or option stops here, before training
     rows, unreachable = [], []
     for seed in seeds:  # seed-major: a partial result is balanced over methods
         for label, method, options in runs:
             for target in [None] if method == "dense" else targets:
                 try:
                     rows.append(run_one(args, label, method, options, target, seed))
-                except ConfigError as exc:  # e.g. a target below what a variant can reach: report, go on
+                except ConfigError as exc:  # a target below what a variant can reach: report, go on
                     print(f"--- {label} at {target}: not run: {exc}", flush=True)
                     unreachable.append({"label": label, "target": target, "seed": seed, "reason": str(exc)})
     if args.latency:

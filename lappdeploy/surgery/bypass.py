@@ -15,12 +15,10 @@ Each function records itself on the model (`surgery_steps`), so a saved model ca
 
 from __future__ import annotations
 
-import fnmatch
-
 import torch
 from torch import nn
 
-from lappdeploy.surgery.graph import SurgeryError, analyze
+from lappdeploy.surgery.graph import SurgeryError, analyze, matches_ignore
 from lappdeploy.surgery.history import record_step, replays
 from lappdeploy.surgery.repconv import RepConvBN, centre_padding, fuse_conv_bn
 from lappdeploy.surgery.widthconv import WidthBypassConvBN
@@ -39,6 +37,7 @@ __all__ = [
 
 
 BYPASS_KINDS = {"rep": RepConvBN, "width": WidthBypassConvBN}
+_BLOCKS = tuple(BYPASS_KINDS.values())
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -53,7 +52,7 @@ def bypass_candidates(
     a centre-aligned 1x1 equivalent; for `rep` its output channels are in a prunable group, for `width`
     (which prunes the conv's own filters, whatever group its outputs are in) it matches no `ignore` pattern.
     """
-    _check_kind(kind)
+    _block(kind)
     groups = analyze(model, example_inputs, ignore=ignore)
     pairs = []
     for conv_name, bn_name in groups.bn_after_conv.items():
@@ -62,7 +61,7 @@ def bypass_candidates(
         if kind == "rep":
             eligible = layer is not None and layer.out_map is not None and bool((layer.out_map >= 0).any())
         else:
-            eligible = not any(fnmatch.fnmatchcase(conv_name, p) for p in ignore)
+            eligible = not matches_ignore(conv_name, ignore)
         if (
             type(conv) is nn.Conv2d
             and max(conv.kernel_size) > 1
@@ -76,9 +75,10 @@ def bypass_candidates(
     return pairs
 
 
-def _check_kind(kind: str) -> None:
+def _block(kind: str) -> type[nn.Module]:
     if kind not in BYPASS_KINDS:
         raise SurgeryError(f"unknown bypass kind {kind!r}; choose one of {', '.join(BYPASS_KINDS)}")
+    return BYPASS_KINDS[kind]
 
 
 def add_bypass_(
@@ -87,12 +87,11 @@ def add_bypass_(
     """Wrap every eligible conv->BN pair in a bypass block of `kind` (in place); returns the wrapped conv
     names. Give `example_inputs` to find the pairs, or `pairs` [(conv, bn), ...] to wrap exactly those.
     """
-    _check_kind(kind)
+    block = _block(kind)
     if pairs is None:
         if example_inputs is None:
             raise SurgeryError("add_bypass_ needs example_inputs to find conv->BN pairs (or explicit pairs)")
         pairs = bypass_candidates(model, example_inputs, ignore=ignore, kind=kind)
-    block = BYPASS_KINDS[kind]
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         _set(model, conv_name, block(conv, bn).train(conv.training))
@@ -102,13 +101,13 @@ def add_bypass_(
 
 
 def has_bypass(model: nn.Module) -> bool:
-    return any(isinstance(m, (RepConvBN, WidthBypassConvBN)) for m in model.modules())
+    return any(isinstance(m, _BLOCKS) for m in model.modules())
 
 
 def fold_bypass_(model: nn.Module) -> nn.Module:
     """Replace every bypass block by its deploy form, equal in eval mode (in place; returns the model)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, (RepConvBN, WidthBypassConvBN)):
+        if isinstance(module, _BLOCKS):
             _set(model, name, module.folded().train(module.training))
     record_step(model, "fold_bypass")
     return model

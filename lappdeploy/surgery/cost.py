@@ -87,12 +87,13 @@ class CostModel:
         terms = _LayerTerms()
         self.constant_params = 0  # parameters of layers whose size no mask changes (per model)
         counted: set[int] = set()  # modules already accounted for as part of a bypass block
+        folded_bns = set(groups.bn_after_conv.values())
         for name, module in groups.model.named_modules():
             if id(module) in counted:
                 continue
             if isinstance(module, (RepConvBN, WidthBypassConvBN)):
                 counted.update(id(m) for m in module.modules())
-            self._add_module(terms, groups, canonical_name(groups.model, name), module)
+            self._add_module(terms, groups, folded_bns, canonical_name(groups.model, name), module)
         # per layer entry: the deploy module's canonical name and kind (conv, depthwise, linear, bn), so
         # other cost models (measured latency) can attach their own per-layer terms to the same kept counts
         self.names, self.kinds = terms.names, terms.kinds
@@ -105,7 +106,9 @@ class CostModel:
         self._coeffs = torch.tensor(terms.coeffs, dtype=torch.float64).reshape(-1, 4).T.contiguous()
         self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
-    def _add_module(self, terms: _LayerTerms, groups: ChannelGroups, canonical: str, module: nn.Module) -> None:
+    def _add_module(
+        self, terms: _LayerTerms, groups: ChannelGroups, folded_bns: set[str], canonical: str, module: nn.Module
+    ) -> None:
         layer = groups.layers.get(canonical)
         in_map, out_map = (layer.in_map, layer.out_map) if layer is not None else (None, None)
         positions = groups.positions.get(canonical, 0)  # output elements per channel per sample
@@ -128,7 +131,7 @@ class CostModel:
             coeffs = (positions, positions * bias, 1, bias)
             terms.add(canonical, "linear", in_map, out_map, module.in_features, module.out_features, coeffs)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if canonical not in set(groups.bn_after_conv.values()) and module.affine:  # unfolded: gamma, beta
+            if canonical not in folded_bns and module.affine:  # an unfolded BN keeps gamma and beta
                 terms.add(canonical, "bn", None, out_map, 1, module.num_features, (0, 0, 0, 2))
         else:
             self.constant_params += sum(p.numel() for p in module.parameters(recurse=False))

@@ -41,6 +41,7 @@ __all__ = [
     "build_dependency_graph",
     "canonical_name",
     "is_depthwise",
+    "matches_ignore",
     "resolve_module",
 ]
 
@@ -142,11 +143,18 @@ def _barriers() -> dict:
         def prune_in_channels(self, layer: nn.Module, idxs):
             raise SurgeryError(f"the input channels of {layer} cannot be removed")
 
-        def get_out_channels(self, layer: nn.Module) -> int:
-            return layer.out_channels if isinstance(layer, WidthBypassDeploy) else layer.channels
+        def get_out_channels(self, layer: ChannelShuffle) -> int:
+            return layer.channels
 
-        def get_in_channels(self, layer: nn.Module) -> int:
-            return layer.main.in_channels if isinstance(layer, WidthBypassDeploy) else layer.channels
+        def get_in_channels(self, layer: ChannelShuffle) -> int:
+            return layer.channels
+
+    class DeployBarrier(Barrier):
+        def get_out_channels(self, layer: WidthBypassDeploy) -> int:
+            return layer.out_channels
+
+        def get_in_channels(self, layer: WidthBypassDeploy) -> int:
+            return layer.main.in_channels
 
     class ScatterPruner(Barrier):
         def prune_in_channels(self, layer: ChannelScatter, idxs):
@@ -161,7 +169,12 @@ def _barriers() -> dict:
         def get_in_channels(self, layer: ChannelScatter) -> int:
             return len(layer.kept)
 
-    return {ChannelShuffle: Barrier(), WidthBypassDeploy: Barrier(), ChannelScatter: ScatterPruner()}
+    return {ChannelShuffle: Barrier(), WidthBypassDeploy: DeployBarrier(), ChannelScatter: ScatterPruner()}
+
+
+def matches_ignore(name: str, patterns: Iterable[str]) -> bool:
+    """Whether module `name` matches one of the `--ignore` fnmatch patterns."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -280,7 +293,7 @@ def _scan_group(tp_group, graph, model: nn.Module, names: dict, terminal: set, p
             scan.spanned.add(name)
             if is_layer:
                 scan.producers[name] = list(item.idxs) == list(item.root_idxs)
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            if matches_ignore(name, patterns):
                 scan.reasons.append(f"module {name} matches an --ignore pattern")
         if is_out or is_layer:
             indices = (torch.as_tensor(item.idxs, dtype=torch.long), torch.as_tensor(item.root_idxs))
