@@ -70,7 +70,6 @@ def profile_command(
     model, card = model_from_name(model_name, **options)
     shape = tuple(card["input_shape"])
     if ingest is not None or settings["runtime"] == "trtexec":
-        settings.pop("probe_steps")  # the trtexec graphs hold no probes yet
         _trtexec(model, model_name, shape, settings, precision, ingest, out, force)
         return
     with ProgressBar() as progress:
@@ -103,7 +102,7 @@ def _trtexec(model, model_name: str, shape, settings: dict, precision: str, inge
         return
     manifest = write_trtexec_profile(
         model, shape, out, model_name=model_name, batch=settings["batch"], points=settings["points"],
-        step=settings["step"], precision=precision,
+        step=settings["step"], precision=precision, probe_steps=settings["probe_steps"],
     )  # fmt: skip
     graphs = len(list(Path(out, "graphs").glob("*.onnx")))
     console = stdout_console()

@@ -51,6 +51,7 @@ __all__ = [
     "layer_onnx",
     "layer_specs",
     "measure_model_ms",
+    "probed_specs",
     "profile_key",
     "profile_model",
     "width_grid",
@@ -317,19 +318,25 @@ def profile_model(
     )  # fmt: skip
 
 
-def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming, progress, **where) -> dict:
-    """Per prunable group, its probed producer (`steps.probe_layers`) timed at every output width of
-    `steps.probe_widths` at full input width, with the block size its latency steps at; layers of one
-    shape share their probe."""
-    from lappdeploy.latency.steps import detect_multiple, probe_layers, probe_widths
+def probed_specs(model: nn.Module, input_shape: tuple[int, ...], specs: list[LayerSpec]) -> list[LayerSpec]:
+    """The layers whose output widths are probed for width steps (`steps.probe_layers`: one per prunable
+    group), sorted by name; ORT, torch and trtexec profiles probe the same ones."""
+    from lappdeploy.latency.steps import probe_layers
 
     groups = analyze(model, torch.zeros((2, *input_shape)))
     by_name = {spec.name: spec for spec in specs}
-    probed = sorted(set(probe_layers(groups, specs).values()))
-    shapes = {by_name[name].shape_key for name in probed}
+    return [by_name[name] for name in sorted(set(probe_layers(groups, specs).values()))]
+
+
+def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming, progress, **where) -> dict:
+    """Per probed layer (`probed_specs`), its latency at every output width of `steps.probe_widths` at full
+    input width, with the block size its latency steps at; layers of one shape share their probe."""
+    from lappdeploy.latency.steps import detect_multiple, probe_widths
+
+    probed = probed_specs(model, input_shape, specs)
+    shapes = {spec.shape_key for spec in probed}
     timed: dict[tuple, dict] = {}
-    for name in probed:
-        spec = by_name[name]
+    for spec in probed:
         if spec.shape_key in timed:
             continue
         widths = probe_widths(spec.out_channels)
@@ -341,7 +348,7 @@ def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming
         timed[spec.shape_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
         if progress is not None:
             progress(f"width steps {len(timed)}/{len(shapes)}", 0.8 + 0.1 * len(timed) / len(shapes))
-    return {name: dict(timed[by_name[name].shape_key]) for name in probed}
+    return {spec.name: dict(timed[spec.shape_key]) for spec in probed}
 
 
 def _distinct_probe_points(steps: dict) -> int:

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from lappdeploy.export.onnx_export import deploy_copy
-from lappdeploy.latency.profile import LayerSpec, layer_grids, layer_specs
-from lappdeploy.latency.steps import detect_multiple, probe_layers, probe_widths
+from lappdeploy.latency.profile import LayerSpec, layer_grids, layer_specs, probed_specs
+from lappdeploy.latency.steps import detect_multiple, probe_widths
 from lappdeploy.latency.table import LatencyTable, LayerTable, device_fingerprint
-from lappdeploy.surgery import analyze
 
 __all__ = ["synthetic_table"]
 
@@ -61,13 +60,11 @@ def synthetic_table(
         ms = [[ms_at(spec, c_in, c_out) for c_out in out_grid] for c_in in in_grid]
         layers[spec.name] = LayerTable(spec.kind, in_grid, out_grid, ms, spec.geometry())
         full += ms[-1][-1]
-    groups = analyze(model, torch.zeros((2, *input_shape)))
-    by_name = {spec.name: spec for spec in specs}
     steps = {}
-    for name in sorted(set(probe_layers(groups, specs).values())):
-        widths = probe_widths(by_name[name].out_channels)
-        ms = [ms_at(by_name[name], by_name[name].in_channels, w) for w in widths]
-        steps[name] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
+    for spec in probed_specs(model, input_shape, specs):
+        widths = probe_widths(spec.out_channels)
+        ms = [ms_at(spec, spec.in_channels, w) for w in widths]
+        steps[spec.name] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
     return LatencyTable(
         model=model_name, input_shape=list(input_shape), batch=batch, threads=1, runtime=runtime, device=device,
         fingerprint=device_fingerprint(runtime, device), layers=layers, remainder_ms=remainder_ms,

@@ -2,7 +2,8 @@
 docs/latency.md#tables-from-trtexec.
 
 `write_trtexec_profile` writes, on the desktop, a directory holding every profiling graph (one ONNX per layer
-shape and grid point, plus the whole dense model and the calibration models, all at a static batch),
+shape and grid point, one per width-step probe width, plus the whole dense model and the calibration models,
+all at a static batch),
 `manifest.json` (what each graph is) and `profile_trtexec.sh`, which times every graph with trtexec on the
 device (GPU compute time, flags spelled out per TensorRT family, resumable). `ingest_trtexec_profile` reads
 the timings back into a `LatencyTable` (runtime `trtexec`).
@@ -32,7 +33,9 @@ from lappdeploy.latency.profile import (
     layer_grids,
     layer_onnx,
     layer_specs,
+    probed_specs,
 )
+from lappdeploy.latency.steps import detect_multiple, probe_widths
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable
 from lappdeploy.surgery import ChannelPlan, analyze
 
@@ -109,8 +112,10 @@ def write_trtexec_profile(
     points: int = 12,
     step: int = 8,
     precision: str = "fp16",
+    probe_steps: bool = True,
 ) -> dict[str, Any]:
-    """Write the profiling graphs, manifest and script into `out_dir` (which must not exist); returns the manifest."""
+    """Write the profiling graphs, manifest and script into `out_dir` (which must not exist); returns the manifest.
+    With `probe_steps`, also the width-step probes `--round-to auto` reads (`_write_probes`)."""
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"--out {out} exists; pass --force to replace it or choose another directory")
@@ -131,6 +136,7 @@ def write_trtexec_profile(
                 layer_in = c_out if spec.kind == "depthwise" else c_in
                 layer_onnx(spec, layer_in, c_out, batch, tmp / "graphs" / f"{key}_{c_in}_{c_out}.onnx")
         shapes[key] = {"in_grid": in_grid, "out_grid": out_grid}
+    probes = _write_probes(model, input_shape, specs, keys, shapes, batch, tmp / "graphs") if probe_steps else {}
     layers = {
         spec.name: {"kind": spec.kind, "shape": keys[spec.shape_key], "geometry": spec.geometry()} for spec in specs
     }
@@ -143,13 +149,57 @@ def write_trtexec_profile(
     manifest = {
         "format": "lappdeploy.trtexec_profile", "model": model_name, "input_shape": list(input_shape),
         "batch": batch, "points": points, "step": step, "precision": precision,
-        "shapes": shapes, "layers": layers, "calibration": calibration,
+        "shapes": shapes, "layers": layers, "calibration": calibration, "probes": probes,
     }  # fmt: skip
     atomic_write_json(tmp / MANIFEST, manifest)
     atomic_write_text(tmp / SCRIPT, _script(precision, model_name))
     (tmp / SCRIPT).chmod(0o755)
     os.replace(tmp, out)
     return manifest
+
+
+def _write_probes(model, input_shape, specs, keys: dict, shapes: dict, batch: int, graphs: Path) -> dict[str, str]:
+    """Per probed layer (`probed_specs`, as ORT profiles choose them), one graph per output width of
+    `probe_widths` at full input width, shared by layers of one shape (`shapes[key]["probe_widths"]`); returns
+    {layer name: shape key}. FP16 Tensor Cores step at multiples of 8 channels, which the grid alone misses."""
+    probes = {}
+    for spec in probed_specs(model, input_shape, specs):
+        key = probes[spec.name] = keys[spec.shape_key]
+        if "probe_widths" in shapes[key]:
+            continue
+        shapes[key]["probe_widths"] = probe_widths(spec.out_channels)
+        for width in shapes[key]["probe_widths"]:
+            layer_onnx(spec, spec.in_channels, width, batch, graphs / f"{key}_probe_{width}.onnx")
+    return probes
+
+
+def _ingest_probes(directory: Path, manifest: dict[str, Any]) -> dict[str, dict]:
+    """The table's `steps` from the timed probe graphs (none in a profile written with --no-probe-steps)."""
+    timed = {}
+    for key, shape in manifest["shapes"].items():
+        if "probe_widths" in shape:
+            widths = shape["probe_widths"]
+            ms = [_median_ms(directory, f"{key}_probe_{width}") for width in widths]
+            timed[key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
+    return {name: dict(timed[key]) for name, key in manifest.get("probes", {}).items()}
+
+
+def _board_fingerprint(directory: Path) -> dict[str, Any]:
+    """The fingerprint of the board that ran the script, from the device.json it wrote."""
+    try:
+        device = read_json(directory / "device.json") if (directory / "device.json").is_file() else {}
+    except ValueError:  # written on the device; a broken one loses only the fingerprint
+        device = {}
+    return {
+        "runtime": "trtexec", "runtime_version": device.get("trt_version"), "device": "cuda",
+        "processor": device.get("device"), "family": device.get("family"),
+    }  # fmt: skip
+
+
+def _graphs_timed(manifest: dict[str, Any]) -> int:
+    """Layer graphs timed on the device: grid points and probe widths."""
+    shapes = manifest["shapes"].values()
+    return sum(len(s["in_grid"]) * len(s["out_grid"]) + len(s.get("probe_widths", [])) for s in shapes)
 
 
 def _median_ms(directory: Path, graph: str) -> float:
@@ -200,19 +250,12 @@ def _ingest(directory: Path, manifest: dict[str, Any], model: nn.Module) -> Late
             "ingest with the same model options (--dataset / --input-shape / --num-classes)"
         )
     scale, remainder, records = fit_calibration(groups, layers, measured)
-    try:
-        device = read_json(directory / "device.json") if (directory / "device.json").is_file() else {}
-    except ValueError:  # written on the device; a broken one loses only the fingerprint
-        device = {}
-    fingerprint = {
-        "runtime": "trtexec", "runtime_version": device.get("trt_version"), "device": "cuda",
-        "processor": device.get("device"), "family": device.get("family"),
-    }  # fmt: skip
     return LatencyTable(
         model=manifest["model"], input_shape=list(input_shape), batch=manifest["batch"], threads=0,
-        runtime="trtexec", device="cuda", fingerprint=fingerprint, layers=layers, remainder_ms=round(remainder, 5),
-        dense_ms=measured[0][1], scale=round(scale, 6), calibration=records, points=manifest["points"],
-        step=manifest["step"], measurements=sum(len(g[0]) * len(g[1]) for g in grids.values()),
+        runtime="trtexec", device="cuda", fingerprint=_board_fingerprint(directory), layers=layers,
+        remainder_ms=round(remainder, 5), dense_ms=measured[0][1], scale=round(scale, 6), calibration=records,
+        points=manifest["points"], step=manifest["step"], steps=_ingest_probes(directory, manifest),
+        measurements=_graphs_timed(manifest),
         provenance={"precision": manifest["precision"], "timing": f"trtexec GPU compute time, warm-up "
                     f"{WARMUP_MS} ms, {DURATION_S} s per graph"},
     )  # fmt: skip

@@ -12,14 +12,16 @@ import onnx
 import pytest
 import torch
 
-from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError
+from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, synthetic_table
+from lappdeploy.latency.steps import group_multiples
 from lappdeploy.latency.trtexec_profile import MANIFEST, SCRIPT, ingest_trtexec_profile, write_trtexec_profile
 from lappdeploy.models import create_model
 from lappdeploy.surgery import analyze
 
 SHAPE = (3, 16, 16)
 # Stands in for trtexec: the banner of TensorRT 10.3 on --help; for a graph, a GPU compute time that grows
-# with the ONNX file (its weights), written as --exportTimes JSON.
+# with the ONNX file (its weights), written as --exportTimes JSON; a width-step probe (..._probe_W.onnx) takes
+# 0.01 ms plus 1 us per started block of 8 output channels, as FP16 Tensor Cores pad them.
 FAKE_TRTEXEC = r"""#!/usr/bin/env bash
 for a in "$@"; do case "$a" in
   --help) echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help"; exit 0 ;;
@@ -27,6 +29,8 @@ for a in "$@"; do case "$a" in
   --exportTimes=*) times="${a#--exportTimes=}" ;;
 esac; done
 ms=$(awk -v s="$(stat -c %s "$onnx")" 'BEGIN { printf "%.6f", 0.01 + s / 1e6 }')
+case "$onnx" in *_probe_*) w="${onnx##*_probe_}"; w="${w%.onnx}"
+  ms=$(awk -v w="$w" 'BEGIN { printf "%.6f", 0.01 + 0.001 * int((w + 7) / 8) }') ;; esac
 printf '[{"count": 2}, {"startComputeMs": 0, "endComputeMs": %s, "computeMs": %s}, ' "$ms" "$ms" > "$times"
 printf '{"startComputeMs": 1, "endComputeMs": 2, "computeMs": %s}]\n' "$ms" >> "$times"
 echo "$@" >> "$(dirname "$0")/calls.log"
@@ -58,7 +62,9 @@ def test_the_profile_directory_holds_every_graph_a_manifest_and_a_valid_script(t
     manifest = write_trtexec_profile(model, SHAPE, out, model_name="tiny_resnet", batch=2, points=3, precision="fp16")
     graphs = sorted(p.stem for p in (out / "graphs").glob("*.onnx"))
     points = sum(len(s["in_grid"]) * len(s["out_grid"]) for s in manifest["shapes"].values())
-    assert len(graphs) == points + len(manifest["calibration"]) == points + 5
+    probes = sum(len(s.get("probe_widths", [])) for s in manifest["shapes"].values())
+    assert probes > 0 and set(manifest["probes"]) <= set(manifest["layers"])
+    assert len(graphs) == points + probes + len(manifest["calibration"]) == points + probes + 5
     layer = onnx.load(out / "graphs" / f"{graphs[0]}.onnx")
     onnx.checker.check_model(layer)
     assert layer.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2, "static batch: the table's"
@@ -85,6 +91,34 @@ def test_timings_from_the_device_are_ingested_into_a_table(tmp_path, model, fake
     path = table.save(tmp_path / "table.json")
     latency = LatencyModel(analyze(model, torch.zeros((2, *SHAPE))), LatencyTable.load(path))
     assert latency.dense_ms > 0 and table.dense_ms == table.calibration[0]["measured_ms"]
+
+
+def test_width_steps_timed_on_the_device_give_round_to_auto_its_multiples(tmp_path, model, fake_trtexec):
+    """The probes are the ORT profile's (one conv per prunable group, every width of a window below full),
+    and the block size read off the device's timings is what --round-to auto rounds each group to."""
+    out = tmp_path / "prof"
+    write_trtexec_profile(model, SHAPE, out, model_name="tiny_resnet", batch=1, points=2, precision="fp16")
+    assert _run_script(out, fake_trtexec).returncode == 0
+    table = ingest_trtexec_profile(out, model)
+    groups = analyze(model, torch.zeros((2, *SHAPE)))
+    ort_probed = synthetic_table(model, SHAPE, batch=1, points=2).steps
+    assert set(table.steps) == set(ort_probed) and table.steps
+    for name, probe in table.steps.items():
+        assert probe["widths"] == ort_probed[name]["widths"] and probe["multiple"] == 8, (name, probe)
+    assert set(group_multiples(groups, table).values()) == {8}
+    assert table.measurements == len(list((out / "times").glob("*.json"))) - 5, "grid and probes, not models"
+    assert LatencyTable.load(table.save(tmp_path / "t.json")).steps == table.steps
+
+
+def test_a_profile_without_probes_ingests_and_round_to_auto_says_why_it_cannot(tmp_path, model, fake_trtexec):
+    out = tmp_path / "prof"
+    write_trtexec_profile(model, SHAPE, out, model_name="tiny_resnet", batch=1, points=2, probe_steps=False)
+    assert not list((out / "graphs").glob("*_probe_*"))
+    assert _run_script(out, fake_trtexec).returncode == 0
+    table = ingest_trtexec_profile(out, model)
+    assert table.steps == {}
+    with pytest.raises(LatencyTableError, match=r"--round-to auto.*has none"):
+        group_multiples(analyze(model, torch.zeros((2, *SHAPE))), table)
 
 
 def test_an_unfinished_profile_is_a_one_line_error_naming_the_graph(tmp_path, model, fake_trtexec):
