@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ __all__ = [
     "layer_onnx",
     "layer_specs",
     "measure_model_ms",
+    "measure_models_ms",
     "probed_specs",
     "profile_key",
     "profile_model",
@@ -233,18 +234,36 @@ def measure_model_ms(
 ) -> float:
     """Median latency (ms per batch) of a whole model (its deploy form: BN and bypass folded) on `runtime`,
     timed by the bench protocol for `seconds` of timed calls."""
+    return measure_models_ms([model], input_shape, runtime=runtime, device=device, batch=batch, threads=threads,
+                             seconds=seconds)[0]  # fmt: skip
+
+
+def measure_models_ms(
+    models: Sequence[nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    runtime: str = "ort",
+    device: str = "cpu",
+    batch: int = 8,
+    threads: int = 1,
+    seconds: float = 2.0,
+) -> list[float]:
+    """`measure_model_ms` of several models timed interleaved in one session (the bench protocol's rounds),
+    so that a drift of the machine's speed moves all of them alike: compare them with each other."""
     policy = TimingPolicy(min_seconds=seconds, min_samples=50, warmup_seconds=min(1.0, seconds / 2),
                           throughput_seconds=0.1)  # fmt: skip
     example = torch.zeros((2, *input_shape))
     with tempfile.TemporaryDirectory(prefix="lappdeploy-latency-") as scratch:
-        if runtime == "ort":
-            path = Path(scratch) / "model.onnx"
-            to_onnx(model, example, path, dynamic_batch=True)
-            session = OrtSession(path, provider=device, threads=threads)
-        else:
-            torch.set_num_threads(threads)
-            session = TorchSession(deploy_copy(model, example), input_shape, device=device)
-        return measure_batch([session], batch, policy)[0].latency.median_ms
+        sessions = []
+        for index, model in enumerate(models):
+            if runtime == "ort":
+                path = Path(scratch) / f"model{index}.onnx"
+                to_onnx(model, example, path, dynamic_batch=True)
+                sessions.append(OrtSession(path, provider=device, threads=threads))
+            else:
+                torch.set_num_threads(threads)
+                sessions.append(TorchSession(deploy_copy(model, example), input_shape, device=device))
+        return [timing.latency.median_ms for timing in measure_batch(sessions, batch, policy)]
 
 
 def profile_model(

@@ -132,6 +132,12 @@ class PruneConfig:
         "this model on ONNX Runtime CPU (batch 8), cached.",
     )
     force_table: bool = option(False, "Use a --latency-table measured on another device or runtime.")
+    measured_landing: bool = option(
+        True,
+        "With a latency target and a table measured on this machine: time the landed plan's deploy model "
+        "(interleaved with the dense one) and land again on a corrected limit until it measures within 3% of "
+        "the target (at most 4 timings, a few seconds each; docs/latency.md#the-measured-landing).",
+    )
 
     def __post_init__(self) -> None:
         if self.round_to == "auto":  # from YAML or the Python API; the CLI passes ROUND_TO_AUTO

@@ -4,24 +4,37 @@ differentiable latency model built from it, and the target in ms per batch, chec
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
-from lappdeploy.errors import ConfigError
+from lappdeploy.errors import ConfigError, SurgeryError
 from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint
 from lappdeploy.latency.profile import cached_profile
 from lappdeploy.latency.steps import group_multiples
 from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig
 from lappdeploy.methods.common import GroupThresholds, minimum_plan
-from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores
+from lappdeploy.models import unwrap
+from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores, remove_channels_
 from lappdeploy.surgery.plan import RoundTo
 
-__all__ = ["LatencyBudget", "latency_budget", "measured_deploy_ms"]
+__all__ = ["MEASURED_ATTEMPTS", "MEASURED_TOLERANCE", "LatencyBudget", "latency_budget", "measured_deploy_ms"]
 
 log = logging.getLogger(__name__)
+
+# The measured landing (docs/latency.md#the-measured-landing): a landed plan whose deploy model measures within
+# this fraction of the target is kept; else the plan is landed again on a corrected limit, at most
+# MEASURED_ATTEMPTS plans timed in all (each ~2 s of timed calls, interleaved with the dense model).
+MEASURED_TOLERANCE = 0.03
+MEASURED_ATTEMPTS = 4
+MEASURED_SECONDS = 2.0
+
+Landed = TypeVar("Landed")  # what a landing function returns besides its plan (LAPP: the threshold offset)
 
 
 @dataclass
@@ -32,6 +45,22 @@ class LatencyBudget:
     target_ms: float  # ms per batch (the table's batch size) on the table's runtime
     profiled: bool = False  # profiled by this run (not given, not taken from the cache)
     round_to: RoundTo = 8  # --round-to, or with --round-to auto the multiple per group id the table shows
+    fraction: float | None = None  # --target-latency (a fraction of dense); None: --target-latency-ms
+    measured_landing: bool = True  # --measured-landing: time landed plans and correct the limit
+    landing: list[dict[str, float]] = field(default_factory=list)  # the measured landing's attempts
+    limit_ms: float = 0.0  # predicted ms the final plan may cost: target_ms, or what the measured landing chose
+
+    def __post_init__(self) -> None:
+        self.limit_ms = self.limit_ms or self.target_ms
+
+    @property
+    def measurable(self) -> bool:
+        """Whether plans can be timed on the table's runtime here (the table was measured on this machine)."""
+        from lappdeploy.latency import device_fingerprint
+
+        table = self.table
+        timeable = table.runtime in ("ort", "torch")
+        return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
 
     @property
     def measure(self):
@@ -56,7 +85,69 @@ class LatencyBudget:
 
     def report(self, plan: ChannelPlan | None) -> dict[str, Any]:
         """report.json's `latency` section before the deploy model is timed."""
-        return {**self.describe(), "predicted_ms": round(self.model.plan_ms(plan), 5) if plan is not None else None}
+        section = {**self.describe(), "predicted_ms": round(self.model.plan_ms(plan), 5) if plan is not None else None}
+        if self.landing:
+            section["measured_landing"] = self.landing
+        return section
+
+    def land_measured(
+        self,
+        land: Callable[[float], tuple[ChannelPlan, Landed]],
+        model: nn.Module,
+        timer: Callable[[ChannelPlan], tuple[float, float]] | None = None,
+    ) -> tuple[ChannelPlan, Landed]:
+        """`land(limit)` (a plan landed under `limit` predicted ms, and what else the landing returns), checked
+        by measurement: each landed plan's deploy model is timed with the dense model on the table's runtime;
+        while it measures more than MEASURED_TOLERANCE off the target, the limit is scaled by target / measured
+        and the plan landed again. Of the plans timed, the slowest within the tolerance above the target is
+        kept (else the fastest). Without --measured-landing, or on a table from another machine, `land(target)`.
+
+        `timer(plan)` -> (plan ms, dense ms), timed together; default: `model`'s deploy copies, interleaved."""
+        landed = land(self.target_ms)
+        modelled = bool(self.table.provenance.get("synthetic"))  # nothing measured to correct toward
+        if timer is None and not (self.measured_landing and self.measurable and not modelled):
+            return landed
+        timer = timer or self._plan_timer(model)
+        limit, tried = self.target_ms, []
+        for _ in range(MEASURED_ATTEMPTS):
+            plan_ms, dense_ms = timer(landed[0])
+            # a fraction of dense is read against the dense model timed alongside: drift since profiling cancels
+            target = self.fraction * dense_ms if self.fraction is not None else self.target_ms
+            tried.append((landed, plan_ms / target))
+            self.landing.append({"limit_ms": round(limit, 5), "predicted_ms": round(self.model.plan_ms(landed[0]), 5),
+                                 "measured_ms": round(plan_ms, 5), "dense_ms": round(dense_ms, 5),
+                                 "measured_vs_target": round(plan_ms / target, 4)})  # fmt: skip
+            if abs(plan_ms / target - 1) <= MEASURED_TOLERANCE:
+                break
+            limit = min(limit * target / plan_ms, self.model.dense_ms)
+            try:
+                candidate = land(limit)
+            except SurgeryError:  # the corrected limit is below the narrowest widths
+                break
+            if candidate[0].to_dict()["groups"] == landed[0].to_dict()["groups"]:
+                break  # the limit moved less than one unit of width
+            landed = candidate
+        within = [(ratio, item) for item, ratio in tried if ratio <= 1 + MEASURED_TOLERANCE]
+        best = max(within, key=lambda r: r[0])[1] if within else min(tried, key=lambda r: r[1])[0]
+        self.limit_ms = max(self.target_ms, self.model.plan_ms(best[0]))  # what the kept plan was landed under
+        log.info("measured landing: %s", ", ".join(f"{a['measured_vs_target']:.3f}" for a in self.landing))
+        return best
+
+    def _plan_timer(self, model: nn.Module) -> Callable[[ChannelPlan], tuple[float, float]]:
+        """(plan) -> (ms of `model` pruned by plan, ms of `model` dense), timed interleaved on the table's runtime."""
+        from lappdeploy.latency.profile import measure_models_ms
+
+        dense = _hookless_copy(model)
+        example = torch.zeros((2, *self.table.input_shape))
+        settings = {"runtime": self.table.runtime, "device": self.table.device, "batch": self.table.batch,
+                    "threads": self.table.threads, "seconds": MEASURED_SECONDS}  # fmt: skip
+
+        def time_plan(plan: ChannelPlan) -> tuple[float, float]:
+            pruned = remove_channels_(copy.deepcopy(dense), plan, example) if not plan.is_empty else dense
+            plan_ms, dense_ms = measure_models_ms([pruned, dense], tuple(self.table.input_shape), **settings)
+            return plan_ms, dense_ms
+
+        return time_plan
 
     def deploy_report(self, plan: ChannelPlan | None, deploy_model: torch.nn.Module) -> dict[str, Any]:
         """The `latency` section with the final model's latency measured on the table's runtime (when the
@@ -135,18 +226,28 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
     if config.round_to == ROUND_TO_AUTO:
         log.info("--round-to auto: per-group multiples %s (from the width steps of %s)", round_to, source)
     return LatencyBudget(
-        model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to
-    )
+        model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to,
+        fraction=config.target_latency or None, measured_landing=config.measured_landing,
+    )  # fmt: skip
+
+
+def _hookless_copy(model: nn.Module) -> nn.Module:
+    """A CPU eval copy of `model` without forward hooks: what a method's masks or loggers hook onto the model in
+    training does not belong to the network being timed (and would index channels that removal drops)."""
+    copied = copy.deepcopy(unwrap(model)).cpu().eval()
+    for module in copied.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return copied
 
 
 def measured_deploy_ms(budget: LatencyBudget, deploy_model: torch.nn.Module) -> float | None:
     """The final model's latency measured on the table's runtime here (None where the table comes from
     another device: a forced table or a trtexec table from a Jetson)."""
-    from lappdeploy.latency import device_fingerprint
     from lappdeploy.latency.profile import measure_model_ms
 
     table = budget.table
-    if table.runtime not in ("ort", "torch") or device_fingerprint(table.runtime, table.device) != table.fingerprint:
+    if not budget.measurable:
         return None
     shape = tuple(table.input_shape)
     return measure_model_ms(deploy_model, shape, runtime=table.runtime, device=table.device, batch=table.batch,

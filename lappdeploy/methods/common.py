@@ -420,8 +420,8 @@ class PruningHookBase(Hook):
 
     def budget_limit(self) -> float:
         """The most a final plan may cost: the target itself, in deploy MACs per image, or with a latency
-        budget in predicted ms per batch."""
-        return self.latency.target_ms if self.latency is not None else self.target_macs
+        budget in predicted ms per batch (after a measured landing: the limit its timings corrected the target to)."""
+        return self.latency.limit_ms if self.latency is not None else self.target_macs
 
     def deploy_report(self, deploy_model: nn.Module) -> dict[str, Any]:
         """Report fields that need the final deploy model: with a latency budget, its measured latency."""

@@ -88,8 +88,15 @@ class OneShotPruning(PruningHookBase):
         dist = getattr(loop, "dist", None)
         plan = None
         if dist is None or dist.is_main:
-            latency = {"measure": self.latency.measure, "round_to": self.round_to} if self.latency is not None else {}
-            plan = self.planner(self.groups, self.config, self.budget_limit(), self._scores(loop), **latency)
+            scores = self._scores(loop)
+            if self.latency is None:
+                plan = self.planner(self.groups, self.config, self.budget_limit(), scores)
+            else:  # landed on the latency model, then checked (and corrected) by timing the deploy model
+                plan, _ = self.latency.land_measured(
+                    lambda limit: (self.planner(self.groups, self.config, limit, scores, measure=self.latency.measure,
+                                                round_to=self.round_to), None),
+                    self.model,
+                )  # fmt: skip
             plan = plan.to_dict()
         return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)
 

@@ -282,10 +282,17 @@ class LappController(PruningHookBase):
         with torch.no_grad():
             normalised = self.normalised_scores()
         measure = self.latency.measure if self.latency is not None else None
-        plan, offset = plan_within_budget(
-            self.groups, self.mask, normalised, self.thresholds, self.budget_limit(), round_to=self.round_to,
-            measure=measure, unit="ms (predicted latency)" if measure else "MACs",
-        )  # fmt: skip
+
+        def land(limit: float) -> tuple[ChannelPlan, float]:
+            return plan_within_budget(
+                self.groups, self.mask, normalised, self.thresholds, limit, round_to=self.round_to,
+                measure=measure, unit="ms (predicted latency)" if measure else "MACs",
+            )  # fmt: skip
+
+        if self.latency is None:
+            plan, offset = land(self.budget_limit())
+        else:  # landed on the latency model, then checked (and corrected) by timing the deploy model
+            plan, offset = self.latency.land_measured(land, self.model)
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the %s budget", offset, "latency" if measure else "MACs")
         self.threshold_offset, self.snapped = offset, plan
@@ -299,6 +306,8 @@ class LappController(PruningHookBase):
         }
         if self.latency is not None:
             record["latency"] = self.latency.model.plan_ms(plan) / self.dense_cost
+            if self.latency.landing:
+                record["measured_vs_target"] = [attempt["measured_vs_target"] for attempt in self.latency.landing]
         log_to(loop, {**record, "macs": macs, "threshold_offset": offset})
         return plan
 
