@@ -124,11 +124,10 @@ class LatencyBudget:
                 candidate = land(limit)
             except SurgeryError:  # the corrected limit is below the narrowest widths
                 break
-            if candidate[0].to_dict()["groups"] == landed[0].to_dict()["groups"]:
+            if _kept(candidate[0]) == _kept(landed[0]):
                 break  # the limit moved less than one unit of width
             landed = candidate
-        within = [(ratio, item) for item, ratio in tried if ratio <= 1 + MEASURED_TOLERANCE]
-        best = max(within, key=lambda r: r[0])[1] if within else min(tried, key=lambda r: r[1])[0]
+        best = _best_timed(tried)
         self.limit_ms = max(self.target_ms, self.model.plan_ms(best[0]))  # what the kept plan was landed under
         log.info("measured landing: %s", ", ".join(f"{a['measured_vs_target']:.3f}" for a in self.landing))
         return best
@@ -229,6 +228,19 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
         model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to,
         fraction=config.target_latency or None, measured_landing=config.measured_landing,
     )  # fmt: skip
+
+
+def _best_timed(tried: list[tuple[Landed, float]]) -> Landed:
+    """Of (landing, measured / target) pairs: the slowest landing within the tolerance above the target (it
+    keeps the most channels the budget allows), else the fastest one."""
+    within = [(ratio, landed) for landed, ratio in tried if ratio <= 1 + MEASURED_TOLERANCE]
+    if within:
+        return max(within, key=lambda pair: pair[0])[1]
+    return min(tried, key=lambda pair: pair[1])[0]
+
+
+def _kept(plan: ChannelPlan) -> dict[str, list[int]]:
+    return {gid: group.keep for gid, group in plan.groups.items() if len(group.keep) < group.channels}
 
 
 def _hookless_copy(model: nn.Module) -> nn.Module:
