@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,20 +223,10 @@ def layer_grids(spec: LayerSpec, step: int, points: int) -> tuple[list[int], lis
     return in_grid, out_grid
 
 
-def measure_model_ms(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    *,
-    runtime: str = "ort",
-    device: str = "cpu",
-    batch: int = 8,
-    threads: int = 1,
-    seconds: float = 2.0,
-) -> float:
-    """Median latency (ms per batch) of a whole model (its deploy form: BN and bypass folded) on `runtime`,
-    timed by the bench protocol for `seconds` of timed calls."""
-    return measure_models_ms([model], input_shape, runtime=runtime, device=device, batch=batch, threads=threads,
-                             seconds=seconds)[0]  # fmt: skip
+def measure_model_ms(model: nn.Module, input_shape: tuple[int, ...], **settings: Any) -> float:
+    """Median latency (ms per batch) of a whole model (its deploy form: BN and bypass folded) on a runtime,
+    timed by the bench protocol; `settings` are `measure_models_ms`'s (runtime, device, batch, threads, seconds)."""
+    return measure_models_ms([model], input_shape, **settings)[0]
 
 
 def measure_models_ms(
@@ -248,8 +239,9 @@ def measure_models_ms(
     threads: int = 1,
     seconds: float = 2.0,
 ) -> list[float]:
-    """`measure_model_ms` of several models timed interleaved in one session (the bench protocol's rounds),
-    so that a drift of the machine's speed moves all of them alike: compare them with each other."""
+    """Median latency (ms per batch) of each model's deploy form (BN and bypass folded) on `runtime`, timed by
+    the bench protocol for `seconds` of calls each, interleaved in one session (its rounds), so that a drift of
+    the machine's speed moves all of them alike: compare them with each other."""
     policy = TimingPolicy(min_seconds=seconds, min_samples=50, warmup_seconds=min(1.0, seconds / 2),
                           throughput_seconds=0.1)  # fmt: skip
     example = torch.zeros((2, *input_shape))
