@@ -146,6 +146,10 @@ def print_compress_report(report: dict, out: str) -> None:
         costs.add_row("latency, predicted (ms / batch)", f"{dense_ms:.4g}", f"{predicted:.4g}",
                       f"{predicted / dense_ms:.3f}")  # fmt: skip
     console.print(costs)
+    if latency and latency.get("measured_landing"):
+        attempts = latency["measured_landing"]
+        shown = " -> ".join(f"{a['measured_vs_target']:.3f}" + (" (kept)" if a.get("kept") else "") for a in attempts)
+        console.print(f"measured landing (latency / target, timed with dense): {shown}")
     console.print(keep_ratio_table(report["layers"]))
 
 

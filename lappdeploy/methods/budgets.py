@@ -127,7 +127,9 @@ class LatencyBudget:
             if _kept(candidate[0]) == _kept(landed[0]):
                 break  # the limit moved less than one unit of width
             landed = candidate
-        best = _best_timed(tried)
+        kept = _best_timed([ratio for _, ratio in tried])
+        self.landing[kept]["kept"] = True
+        best = tried[kept][0]
         self.limit_ms = max(self.target_ms, self.model.plan_ms(best[0]))  # what the kept plan was landed under
         log.info("measured landing: %s", ", ".join(f"{a['measured_vs_target']:.3f}" for a in self.landing))
         return best
@@ -230,13 +232,13 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
     )  # fmt: skip
 
 
-def _best_timed(tried: list[tuple[Landed, float]]) -> Landed:
-    """Of (landing, measured / target) pairs: the slowest landing within the tolerance above the target (it
-    keeps the most channels the budget allows), else the fastest one."""
-    within = [(ratio, landed) for landed, ratio in tried if ratio <= 1 + MEASURED_TOLERANCE]
+def _best_timed(ratios: list[float]) -> int:
+    """Of the timed landings' measured / target: the index of the slowest within the tolerance above the target
+    (it keeps the most channels the budget allows), else of the fastest."""
+    within = [i for i, ratio in enumerate(ratios) if ratio <= 1 + MEASURED_TOLERANCE]
     if within:
-        return max(within, key=lambda pair: pair[0])[1]
-    return min(tried, key=lambda pair: pair[1])[0]
+        return max(within, key=lambda i: ratios[i])
+    return min(range(len(ratios)), key=lambda i: ratios[i])
 
 
 def _kept(plan: ChannelPlan) -> dict[str, list[int]]:

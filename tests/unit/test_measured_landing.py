@@ -70,6 +70,7 @@ def test_a_biased_prediction_is_corrected_to_within_the_tolerance_of_a_ms_target
     kept = measured / budget.target_ms
     assert last["measured_vs_target"] == pytest.approx(kept, rel=1e-3), "the kept plan is the last timed"
     assert 2 <= len(budget.landing) <= MEASURED_ATTEMPTS
+    assert [a.get("kept", False) for a in budget.landing] == [False] * (len(budget.landing) - 1) + [True]
     assert budget.limit_ms == pytest.approx(max(budget.target_ms, budget.model.plan_ms(plan)))
 
 
@@ -95,6 +96,8 @@ def test_an_unreachable_correction_keeps_the_fastest_plan_timed(tiny):
     assert min(ratios) > 1 + MEASURED_TOLERANCE, "10x slower than predicted: no plan reaches the target"
     kept = 10.0 * budget.model.plan_ms(plan) / budget.target_ms
     assert kept == pytest.approx(min(ratios), rel=1e-3)
+    assert [a.get("kept", False) for a in budget.landing].count(True) == 1
+    assert next(a for a in budget.landing if a.get("kept"))["measured_vs_target"] == min(ratios)
 
 
 def test_the_uniform_baseline_lands_by_measurement_too(tiny):
