@@ -23,7 +23,7 @@ from lappdeploy.models import unwrap
 from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores, remove_channels_
 from lappdeploy.surgery.plan import RoundTo
 
-__all__ = ["MEASURED_ATTEMPTS", "MEASURED_TOLERANCE", "LatencyBudget", "latency_budget", "measured_deploy_ms"]
+__all__ = ["MEASURED_ATTEMPTS", "MEASURED_TOLERANCE", "LatencyBudget", "latency_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,11 @@ class LatencyBudget:
     measured_landing: bool = True  # --measured-landing: time landed plans and correct the limit
     landing: list[dict[str, float]] = field(default_factory=list)  # the measured landing's attempts
     limit_ms: float = 0.0  # predicted ms the final plan may cost: target_ms, or what the measured landing chose
+    # a hookless CPU copy of the dense network, timed next to every plan and the final model (tables measured here)
+    dense_model: nn.Module | None = None
 
     def __post_init__(self) -> None:
         self.limit_ms = self.limit_ms or self.target_ms
-
-    @property
-    def measurable(self) -> bool:
-        """Whether plans can be timed on the table's runtime here (the table was measured on this machine)."""
-        from lappdeploy.latency import device_fingerprint
-
-        table = self.table
-        timeable = table.runtime in ("ort", "torch")
-        return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
 
     @property
     def measure(self):
@@ -93,7 +86,6 @@ class LatencyBudget:
     def land_measured(
         self,
         land: Callable[[float], tuple[ChannelPlan, Landed]],
-        model: nn.Module,
         timer: Callable[[ChannelPlan], tuple[float, float]] | None = None,
     ) -> tuple[ChannelPlan, Landed]:
         """`land(limit)` (a plan landed under `limit` predicted ms, and what else the landing returns), checked
@@ -102,17 +94,17 @@ class LatencyBudget:
         and the plan landed again. Of the plans timed, the slowest within the tolerance above the target is
         kept (else the fastest). Without --measured-landing, or on a table from another machine, `land(target)`.
 
-        `timer(plan)` -> (plan ms, dense ms), timed together; default: `model`'s deploy copies, interleaved."""
+        `timer(plan)` -> (plan ms, dense ms), timed together; default: deploy copies of the dense network, one
+        pruned by the plan, interleaved on the table's runtime."""
         landed = land(self.target_ms)
         modelled = bool(self.table.provenance.get("synthetic"))  # nothing measured to correct toward
-        if timer is None and not (self.measured_landing and self.measurable and not modelled):
+        if timer is None and not (self.measured_landing and self.dense_model is not None and not modelled):
             return landed
-        timer = timer or self._plan_timer(model)
+        timer = timer or self._time_plan
         limit, tried = self.target_ms, []
         for _ in range(MEASURED_ATTEMPTS):
             plan_ms, dense_ms = timer(landed[0])
-            # a fraction of dense is read against the dense model timed alongside: drift since profiling cancels
-            target = self.fraction * dense_ms if self.fraction is not None else self.target_ms
+            target = self.target_now(dense_ms)
             tried.append((landed, plan_ms / target))
             self.landing.append({"limit_ms": round(limit, 5), "predicted_ms": round(self.model.plan_ms(landed[0]), 5),
                                  "measured_ms": round(plan_ms, 5), "dense_ms": round(dense_ms, 5),
@@ -134,30 +126,41 @@ class LatencyBudget:
         log.info("measured landing: %s", ", ".join(f"{a['measured_vs_target']:.3f}" for a in self.landing))
         return best
 
-    def _plan_timer(self, model: nn.Module) -> Callable[[ChannelPlan], tuple[float, float]]:
-        """(plan) -> (ms of `model` pruned by plan, ms of `model` dense), timed interleaved on the table's runtime."""
+    def _time_plan(self, plan: ChannelPlan) -> tuple[float, float]:
+        """(ms of the dense network pruned by `plan`, ms of the dense network), timed interleaved."""
+        example = torch.zeros((2, *self.table.input_shape))
+        if plan.is_empty:
+            return self.time_with_dense(self.dense_model)
+        return self.time_with_dense(remove_channels_(copy.deepcopy(self.dense_model), plan, example))
+
+    def time_with_dense(self, model: nn.Module) -> tuple[float, float]:
+        """(ms of `model`, ms of the dense network) per batch on the table's runtime, batch and threads, timed
+        interleaved in one session (drift of the machine's speed moves both alike)."""
         from lappdeploy.latency.profile import measure_models_ms
 
-        dense = _hookless_copy(model)
-        example = torch.zeros((2, *self.table.input_shape))
-        settings = {"runtime": self.table.runtime, "device": self.table.device, "batch": self.table.batch,
-                    "threads": self.table.threads, "seconds": MEASURED_SECONDS}  # fmt: skip
+        table = self.table
+        plan_ms, dense_ms = measure_models_ms(
+            [model, self.dense_model], tuple(table.input_shape), runtime=table.runtime, device=table.device,
+            batch=table.batch, threads=table.threads, seconds=MEASURED_SECONDS,
+        )  # fmt: skip
+        return plan_ms, dense_ms
 
-        def time_plan(plan: ChannelPlan) -> tuple[float, float]:
-            pruned = remove_channels_(copy.deepcopy(dense), plan, example) if not plan.is_empty else dense
-            plan_ms, dense_ms = measure_models_ms([pruned, dense], tuple(self.table.input_shape), **settings)
-            return plan_ms, dense_ms
-
-        return time_plan
+    def target_now(self, dense_ms: float) -> float:
+        """The target in ms against a dense latency timed now: a --target-latency fraction is read against the
+        dense model timed alongside (drift since profiling cancels); --target-latency-ms is absolute."""
+        return self.fraction * dense_ms if self.fraction is not None else self.target_ms
 
     def deploy_report(self, plan: ChannelPlan | None, deploy_model: torch.nn.Module) -> dict[str, Any]:
         """The `latency` section with the final model's latency measured on the table's runtime (when the
         table was measured on this machine)."""
-        measured = measured_deploy_ms(self, deploy_model)
         section = self.report(plan)
+        measured = dense_now = None
+        if self.dense_model is not None:
+            measured, dense_now = self.time_with_dense(deploy_model)
         section["measured_ms"] = round(measured, 5) if measured is not None else None
-        for key, reference in (("measured_vs_target", self.target_ms), ("measured_vs_dense", self.table.dense_ms)):
-            section[key] = round(measured / reference, 4) if measured is not None else None
+        section["dense_measured_now_ms"] = round(dense_now, 5) if dense_now is not None else None
+        for key, reference in (("measured_vs_target", self.target_now), ("measured_vs_dense", lambda dense: dense)):
+            section[key] = round(measured / reference(dense_now), 4) if measured is not None else None
         return {"latency": section}
 
     def describe(self) -> dict[str, Any]:
@@ -229,7 +232,16 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
     return LatencyBudget(
         model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to,
         fraction=config.target_latency or None, measured_landing=config.measured_landing,
+        dense_model=_hookless_copy(groups.model) if _measurable(table) else None,
     )  # fmt: skip
+
+
+def _measurable(table: LatencyTable) -> bool:
+    """Whether models can be timed on the table's runtime here (the table was measured on this machine)."""
+    from lappdeploy.latency import device_fingerprint
+
+    timeable = table.runtime in ("ort", "torch")
+    return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
 
 
 def _best_timed(ratios: list[float]) -> int:
@@ -253,16 +265,3 @@ def _hookless_copy(model: nn.Module) -> nn.Module:
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     return copied
-
-
-def measured_deploy_ms(budget: LatencyBudget, deploy_model: torch.nn.Module) -> float | None:
-    """The final model's latency measured on the table's runtime here (None where the table comes from
-    another device: a forced table or a trtexec table from a Jetson)."""
-    from lappdeploy.latency.profile import measure_model_ms
-
-    table = budget.table
-    if not budget.measurable:
-        return None
-    shape = tuple(table.input_shape)
-    return measure_model_ms(deploy_model, shape, runtime=table.runtime, device=table.device, batch=table.batch,
-                            threads=table.threads)  # fmt: skip

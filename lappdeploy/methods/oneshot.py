@@ -94,8 +94,7 @@ class OneShotPruning(PruningHookBase):
             else:  # landed on the latency model, then checked (and corrected) by timing the deploy model
                 plan, _ = self.latency.land_measured(
                     lambda limit: (self.planner(self.groups, self.config, limit, scores, measure=self.latency.measure,
-                                                round_to=self.round_to), None),
-                    self.model,
+                                                round_to=self.round_to), None)
                 )  # fmt: skip
             plan = plan.to_dict()
         return ChannelPlan.from_dict(dist.broadcast_object(plan) if dist is not None else plan)

@@ -6,6 +6,7 @@ mis-predicts its pruned models looks like, deterministically); the real timing p
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -18,7 +19,7 @@ from lappdeploy.methods.budgets import MEASURED_ATTEMPTS, MEASURED_TOLERANCE, La
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, minimum_plan, plan_within_budget
 from lappdeploy.methods.oneshot import uniform_budget_plan
 from lappdeploy.models import create_model
-from lappdeploy.surgery import analyze, channel_scores
+from lappdeploy.surgery import analyze, channel_scores, remove_channels_
 
 SHAPE = (3, 16, 16)
 FAST = PointTiming(warmup_calls=2, warmup_seconds=0.0, calls=3, seconds=0.0, max_seconds=0.01, min_calls=1)
@@ -31,10 +32,11 @@ def tiny():
     return model, analyze(model, torch.zeros((2, *SHAPE)))
 
 
-def _budget(groups, table, fraction: float | None, target_ms: float | None = None) -> LatencyBudget:
+def _budget(groups, table, fraction: float | None, target_ms: float | None = None, dense=None) -> LatencyBudget:
     model = LatencyModel(groups, table)
     target = target_ms if target_ms is not None else fraction * table.dense_ms
-    return LatencyBudget(model=model, table=table, source="t.json", target_ms=target, round_to=1, fraction=fraction)
+    return LatencyBudget(model=model, table=table, source="t.json", target_ms=target, round_to=1, fraction=fraction,
+                         dense_model=dense)  # fmt: skip
 
 
 def _lapp_landing(groups):
@@ -61,7 +63,7 @@ def test_a_biased_prediction_is_corrected_to_within_the_tolerance_of_a_ms_target
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), model, timer=_biased_timer(budget, bias))
+    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, bias))
     first, last = budget.landing[0], budget.landing[-1]
     assert first["measured_vs_target"] == pytest.approx(bias * first["predicted_ms"] / budget.target_ms, rel=1e-3)
     assert abs(first["measured_vs_target"] - 1) > MEASURED_TOLERANCE, "the uncorrected landing misses"
@@ -82,7 +84,7 @@ def test_a_fraction_target_is_read_against_the_dense_model_timed_alongside(tiny)
     budget = _budget(groups, table, 0.6)
     scale = table.dense_ms / budget.model.dense_ms  # the table's measured dense vs its prediction
     timer = _biased_timer(budget, 1.3 * scale, 1.3 * table.dense_ms)
-    budget.land_measured(_lapp_landing(groups)(budget), model, timer=timer)
+    budget.land_measured(_lapp_landing(groups)(budget), timer=timer)
     assert len(budget.landing) == 1 and abs(budget.landing[0]["measured_vs_target"] - 1) <= LANDING_WINDOW + 1e-3
     assert budget.limit_ms == budget.target_ms
 
@@ -91,7 +93,7 @@ def test_an_unreachable_correction_keeps_the_fastest_plan_timed(tiny):
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), model, timer=_biased_timer(budget, 10.0))
+    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 10.0))
     ratios = [attempt["measured_vs_target"] for attempt in budget.landing]
     assert min(ratios) > 1 + MEASURED_TOLERANCE, "10x slower than predicted: no plan reaches the target"
     kept = 10.0 * budget.model.plan_ms(plan) / budget.target_ms
@@ -110,7 +112,7 @@ def test_the_uniform_baseline_lands_by_measurement_too(tiny):
     def land(limit: float):
         return uniform_budget_plan(groups, config, limit, scores, measure=budget.measure, round_to=1), None
 
-    plan, _ = budget.land_measured(land, model, timer=_biased_timer(budget, 1.15))
+    plan, _ = budget.land_measured(land, timer=_biased_timer(budget, 1.15))
     assert abs(1.15 * budget.model.plan_ms(plan) / budget.target_ms - 1) <= MEASURED_TOLERANCE, budget.landing
 
 
@@ -118,8 +120,8 @@ def test_a_modelled_table_is_not_landed_by_measurement(tiny):
     """A synthetic table predicts no machine: there is nothing to correct toward, so no timing happens."""
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
-    budget = _budget(groups, table, 0.6)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), model)
+    budget = _budget(groups, table, 0.6, dense=copy.deepcopy(model).eval())
+    plan, _ = budget.land_measured(_lapp_landing(groups)(budget))
     assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target_ms
 
 
@@ -131,14 +133,14 @@ def _measured_budget(model, groups) -> tuple[LatencyBudget, float]:
     thresholds = GroupThresholds(groups)
     floor = latency.plan_ms(minimum_plan(groups, thresholds, thresholds.normalise(channel_scores(groups, "l2"))))
     fraction = (floor + 0.6 * (latency.dense_ms - floor)) / table.dense_ms
-    return _budget(groups, table, fraction), fraction
+    return _budget(groups, table, fraction, dense=copy.deepcopy(model).eval()), fraction
 
 
 def test_a_table_measured_here_is_landed_by_timing_the_deploy_model_on_onnx_runtime(tiny):
     model, groups = tiny
     budget, fraction = _measured_budget(model, groups)
     landed = _lapp_landing(groups)(budget)
-    plan, _ = budget.land_measured(landed, model)
+    plan, _ = budget.land_measured(landed)
     assert 1 <= len(budget.landing) <= MEASURED_ATTEMPTS
     for attempt in budget.landing:
         assert attempt["measured_ms"] > 0 and attempt["dense_ms"] > 0
@@ -147,11 +149,17 @@ def test_a_table_measured_here_is_landed_by_timing_the_deploy_model_on_onnx_runt
         )
     assert budget.model.plan_ms(plan) < budget.model.dense_ms
     assert json.loads(json.dumps(budget.report(plan)))["measured_landing"] == budget.landing
+    # the report reads the final model against the dense model timed with it, as the landing did
+    section = budget.deploy_report(plan, remove_channels_(copy.deepcopy(model), plan, torch.zeros((2, *SHAPE))))
+    latency = section["latency"]
+    assert latency["measured_ms"] > 0 and latency["dense_measured_now_ms"] > 0
+    expected = latency["measured_ms"] / (fraction * latency["dense_measured_now_ms"])
+    assert latency["measured_vs_target"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_no_measured_landing_keeps_the_predicted_landing(tiny):
     model, groups = tiny
     budget, _ = _measured_budget(model, groups)
     budget.measured_landing = False
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), model)
+    plan, _ = budget.land_measured(_lapp_landing(groups)(budget))
     assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target_ms

@@ -292,7 +292,7 @@ class LappController(PruningHookBase):
         if self.latency is None:
             plan, offset = land(self.budget_limit())
         else:  # landed on the latency model, then checked (and corrected) by timing the deploy model
-            plan, offset = self.latency.land_measured(land, self.model)
+            plan, offset = self.latency.land_measured(land)
         if offset > 0:
             log.info("raised every threshold by %.4f to meet the %s budget", offset, "latency" if measure else "MACs")
         self.threshold_offset, self.snapped = offset, plan
