@@ -46,7 +46,7 @@ class LatencyBudget:
     profiled: bool = False  # profiled by this run (not given, not taken from the cache)
     round_to: RoundTo = 8  # --round-to, or with --round-to auto the multiple per group id the table shows
     fraction: float | None = None  # --target-latency (a fraction of dense); None: --target-latency-ms
-    measured_landing: bool = True  # --measured-landing: time landed plans and correct the limit
+    measured_landing: bool = False  # --measured-landing: time landed plans and correct the limit
     landing: list[dict[str, float]] = field(default_factory=list)  # the measured landing's attempts
     limit_ms: float = 0.0  # predicted ms the final plan may cost: target_ms, or what the measured landing chose
     # a hookless CPU copy of the dense network, timed next to every plan and the final model (tables measured here)

@@ -36,7 +36,7 @@ def _budget(groups, table, fraction: float | None, target_ms: float | None = Non
     model = LatencyModel(groups, table)
     target = target_ms if target_ms is not None else fraction * table.dense_ms
     return LatencyBudget(model=model, table=table, source="t.json", target_ms=target, round_to=1, fraction=fraction,
-                         dense_model=dense)  # fmt: skip
+                         dense_model=dense, measured_landing=True)  # fmt: skip
 
 
 def _lapp_landing(groups):
@@ -155,6 +155,11 @@ def test_a_table_measured_here_is_landed_by_timing_the_deploy_model_on_onnx_runt
     assert latency["measured_ms"] > 0 and latency["dense_measured_now_ms"] > 0
     expected = latency["measured_ms"] / (fraction * latency["dense_measured_now_ms"])
     assert latency["measured_vs_target"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_measured_landing_is_off_unless_asked_for():
+    assert LappConfig(target_latency=0.8).measured_landing is False
+    assert LappConfig(target_latency=0.8, measured_landing=True).measured_landing is True
 
 
 def test_no_measured_landing_keeps_the_predicted_landing(tiny):
