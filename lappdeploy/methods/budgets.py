@@ -154,13 +154,14 @@ class LatencyBudget:
         """The `latency` section with the final model's latency measured on the table's runtime (when the
         table was measured on this machine)."""
         section = self.report(plan)
-        measured = dense_now = None
+        section.update(measured_ms=None, dense_measured_now_ms=None, measured_vs_target=None, measured_vs_dense=None)
         if self.dense_model is not None:
             measured, dense_now = self.time_with_dense(deploy_model)
-        section["measured_ms"] = round(measured, 5) if measured is not None else None
-        section["dense_measured_now_ms"] = round(dense_now, 5) if dense_now is not None else None
-        for key, reference in (("measured_vs_target", self.target_now), ("measured_vs_dense", lambda dense: dense)):
-            section[key] = round(measured / reference(dense_now), 4) if measured is not None else None
+            section.update(
+                measured_ms=round(measured, 5), dense_measured_now_ms=round(dense_now, 5),
+                measured_vs_target=round(measured / self.target_now(dense_now), 4),
+                measured_vs_dense=round(measured / dense_now, 4),
+            )  # fmt: skip
         return {"latency": section}
 
     def describe(self) -> dict[str, Any]:
