@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
-from lappdeploy.bench.protocol import TimingPolicy, measure_batch
-from lappdeploy.bench.sessions import OrtSession
 from lappdeploy.config import TrainConfig, parse_int_list
 from lappdeploy.environment import write_benchmark
-from lappdeploy.export import to_onnx
 from lappdeploy.io import atomic_write_text, read_json
-from lappdeploy.latency.profile import cached_profile
+from lappdeploy.latency.profile import cached_profile, measure_models_ms
 from lappdeploy.methods import method_config
 from lappdeploy.methods.compress import run_compress
 from lappdeploy.models import create_model
@@ -72,16 +68,10 @@ def compress(args, run: str, seed: int, table: Path, target_ms: float | None) ->
 
 def measure_runs(run_dirs: list[Path], args) -> dict[Path, float]:
     """Median latency (ms per batch) of every run's deploy model, all interleaved in one session set."""
-    with tempfile.TemporaryDirectory(prefix="latency-budget-") as scratch:
-        sessions = []
-        for index, run_dir in enumerate(run_dirs):
-            model = load_model(run_dir / "model.pt").model.eval()
-            path = Path(scratch) / f"m{index}.onnx"
-            to_onnx(model, torch.zeros((2, *SHAPE)), path)
-            sessions.append(OrtSession(path, provider="cpu", threads=args.threads))
-        policy = TimingPolicy(min_seconds=args.seconds, warmup_seconds=1.0, throughput_seconds=0.1)  # per session
-        timings = measure_batch(sessions, args.batch, policy)
-    return {run_dir: t.latency.median_ms for run_dir, t in zip(run_dirs, timings, strict=True)}
+    models = [load_model(run_dir / "model.pt").model.eval() for run_dir in run_dirs]
+    timings = measure_models_ms(models, SHAPE, runtime="ort", device="cpu", batch=args.batch, threads=args.threads,
+                                seconds=args.seconds)  # fmt: skip
+    return dict(zip(run_dirs, timings, strict=True))
 
 
 def _saved_target(args) -> float | None:

@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
-from lappdeploy.bench.protocol import TimingPolicy, measure_batch
-from lappdeploy.bench.sessions import OrtSession
 from lappdeploy.config import TrainConfig, parse_int_list
 from lappdeploy.environment import write_benchmark
-from lappdeploy.export import to_onnx
 from lappdeploy.io import atomic_write_text, read_json
-from lappdeploy.latency.profile import cached_profile
+from lappdeploy.latency.profile import cached_profile, measure_models_ms
 from lappdeploy.methods import method_config
 from lappdeploy.methods.budgets import MEASURED_TOLERANCE
 from lappdeploy.methods.compress import run_compress
@@ -57,14 +53,8 @@ def compress(args, table: Path, method: str, target: float, landing: str, seed: 
 
 def time_interleaved(models: list[torch.nn.Module], args) -> list[float]:
     """Median ms per batch of every model on ONNX Runtime CPU, all interleaved in one session."""
-    with tempfile.TemporaryDirectory(prefix="latency-landing-") as scratch:
-        sessions = []
-        for index, model in enumerate(models):
-            path = Path(scratch) / f"m{index}.onnx"
-            to_onnx(model.eval(), torch.zeros((2, *SHAPE)), path)
-            sessions.append(OrtSession(path, provider="cpu", threads=args.threads))
-        policy = TimingPolicy(min_seconds=args.seconds, warmup_seconds=1.0, throughput_seconds=0.1)
-        return [t.latency.median_ms for t in measure_batch(sessions, args.batch, policy)]
+    return measure_models_ms([m.eval() for m in models], SHAPE, runtime="ort", device="cpu", batch=args.batch,
+                             threads=args.threads, seconds=args.seconds)  # fmt: skip
 
 
 def row(run_dir: Path, measured_ms: float, dense_ms: float) -> dict:
