@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import ConfigError, SurgeryError
-from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint
-from lappdeploy.latency.profile import cached_profile
+from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint, device_fingerprint
+from lappdeploy.latency.profile import cached_profile, measure_models_ms
 from lappdeploy.latency.steps import group_multiples
 from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig
 from lappdeploy.methods.common import GroupThresholds, minimum_plan
@@ -136,8 +136,6 @@ class LatencyBudget:
     def time_with_dense(self, model: nn.Module) -> tuple[float, float]:
         """(ms of `model`, ms of the dense network) per batch on the table's runtime, batch and threads, timed
         interleaved in one session (drift of the machine's speed moves both alike)."""
-        from lappdeploy.latency.profile import measure_models_ms
-
         table = self.table
         plan_ms, dense_ms = measure_models_ms(
             [model, self.dense_model], tuple(table.input_shape), runtime=table.runtime, device=table.device,
@@ -239,8 +237,6 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
 
 def _measurable(table: LatencyTable) -> bool:
     """Whether models can be timed on the table's runtime here (the table was measured on this machine)."""
-    from lappdeploy.latency import device_fingerprint
-
     timeable = table.runtime in ("ort", "torch")
     return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
 
