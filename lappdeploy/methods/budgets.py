@@ -111,7 +111,7 @@ class LatencyBudget:
                                  "measured_vs_target": round(plan_ms / target, 4)})  # fmt: skip
             if abs(plan_ms / target - 1) <= MEASURED_TOLERANCE:
                 break
-            limit = min(limit * target / plan_ms, self.model.dense_ms)
+            limit = _corrected_limit(limit, target / plan_ms, self.model.dense_ms)
             try:
                 candidate = land(limit)
             except SurgeryError:  # the corrected limit is below the narrowest widths
@@ -239,6 +239,14 @@ def _measurable(table: LatencyTable) -> bool:
     """Whether models can be timed on the table's runtime here (the table was measured on this machine)."""
     timeable = table.runtime in ("ort", "torch")
     return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
+
+
+def _corrected_limit(limit_ms: float, target_over_measured: float, dense_ms: float) -> float:
+    """The next landing's limit: `limit_ms` scaled by target / measured, but upward by at most half the way to
+    the dense prediction. Landing at the dense prediction itself prunes nothing, and the dense network measures
+    1 / fraction of a fraction target by construction: a noisy timing of a fast plan must not step there."""
+    scaled = limit_ms * target_over_measured
+    return scaled if scaled <= limit_ms else min(scaled, (limit_ms + dense_ms) / 2)
 
 
 def _best_timed(ratios: list[float]) -> int:

@@ -102,6 +102,19 @@ def test_an_unreachable_correction_keeps_the_fastest_plan_timed(tiny):
     assert next(a for a in budget.landing if a.get("kept"))["measured_vs_target"] == min(ratios)
 
 
+def test_a_plan_measured_far_below_the_target_never_steps_back_to_the_dense_network(tiny):
+    """Every pruned model measures 0.3x its prediction: the corrected limits rise toward the dense prediction by
+    at most half the remaining way each time, so no attempt lands the unpruned network (which measures
+    1 / fraction of the target by construction)."""
+    model, groups = tiny
+    table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
+    budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
+    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 0.3))
+    assert len(budget.landing) >= 2, "0.3x is outside the tolerance: the limit is corrected"
+    assert all(attempt["predicted_ms"] < budget.model.dense_ms for attempt in budget.landing), budget.landing
+    assert not plan.is_empty and budget.model.plan_ms(plan) < budget.model.dense_ms
+
+
 def test_the_uniform_baseline_lands_by_measurement_too(tiny):
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
