@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,28 +25,16 @@ import torch
 
 from lappdeploy.environment import write_benchmark
 from lappdeploy.latency import LatencyModel, LatencyTable
+from lappdeploy.latency.calibration import fit_records
 from lappdeploy.latency.profile import measure_model_ms, profile_model
 from lappdeploy.models import create_model
-from lappdeploy.surgery import analyze, plan_cost, remove_channels_
-from lappdeploy.surgery.plan import ChannelPlan, plan_from_scores
+from lappdeploy.surgery import ChannelPlan, analyze, plan_cost, random_widths_plan, remove_channels_
 
 CASES = (
     "resnet20:28:8", "resnet20:28:64", "resnet56:28:8", "resnet56:28:64",
     "mobilenet_v2:224:1", "resnet50:224:1", "mobilenet_v2:224:8", "resnet50:224:8",
 )  # fmt: skip
 PLAN_SEED = 5000  # random plans of the validation; the profiling's calibration plans use seeds 1000+
-
-
-def random_widths_plan(groups, step: int, seed: int) -> ChannelPlan:
-    """Each group keeps a share drawn from U[0.15, 1], rounded up to a multiple of `step`; random channels."""
-    generator = torch.Generator().manual_seed(seed)
-    counts = {}
-    for g in groups.prunable:
-        share = 0.15 + 0.85 * float(torch.rand((), generator=generator))
-        unit = math.lcm(step, g.segments)
-        counts[g.id] = min(g.channels, max(unit, math.ceil(share * g.channels / unit) * unit))
-    scores = torch.rand(groups.global_channels, generator=generator)
-    return plan_from_scores(groups, scores, counts, method="random-widths", seed=seed)
 
 
 def build(name: str, size: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
@@ -68,44 +56,68 @@ def run_case(case: str, args, out: Path) -> dict:
     example = torch.zeros((2, *shape))
     groups = analyze(model, example)
     latency = LatencyModel(groups, table)
+    # ablation on the same timings: the table refitted with one scale for every layer kind
+    one_scale = fit_records(table.calibration, own_kinds=())
+    one_scale_latency = LatencyModel(groups, replace(table, scale=one_scale.scale, kind_scales={},
+                                                     remainder_ms=one_scale.remainder_ms))  # fmt: skip
     dense_macs = plan_cost(groups, ChannelPlan()).macs
     rows = []
     start = time.perf_counter()
     for i in range(args.plans):
-        plan = random_widths_plan(groups, table.step, PLAN_SEED + i)
+        plan = random_widths_plan(groups, step=table.step, seed=PLAN_SEED + i)
         pruned = copy.deepcopy(model)
         remove_channels_(pruned, plan, example)
         measured = measure_model_ms(pruned, shape, batch=batch, threads=args.threads, seconds=args.seconds)
-        predicted = latency.plan_ms(plan)
+        predicted, one_scale_ms = latency.plan_ms(plan), one_scale_latency.plan_ms(plan)
         rows.append({
             "seed": PLAN_SEED + i, "macs_ratio": round(plan_cost(groups, plan).macs / dense_macs, 4),
             "measured_ms": round(measured, 5), "predicted_ms": round(predicted, 5),
             "error": round((predicted - measured) / measured, 5),
+            "one_scale_error": round((one_scale_ms - measured) / measured, 5),
         })  # fmt: skip
         print(f"  {case} plan {i}: MACs {rows[-1]['macs_ratio']:.3f}, measured {measured:.4g} ms, "
               f"predicted {predicted:.4g} ms ({100 * rows[-1]['error']:+.1f}%)", flush=True)  # fmt: skip
     errors = np.abs([r["error"] for r in rows])
+    one_scale_errors = np.abs([r["one_scale_error"] for r in rows])
     return {
         "case": case, "model": name, "image_size": size, "batch": batch, "threads": args.threads,
         "profile_s": table.profile_s, "measurements": table.measurements, "points": table.points,
-        "dense_ms": table.dense_ms, "scale": table.scale, "remainder_ms": table.remainder_ms,
+        "dense_ms": table.dense_ms, "scale": table.scale, "kind_scales": table.kind_scales,
+        "remainder_ms": table.remainder_ms,
         "validation_s": round(time.perf_counter() - start, 1), "plans": rows,
         "abs_error_median": float(np.median(errors)), "abs_error_p90": float(np.percentile(errors, 90)),
         "abs_error_max": float(errors.max()), "within_10pct": int((errors <= 0.10).sum()),
+        "one_scale": {"scale": one_scale.scale, "remainder_ms": one_scale.remainder_ms,
+                      "abs_error_median": float(np.median(one_scale_errors)),
+                      "abs_error_max": float(one_scale_errors.max()),
+                      "within_10pct": int((one_scale_errors <= 0.10).sum())},
     }  # fmt: skip
+
+
+def _split(result: dict) -> str:
+    depthwise = result.get("kind_scales", {}).get("depthwise")
+    return f"{depthwise:.3f} / {result['scale']:.3f}" if depthwise else "-"
+
+
+def _one_scale(result: dict) -> str:
+    one = result.get("one_scale")
+    if not one or not result.get("kind_scales"):
+        return "same"
+    within = f"{one['within_10pct']}/{len(result['plans'])}"
+    return f"{100 * one['abs_error_median']:.1f}%, {100 * one['abs_error_max']:.1f}%, {within}"
 
 
 def markdown(results: list[dict]) -> str:
     lines = [
         "| case (model:px:batch) | profile s | points timed | dense ms | plans | median abs err | p90 | max "
-        "| within 10% |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| within 10% | depthwise scale / scale | one scale: median, max, within 10% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['case']} | {r['profile_s']:.0f} | {r['measurements']} | {r['dense_ms']:.3g} | {len(r['plans'])} | "
             f"{100 * r['abs_error_median']:.1f}% | {100 * r['abs_error_p90']:.1f}% | {100 * r['abs_error_max']:.1f}% | "
-            f"{r['within_10pct']}/{len(r['plans'])} |"
+            f"{r['within_10pct']}/{len(r['plans'])} | {_split(r)} | {_one_scale(r)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -117,6 +117,12 @@ def _steps_summary(table) -> str:
     return f"{len(table.steps)}, " + ", ".join(f"{m}: {n}x" for m, n in sorted(counts.items()))
 
 
+def _scales(table) -> str:
+    """'0.812' or, where a layer kind was fitted apart, '0.812 (depthwise 0.455)'."""
+    own = ", ".join(f"{kind} {scale:.3f}" for kind, scale in table.kind_scales.items())
+    return f"{table.scale:.3f}" + (f" ({own})" if own else "")
+
+
 def _print_summary(table, path: Path, reused: bool) -> None:
     from rich.table import Table
 
@@ -128,7 +134,7 @@ def _print_summary(table, path: Path, reused: bool) -> None:
         ("layers", str(len(table.layers))),
         ("grid points timed", str(table.measurements)),
         ("dense model, measured (ms / batch)", f"{table.dense_ms:.4g}"),
-        ("fit on whole models: scale, remainder (ms)", f"{table.scale:.3f}, {table.remainder_ms:+.4g}"),
+        ("fit on whole models: scale, remainder (ms)", f"{_scales(table)}, {table.remainder_ms:+.4g}"),
         ("width steps probed: layers, multiples (channels)", _steps_summary(table)),
         ("profiling time (s)", f"{table.profile_s:.1f}" + (" (reused from the cache)" if reused else "")),
     ]

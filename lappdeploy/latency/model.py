@@ -1,7 +1,7 @@
 """A differentiable latency model (docs/latency.md#the-latency-model): the predicted latency (ms per batch)
 of a masked model is the sum over its conv and linear layers of each layer's table, interpolated
-bilinearly at the layer's soft kept input and output widths, times the table's fitted scale, plus its
-remainder (both fitted on whole models when it was profiled).
+bilinearly at the layer's soft kept input and output widths, times the table's fitted scale of its kind,
+plus its remainder (all fitted on whole models when it was profiled, `latency.calibration`).
 
 It reads the same kept counts as the analytic MACs model (`surgery.CostModel.kept_counts`), so it is a
 drop-in replacement for it wherever a method budgets a cost: LAPP's penalty, the budget guarantee at the
@@ -49,6 +49,7 @@ class LatencyModel:
         self.groups, self.table = groups, table
         self.cost = cost_model(groups)
         self.entries: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, bool]] = []
+        self.kinds: list[str] = []  # per entry: the layer's kind (conv, depthwise, linear)
         missing = []
         for index, (name, kind) in enumerate(zip(self.cost.names, self.cost.kinds, strict=True)):
             if kind == "bn":  # an unfolded BN is element-wise: the remainder covers it
@@ -62,12 +63,14 @@ class LatencyModel:
                 torch.tensor(layer.out_grid, dtype=torch.float64),
             )
             self.entries.append((index, *grids, torch.tensor(layer.ms, dtype=torch.float64), layer.tied))
+            self.kinds.append(layer.kind)
         if missing:
             shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise LatencyTableError(
                 f"{source} has no entry for layer(s) {shown} of this model (it was profiled on {table.model}); "
                 "profile this model with `lappdeploy profile`"
             )
+        self.scales = torch.tensor([table.layer_scale(kind) for kind in self.kinds], dtype=torch.float64)
         self._on: dict[torch.device, list] = {}
 
     def _entries(self, device: torch.device) -> list:
@@ -88,7 +91,18 @@ class LatencyModel:
 
     def __call__(self, keep_mask: torch.Tensor) -> torch.Tensor:
         """Predicted latency in ms (float64 scalar), differentiable in `keep_mask`."""
-        return self.table.scale * self.layer_ms(keep_mask).sum() + self.table.remainder_ms
+        layer_ms = self.layer_ms(keep_mask)
+        return (self.scales.to(layer_ms.device) * layer_ms).sum() + self.table.remainder_ms
+
+    def kind_ms(self, plan: ChannelPlan) -> dict[str, float]:
+        """The table's values at the plan's widths, unscaled, summed per layer kind (ms): what the table's
+        scales are fitted on."""
+        with torch.no_grad():
+            layer_ms = self.layer_ms(plan.keep_mask(self.groups)).tolist()
+        out: dict[str, float] = {}
+        for kind, ms in zip(self.kinds, layer_ms, strict=True):
+            out[kind] = out.get(kind, 0.0) + ms
+        return out
 
     def plan_ms(self, plan: ChannelPlan) -> float:
         """Predicted latency (ms) of the model pruned by `plan`: a `measure` for the landing helpers."""

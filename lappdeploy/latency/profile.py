@@ -5,8 +5,8 @@ the conv's bias, followed by its ReLU, which ONNX Runtime fuses), over a grid of
 width); layers of the same shape share their measurements. The whole dense model is timed with the bench
 protocol, and the difference to the sum of its layers at full width is the table's remainder (element-wise
 ops, pooling, per-call overhead). Isolated layers also carry work a whole model shares (layout reorders at
-graph boundaries, one runtime call each), so the table's `scale` and `remainder_ms` are fitted by least
-squares on the dense model and a few pruned ones (`_calibrate`), all timed whole.
+graph boundaries, one runtime call each), so the table's scales and `remainder_ms` are fitted on the dense
+model and a few pruned ones, all timed whole (`_calibrate`, `latency.calibration`).
 
 Per grid point the timing is short (a warm-up by calls and time, then the median of timed calls): a table
 has hundreds to thousands of points; whole models are timed with `lappdeploy bench`'s full protocol.
@@ -14,7 +14,6 @@ has hundreds to thousands of points; whole models are timed with `lappdeploy ben
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -37,17 +36,15 @@ from lappdeploy.environment import versions
 from lappdeploy.errors import ConfigError
 from lappdeploy.export.onnx_export import deploy_copy, to_onnx
 from lappdeploy.io import cache_root
+from lappdeploy.latency.calibration import calibration_models, fit_calibration
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable, device_fingerprint
-from lappdeploy.surgery import ChannelPlan, analyze, random_plan, remove_channels_, round_plan, uniform_plan
-from lappdeploy.surgery.plan import plan_id
+from lappdeploy.surgery import analyze
 
 __all__ = [
     "LayerSpec",
     "PointTiming",
     "cached_profile",
-    "calibration_models",
     "default_cache_dir",
-    "fit_calibration",
     "layer_grids",
     "layer_onnx",
     "layer_specs",
@@ -314,15 +311,16 @@ def profile_model(
     }
     if progress is not None:
         progress("whole models", 0.9)
-    scale, remainder, calibration = _calibrate(model, input_shape, layers, step=step, runtime=runtime, device=device,
-                                               batch=batch, threads=threads, seconds=dense_seconds)  # fmt: skip
+    fit = _calibrate(model, input_shape, layers, step=step, runtime=runtime, device=device, batch=batch,
+                     threads=threads, seconds=dense_seconds)  # fmt: skip
     if progress is not None:
         progress("done", 1.0)
     return LatencyTable(
         model=model_name, input_shape=list(input_shape), batch=batch, threads=threads, runtime=runtime,
         device=device, fingerprint=device_fingerprint(runtime, device), layers=layers,
-        remainder_ms=round(remainder, 5), dense_ms=calibration[0]["measured_ms"], scale=round(scale, 6),
-        calibration=calibration, profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
+        remainder_ms=round(fit.remainder_ms, 5), dense_ms=fit.records[0]["measured_ms"], scale=round(fit.scale, 6),
+        kind_scales={k: round(v, 6) for k, v in fit.kind_scales.items()}, calibration=fit.records,
+        profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
         measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing),
                     "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu"},
@@ -368,63 +366,11 @@ def _distinct_probe_points(steps: dict) -> int:
     return sum(len(widths) for widths, _ in distinct)
 
 
-CALIBRATION_PLANS = 4  # whole models timed besides the dense one to fit the table's scale and remainder
-
-
-def _calibration_plans(groups, step: int) -> list:
-    """The dense model, two uniform plans and two random ones (fixed seeds), widths rounded to `step`: the
-    whole models whose measured latency fits the table's scale and remainder."""
-    plans = [ChannelPlan(), uniform_plan(groups, 0.5), uniform_plan(groups, 0.25)]
-    plans += [random_plan(groups, 0.3 + 0.3 * i, seed=1000 + i) for i in range(CALIBRATION_PLANS - 2)]
-    return [plans[0]] + [round_plan(plan, groups, step) if step > 1 else plan for plan in plans[1:]]
-
-
-def calibration_models(model: nn.Module, input_shape: tuple[int, ...], step: int):
-    """(plan, pruned copy of `model`) of every calibration plan, with the summed layer latency function
-    `layers_ms(layers, plan)` the fit needs once the layers are timed."""
-    example = torch.zeros((2, *input_shape))
-    groups = analyze(model, example)
-    out = []
-    for plan in _calibration_plans(groups, step):
-        pruned = copy.deepcopy(model)
-        if not plan.is_empty:
-            remove_channels_(pruned, plan, example)
-        out.append((plan, pruned))
-    return groups, out
-
-
-def fit_calibration(groups, layers: dict[str, LayerTable], measured: list[tuple]) -> tuple[float, float, list]:
-    """(scale, remainder_ms, records): the least-squares fit of measured = scale * (sum of the layers' table
-    values) + remainder over the calibration models, `measured` = [(plan, measured ms), ...]. Isolated layers
-    run with their own graph-boundary work (layout reorders, one runtime call each), which a whole model shares
-    between layers: the fit puts that, the element-wise ops and the per-call overhead into two numbers."""
-    from lappdeploy.latency.model import LatencyModel  # the model module imports this one's package only
-
-    unscaled = LatencyModel(groups, _bare_table(layers))
-    records = [
-        {"plan": plan_id([plan.to_dict()]), "layers_ms": round(unscaled.plan_ms(plan), 5), "measured_ms": round(ms, 5)}
-        for plan, ms in measured
-    ]
-    x = np.array([r["layers_ms"] for r in records])
-    y = np.array([r["measured_ms"] for r in records])
-    scale, remainder = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(y[0] - x[0]))
-    if not scale > 0 or scale * x.min() + remainder <= 0:  # noisy timings: keep the model positive and monotone
-        log.warning("the whole-model fit is implausible (scale %.3g): using scale 1 and the dense remainder", scale)
-        scale, remainder = 1.0, float(y[0] - x[0])
-    return float(scale), float(remainder), records
-
-
 def _calibrate(model, input_shape, layers: dict[str, LayerTable], *, step: int, seconds: float, **where):
-    """Time the calibration models whole here and fit the table's scale and remainder (`fit_calibration`)."""
+    """Time the calibration models whole here and fit the table's scales and remainder (`fit_calibration`)."""
     groups, models = calibration_models(model, input_shape, step)
     measured = [(plan, measure_model_ms(pruned, input_shape, seconds=seconds, **where)) for plan, pruned in models]
     return fit_calibration(groups, layers, measured)
-
-
-def _bare_table(layers: dict[str, LayerTable]) -> LatencyTable:
-    """A table of only these layers (scale 1, no remainder): their summed latency."""
-    return LatencyTable(model="", input_shape=[], batch=1, threads=1, runtime="ort", device="cpu", fingerprint={},
-                        layers=layers, remainder_ms=0.0, dense_ms=1.0)  # fmt: skip
 
 
 def default_cache_dir() -> Path:

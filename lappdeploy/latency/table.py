@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 TABLE_FORMAT = "lappdeploy.latency_table"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2 added kind_scales
+READABLE_VERSIONS = (1, 2)
 RUNTIMES = ("ort", "torch", "trtexec")
 
 
@@ -76,9 +77,10 @@ class LatencyTable:
     device: str  # cpu or cuda
     fingerprint: dict[str, Any]
     layers: dict[str, LayerTable]
-    remainder_ms: float  # ms: predicted = scale * (sum of the layers' values) + remainder_ms
+    remainder_ms: float  # ms: predicted = sum over layers of layer_scale(kind) * value + remainder_ms
     dense_ms: float  # measured whole dense model (median, ms per batch)
     scale: float = 1.0  # fitted on whole models (`calibration`): isolated layers carry work a model shares
+    kind_scales: dict[str, float] = field(default_factory=dict)  # layer kinds fitted apart (e.g. depthwise)
     calibration: list[dict[str, Any]] = field(default_factory=list)  # per whole model timed: layers_ms, measured_ms
     profile_s: float = 0.0  # wall time of the profiling
     points: int = 0  # most grid points per dimension
@@ -97,8 +99,11 @@ class LatencyTable:
     def from_dict(cls, data: dict[str, Any], source: str = "the table") -> LatencyTable:
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise LatencyTableError(f"{source} is not a lappdeploy latency table (make one with `lappdeploy profile`)")
-        if data.get("version") != TABLE_VERSION:
-            raise LatencyTableError(f"{source} has table version {data.get('version')}; this lappdeploy reads 1")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise LatencyTableError(
+                f"{source} has table version {data.get('version')}; this lappdeploy reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: profile again or upgrade lappdeploy"
+            )
         try:
             fields = {k: v for k, v in data.items() if k not in ("format", "version")}
             fields["layers"] = {name: LayerTable(**layer) for name, layer in fields["layers"].items()}
@@ -109,6 +114,8 @@ class LatencyTable:
             layer.check(name)
         for name, probe in table.steps.items():
             _check_probe(name, probe, source)
+        if not isinstance(table.kind_scales, dict) or any(not (v > 0) for v in table.kind_scales.values()):
+            raise LatencyTableError(f"{source}: kind_scales must map layer kinds to positive numbers; profile again")
         if table.runtime not in RUNTIMES or table.batch < 1 or not table.dense_ms > 0:
             raise LatencyTableError(f"{source}: runtime, batch or dense latency out of range; profile again")
         return table
@@ -135,6 +142,10 @@ class LatencyTable:
         """A short hash of everything the table holds: two tables with one digest predict the same."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def layer_scale(self, kind: str) -> float:
+        """The fitted factor on the table values of layers of this kind (conv, depthwise, linear)."""
+        return self.kind_scales.get(kind, self.scale)
 
     def describe(self) -> str:
         return f"{self.runtime} on {self.fingerprint.get('processor')} ({self.device}), batch {self.batch}"

@@ -27,14 +27,8 @@ from lappdeploy.export.onnx_export import deploy_copy, to_onnx
 from lappdeploy.export.trt_recipes import trt_recipe
 from lappdeploy.export.trtexec import FAMILY_OF_VERSION
 from lappdeploy.io import atomic_write_json, atomic_write_text, read_json
-from lappdeploy.latency.profile import (
-    calibration_models,
-    fit_calibration,
-    layer_grids,
-    layer_onnx,
-    layer_specs,
-    probed_specs,
-)
+from lappdeploy.latency.calibration import calibration_models, fit_calibration
+from lappdeploy.latency.profile import layer_grids, layer_onnx, layer_specs, probed_specs
 from lappdeploy.latency.steps import detect_multiple, probe_widths
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable
 from lappdeploy.surgery import ChannelPlan, analyze
@@ -249,11 +243,12 @@ def _ingest(directory: Path, manifest: dict[str, Any], model: nn.Module) -> Late
             f"{directory} was written for another model or input ({manifest['model']}, {list(input_shape)}); "
             "ingest with the same model options (--dataset / --input-shape / --num-classes)"
         )
-    scale, remainder, records = fit_calibration(groups, layers, measured)
+    fit = fit_calibration(groups, layers, measured)
     return LatencyTable(
         model=manifest["model"], input_shape=list(input_shape), batch=manifest["batch"], threads=0,
         runtime="trtexec", device="cuda", fingerprint=_board_fingerprint(directory), layers=layers,
-        remainder_ms=round(remainder, 5), dense_ms=measured[0][1], scale=round(scale, 6), calibration=records,
+        remainder_ms=round(fit.remainder_ms, 5), dense_ms=measured[0][1], scale=round(fit.scale, 6),
+        kind_scales={k: round(v, 6) for k, v in fit.kind_scales.items()}, calibration=fit.records,
         points=manifest["points"], step=manifest["step"], steps=_ingest_probes(directory, manifest),
         measurements=_graphs_timed(manifest),
         provenance={"precision": manifest["precision"], "timing": f"trtexec GPU compute time, warm-up "

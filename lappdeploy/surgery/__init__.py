@@ -17,6 +17,7 @@ from lappdeploy.surgery.plan import (
     kept_first,
     plan_from_scores,
     random_plan,
+    random_widths_plan,
     round_plan,
     uniform_plan,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "plan_cost",
     "plan_from_scores",
     "random_plan",
+    "random_widths_plan",
     "register_criterion",
     "remove_channels_",
     "replay_",

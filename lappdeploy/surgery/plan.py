@@ -456,6 +456,20 @@ def random_plan(groups: ChannelGroups, keep_ratio: float = 0.5, *, seed: int = 0
     return plan_from_scores(groups, scores, counts, method="random", keep_ratio=keep_ratio, seed=seed)
 
 
+def random_widths_plan(groups: ChannelGroups, *, step: int = 1, lowest: float = 0.15, seed: int = 0) -> ChannelPlan:
+    """Each group keeps its own random share of its channels, drawn from U[`lowest`, 1] and rounded up to a
+    multiple of `step` (and of its segments), random channels: unlike `random_plan`, widths differ between
+    groups, as a method's plans do. For latency calibration, tests and benchmarks."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = {}
+    for g in groups.prunable:
+        share = lowest + (1.0 - lowest) * float(torch.rand((), generator=generator))
+        unit = math.lcm(step, g.segments)
+        counts[g.id] = min(g.channels, max(unit, math.ceil(share * g.channels / unit) * unit))
+    scores = torch.rand(groups.global_channels, generator=generator)
+    return plan_from_scores(groups, scores, counts, method="random-widths", seed=seed)
+
+
 def plan_id(plans: list[dict[str, Any]]) -> str:
     """'dense' when the channel plans (as saved: {"groups": {id: {"channels", "keep"}}}) remove nothing,
     else the first 10 hex digits of a SHA-1 of what they keep (same plans, same id)."""

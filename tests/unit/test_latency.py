@@ -5,6 +5,7 @@ and `compress --target-latency` end to end with its bad-input errors."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,10 +19,11 @@ from lappdeploy.latency import (
     synthetic_table,
     width_grid,
 )
-from lappdeploy.latency.profile import PointTiming, cached_profile, fit_calibration, layer_specs, profile_model
+from lappdeploy.latency.calibration import CALIBRATION_MODELS, fit_calibration
+from lappdeploy.latency.profile import PointTiming, cached_profile, layer_specs, profile_model
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, plan_within_budget
 from lappdeploy.models import create_model
-from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan
+from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan, random_widths_plan, uniform_plan
 
 SHAPE = (3, 16, 16)
 FAST = PointTiming(warmup_calls=2, warmup_seconds=0.0, calls=3, seconds=0.0, max_seconds=0.01, min_calls=1)
@@ -172,7 +174,7 @@ def test_profiling_times_every_layer_and_the_cache_reuses_the_table(tmp_path, ti
         spec = next(s for s in layer_specs(model, SHAPE) if s.name == name)
         assert layer.out_grid[-1] == spec.out_channels and len(layer.out_grid) <= 3
         assert all(value > 0 for row in layer.ms for value in row)
-    assert table.dense_ms > 0 and len(table.calibration) == 5 and table.scale > 0
+    assert table.dense_ms > 0 and len(table.calibration) == CALIBRATION_MODELS and table.scale > 0
     assert table.fingerprint["runtime"] == "ort" and table.batch == 2
     again, again_path, reused = cached_profile(model, SHAPE, model_name="tiny_resnet", cache_dir=tmp_path, **settings)
     assert reused and again_path == path and again.layers.keys() == table.layers.keys()
@@ -183,7 +185,7 @@ def test_a_fresh_profile_predicts_its_own_calibration_models(tiny):
     model, groups = tiny
     table = profile_model(model, SHAPE, model_name="tiny_resnet", batch=2, points=3, timing=FAST, dense_seconds=0.05)
     latency = LatencyModel(groups, table)
-    predicted = [table.scale * r["layers_ms"] + table.remainder_ms for r in table.calibration]
+    predicted = [table.scale * r["layers_ms"] + table.remainder_ms for r in table.calibration]  # no depthwise here
     assert latency.dense_ms == pytest.approx(predicted[0], rel=1e-6)
     assert table.calibration[0]["plan"] == "dense" and table.calibration[0]["measured_ms"] == table.dense_ms
 
@@ -195,8 +197,63 @@ def test_a_whole_model_fit_that_would_invert_the_model_falls_back_to_scale_one(t
     # timings that fall as the layers grow (noise on a tiny model): a negative slope would reward width
     measured = [(plan, 2.0 - 0.5 * ms) for plan, ms in zip(plans, unscaled, strict=True)]
     assert len(set(unscaled)) == len(plans), "distinct plans, so a line could be fitted"
-    scale, remainder, records = fit_calibration(groups, table.layers, measured)
-    assert scale == 1.0 and remainder == pytest.approx(measured[0][1] - records[0]["layers_ms"], abs=1e-4)
+    fit = fit_calibration(groups, table.layers, measured)
+    assert fit.scale == 1.0 and fit.kind_scales == {}
+    assert fit.remainder_ms == pytest.approx(measured[0][1] - fit.records[0]["layers_ms"], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    """A MobileNetV2 at 32 px (depthwise layers), its groups, a synthetic table and the calibration plans."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=4, in_channels=3)
+    shape = (3, 32, 32)
+    groups = analyze(model, torch.zeros((2, *shape)))
+    table = synthetic_table(model, shape, model_name="mobilenet_v2", step=8, points=4, ms_per_gmac=200.0)
+    plans = [ChannelPlan(), uniform_plan(groups, 0.5), uniform_plan(groups, 0.25)]
+    plans += [random_widths_plan(groups, step=8, seed=1000 + i) for i in range(6)]
+    return groups, table, plans
+
+
+def _timed_as(groups, table, plans, shared: float, depthwise: float, remainder: float, noise: float = 0.0):
+    """Stand-in whole-model timings: `shared` x the table's non-depthwise layers + `depthwise` x its depthwise
+    ones + `remainder` ms, times a fixed +-`noise` wobble."""
+    unscaled = LatencyModel(groups, table)
+    out = []
+    for i, plan in enumerate(plans):
+        parts = unscaled.kind_ms(plan)
+        ms = shared * (parts["conv"] + parts.get("linear", 0.0)) + depthwise * parts["depthwise"] + remainder
+        out.append((plan, ms * (1 + noise * (-1) ** i)))
+    return out
+
+
+def test_the_fit_gives_depthwise_layers_their_own_scale_where_whole_models_say_so(mobilenet):
+    groups, table, plans = mobilenet
+    measured = _timed_as(groups, table, plans, shared=0.8, depthwise=0.2, remainder=0.2, noise=0.001)
+    fit = fit_calibration(groups, table.layers, measured)
+    assert fit.kind_scales["depthwise"] == pytest.approx(0.2, rel=0.2) and fit.scale == pytest.approx(0.8, rel=0.05)
+    assert fit.loo_error < 0.005
+    fitted = LatencyModel(groups, replace(table, scale=fit.scale, kind_scales=fit.kind_scales,
+                                          remainder_ms=fit.remainder_ms))  # fmt: skip
+    for plan, ms in measured:
+        assert fitted.plan_ms(plan) == pytest.approx(ms, rel=0.005)
+
+
+def test_one_scale_is_kept_where_a_depthwise_scale_predicts_no_better(mobilenet):
+    groups, table, plans = mobilenet
+    measured = _timed_as(groups, table, plans, shared=0.7, depthwise=0.7, remainder=0.1, noise=0.01)
+    fit = fit_calibration(groups, table.layers, measured)
+    assert fit.kind_scales == {} and fit.scale == pytest.approx(0.7, rel=0.05)
+
+
+def test_a_version_1_table_reads_with_one_scale_and_bad_kind_scales_are_refused(table):
+    old = {k: v for k, v in table.to_dict().items() if k != "kind_scales"}
+    loaded = LatencyTable.from_dict({**old, "version": 1, "scale": 0.5})
+    assert loaded.kind_scales == {} and loaded.layer_scale("depthwise") == loaded.layer_scale("conv") == 0.5
+    with pytest.raises(LatencyTableError, match="kind_scales must map layer kinds to positive numbers"):
+        LatencyTable.from_dict({**table.to_dict(), "kind_scales": {"depthwise": -1.0}})
+    with pytest.raises(LatencyTableError, match="version 3; this lappdeploy reads 1, 2"):
+        LatencyTable.from_dict({**table.to_dict(), "version": 3})
 
 
 # ---------------------------------------------------------------------------------------------- compress

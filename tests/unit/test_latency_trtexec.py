@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, synthetic_table
+from lappdeploy.latency.calibration import CALIBRATION_MODELS
 from lappdeploy.latency.steps import group_multiples
 from lappdeploy.latency.trtexec_profile import MANIFEST, SCRIPT, ingest_trtexec_profile, write_trtexec_profile
 from lappdeploy.models import create_model
@@ -64,7 +65,7 @@ def test_the_profile_directory_holds_every_graph_a_manifest_and_a_valid_script(t
     points = sum(len(s["in_grid"]) * len(s["out_grid"]) for s in manifest["shapes"].values())
     probes = sum(len(s.get("probe_widths", [])) for s in manifest["shapes"].values())
     assert probes > 0 and set(manifest["probes"]) <= set(manifest["layers"])
-    assert len(graphs) == points + probes + len(manifest["calibration"]) == points + probes + 5
+    assert len(graphs) == points + probes + len(manifest["calibration"]) == points + probes + CALIBRATION_MODELS
     layer = onnx.load(out / "graphs" / f"{graphs[0]}.onnx")
     onnx.checker.check_model(layer)
     assert layer.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2, "static batch: the table's"
@@ -106,7 +107,8 @@ def test_width_steps_timed_on_the_device_give_round_to_auto_its_multiples(tmp_pa
     for name, probe in table.steps.items():
         assert probe["widths"] == ort_probed[name]["widths"] and probe["multiple"] == 8, (name, probe)
     assert set(group_multiples(groups, table).values()) == {8}
-    assert table.measurements == len(list((out / "times").glob("*.json"))) - 5, "grid and probes, not models"
+    timed = len(list((out / "times").glob("*.json")))
+    assert table.measurements == timed - CALIBRATION_MODELS, "grid and probes, not models"
     assert LatencyTable.load(table.save(tmp_path / "t.json")).steps == table.steps
 
 
