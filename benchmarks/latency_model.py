@@ -1,9 +1,9 @@
 """How well does a latency table predict whole-model latency? Per case (model, input size, batch): profile
 the model (`lappdeploy profile`'s code, ONNX Runtime CPU), then time >= 10 random pruned versions of it whole
-(bench protocol) and compare with the latency model's prediction. The random plans draw each group's kept
-share uniformly from [0.15, 1] and round widths to the table's step (8), as `compress --round-to 8` does; they
-are drawn with seeds the profiling's own calibration plans do not use. Weights are random: latency does not
-depend on them.
+(bench protocol, interleaved with the dense model in one session) and compare with the latency model's
+prediction. The random plans draw each group's kept share uniformly from [0.15, 1] and round widths to the
+table's step (8), as `compress --round-to 8` does; they are drawn with seeds the profiling's own calibration
+plans do not use. Weights are random: latency does not depend on them.
 
     python benchmarks/latency_model.py                                   # all cases, about an hour on 2 cores
     python benchmarks/latency_model.py --cases resnet20:28:8 --plans 10
@@ -26,7 +26,7 @@ import torch
 from lappdeploy.environment import write_benchmark
 from lappdeploy.latency import LatencyModel, LatencyTable
 from lappdeploy.latency.calibration import fit_records
-from lappdeploy.latency.profile import measure_model_ms, profile_model
+from lappdeploy.latency.profile import measure_models_ms, profile_model
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, plan_cost, random_widths_plan, remove_channels_
 
@@ -61,13 +61,18 @@ def run_case(case: str, args, out: Path) -> dict:
     one_scale_latency = LatencyModel(groups, replace(table, scale=one_scale.scale, kind_scales={},
                                                      remainder_ms=one_scale.remainder_ms))  # fmt: skip
     dense_macs = plan_cost(groups, ChannelPlan()).macs
-    rows = []
+    plans = [random_widths_plan(groups, step=table.step, seed=PLAN_SEED + i) for i in range(args.plans)]
+    pruned = []
+    for plan in plans:
+        pruned.append(copy.deepcopy(model))
+        remove_channels_(pruned[-1], plan, example)
     start = time.perf_counter()
-    for i in range(args.plans):
-        plan = random_widths_plan(groups, step=table.step, seed=PLAN_SEED + i)
-        pruned = copy.deepcopy(model)
-        remove_channels_(pruned, plan, example)
-        measured = measure_model_ms(pruned, shape, batch=batch, threads=args.threads, seconds=args.seconds)
+    # all plans and the dense model interleaved in one session: a drift of the machine's speed while they are
+    # timed moves all of them alike, instead of corrupting the plans timed during a slow spell
+    *timed, dense_now = measure_models_ms([*pruned, model], shape, batch=batch, threads=args.threads,
+                                          seconds=args.seconds)  # fmt: skip
+    rows = []
+    for i, (plan, measured) in enumerate(zip(plans, timed, strict=True)):
         predicted, one_scale_ms = latency.plan_ms(plan), one_scale_latency.plan_ms(plan)
         rows.append({
             "seed": PLAN_SEED + i, "macs_ratio": round(plan_cost(groups, plan).macs / dense_macs, 4),
@@ -77,13 +82,14 @@ def run_case(case: str, args, out: Path) -> dict:
         })  # fmt: skip
         print(f"  {case} plan {i}: MACs {rows[-1]['macs_ratio']:.3f}, measured {measured:.4g} ms, "
               f"predicted {predicted:.4g} ms ({100 * rows[-1]['error']:+.1f}%)", flush=True)  # fmt: skip
+    print(f"  {case} dense: {dense_now:.4g} ms now, {table.dense_ms:.4g} ms when profiled", flush=True)
     errors = np.abs([r["error"] for r in rows])
     one_scale_errors = np.abs([r["one_scale_error"] for r in rows])
     return {
         "case": case, "model": name, "image_size": size, "batch": batch, "threads": args.threads,
         "profile_s": table.profile_s, "measurements": table.measurements, "points": table.points,
-        "dense_ms": table.dense_ms, "scale": table.scale, "kind_scales": table.kind_scales,
-        "remainder_ms": table.remainder_ms,
+        "dense_ms": table.dense_ms, "dense_ms_validation": round(dense_now, 5), "scale": table.scale,
+        "kind_scales": table.kind_scales, "remainder_ms": table.remainder_ms,
         "validation_s": round(time.perf_counter() - start, 1), "plans": rows,
         "abs_error_median": float(np.median(errors)), "abs_error_p90": float(np.percentile(errors, 90)),
         "abs_error_max": float(errors.max()), "within_10pct": int((errors <= 0.10).sum()),

@@ -369,8 +369,9 @@ def _distinct_probe_points(steps: dict) -> int:
 def _calibrate(model, input_shape, layers: dict[str, LayerTable], *, step: int, seconds: float, **where):
     """Time the calibration models whole here and fit the table's scales and remainder (`fit_calibration`)."""
     groups, models = calibration_models(model, input_shape, step)
-    measured = [(plan, measure_model_ms(pruned, input_shape, seconds=seconds, **where)) for plan, pruned in models]
-    return fit_calibration(groups, layers, measured)
+    # interleaved in one session: a drift of the machine's speed while they are timed moves all of them alike
+    measured_ms = measure_models_ms([pruned for _, pruned in models], input_shape, seconds=seconds, **where)
+    return fit_calibration(groups, layers, [(plan, ms) for (plan, _), ms in zip(models, measured_ms, strict=True)])
 
 
 def default_cache_dir() -> Path:
