@@ -27,9 +27,10 @@ from lappdeploy.surgery import (
     SurgeryError,
     channel_scores,
     plan_cost,
+    round_plan,
     uniform_plan,
 )
-from lappdeploy.surgery.plan import PlanMeasure, RoundTo
+from lappdeploy.surgery.plan import PlanMeasure, RoundTo, macs_measure
 
 __all__ = ["OneShotPruning", "Planner", "land_plan", "lowest_widths", "uniform_budget_plan"]
 
@@ -49,7 +50,23 @@ def uniform_budget_plan(
     measure: PlanMeasure | None = None,
     round_to: RoundTo | None = None,
 ) -> ChannelPlan:
+    """The same kept fraction in every group, the largest whose rounded plan costs at most `limit` (MACs per
+    image, or the unit of `measure`), landed within the landing window under it."""
     plan = uniform_plan(groups, config.target_macs, scores=scores, measure=measure, budget=limit)
+    landed = land_plan(plan, groups, config, limit, scores, measure=measure, round_to=round_to)
+    cost = measure or macs_measure(groups)
+    if cost(landed) <= limit:
+        return landed
+    # Coarse per-group multiples (--round-to auto) can leave a narrow group no width but its full one (16
+    # channels at a step of 16): rounding the fraction found on exact widths then overshoots the limit, and
+    # the landing only grows plans. Search the fraction on the rounded plans' cost instead.
+    rounding = config.round_to if round_to is None else round_to
+
+    def rounded_cost(candidate: ChannelPlan) -> float:
+        return cost(round_plan(candidate, groups, rounding, scores=scores))
+
+    plan = uniform_plan(groups, config.target_macs, scores=scores, measure=rounded_cost, budget=limit)
+    plan = round_plan(plan, groups, rounding, scores=scores)
     return land_plan(plan, groups, config, limit, scores, measure=measure, round_to=round_to)
 
 

@@ -417,6 +417,25 @@ def test_global_ranking_differs_from_uniform():
     assert plan_cost(groups, glob).macs <= limit
 
 
+def test_uniform_meets_its_budget_where_per_group_multiples_leave_narrow_groups_only_their_full_width():
+    """--round-to auto can give a 16-channel group a step of 16: the fraction found on exact widths rounds
+    that group back to full width and would overshoot; uniform searches the fraction on rounded plans."""
+    from lappdeploy.methods.baselines.oneshot import uniform_budget_plan
+    from lappdeploy.surgery import channel_scores
+
+    groups = analyze(_model(), _example())
+    narrowest = min(g.channels for g in groups.prunable)
+    multiples = {g.id: g.channels if g.channels == narrowest else 4 for g in groups.prunable}
+    assert 0 < sum(m != 4 for m in multiples.values()) < len(multiples), "some groups fixed, some free"
+    limit = 0.5 * plan_cost(groups, ChannelPlan()).macs
+    scores = channel_scores(groups, "l2").detach()
+    plan = uniform_budget_plan(groups, _config(), limit, scores, round_to=multiples)
+    assert plan_cost(groups, plan).macs <= limit
+    for g in groups.prunable:
+        kept = len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels
+        assert kept % multiples[g.id] == 0 or kept == g.channels, (g.id, kept)
+
+
 @pytest.mark.parametrize("target", [0.5, 0.4, 0.3])
 def test_baselines_land_within_half_a_percent_under_the_target_on_resnet20(target):
     """Compared methods spend the same MACs: each one-shot plan lands in [0.995, 1] x target, widths
