@@ -53,6 +53,7 @@ __all__ = [
     "probed_specs",
     "profile_key",
     "profile_model",
+    "speed_drift",
     "width_grid",
 ]
 
@@ -277,6 +278,8 @@ def profile_model(
     if runtime not in ("ort", "torch"):
         raise ConfigError(f"--runtime {runtime}: profiling runs ort or torch here (trtexec: see --runtime trtexec)")
     start, timing = time.perf_counter(), timing or PointTiming()
+    where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads}
+    dense_before = measure_model_ms(model, input_shape, seconds=dense_seconds, **where)  # vs the end: drift
     specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
     shapes: dict[tuple, tuple[list[int], list[int]]] = {}
     for spec in specs:
@@ -303,8 +306,8 @@ def profile_model(
                         progress(f"layers {done}/{total}", 0.8 * done / total)
                 rows.append(row)
             measured[spec.shape_key] = rows
-        where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads, "scratch": Path(scratch)}
-        steps = _probe_steps(model, input_shape, specs, timing, progress, **where) if probe_steps else {}
+        probe_where = {**where, "scratch": Path(scratch)}
+        steps = _probe_steps(model, input_shape, specs, timing, progress, **probe_where) if probe_steps else {}
     layers = {
         spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.shape_key], spec.geometry())
         for spec in specs
@@ -315,6 +318,10 @@ def profile_model(
                      threads=threads, seconds=dense_seconds)  # fmt: skip
     if progress is not None:
         progress("done", 1.0)
+    dense_after = fit.records[0]["measured_ms"]
+    drift = speed_drift(dense_before, dense_after)
+    if drift:
+        log.warning("%s", drift)
     return LatencyTable(
         model=model_name, input_shape=list(input_shape), batch=batch, threads=threads, runtime=runtime,
         device=device, fingerprint=device_fingerprint(runtime, device), layers=layers,
@@ -322,9 +329,24 @@ def profile_model(
         kind_scales={k: round(v, 6) for k, v in fit.kind_scales.items()}, calibration=fit.records,
         profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
         measurements=total + _distinct_probe_points(steps), steps=steps,
-        provenance={"versions": versions(), "point_timing": asdict(timing),
+        provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
                     "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu"},
     )  # fmt: skip
+
+
+SPEED_DRIFT = 0.10  # the dense model timed before and after profiling may differ by this share (10%)
+
+
+def speed_drift(before_ms: float, after_ms: float) -> str | None:
+    """A warning when the dense model, timed before and after the profile, differs by more than SPEED_DRIFT:
+    the machine's speed changed while the layers were timed (other load, a memory-bound model on a shared
+    host), so the table mixes two speeds; else None."""
+    if abs(after_ms / before_ms - 1) <= SPEED_DRIFT:
+        return None
+    return (
+        f"the dense model timed {before_ms:.4g} ms before profiling and {after_ms:.4g} ms after: the machine's "
+        "speed changed while profiling; profile again on a quiet machine (--refresh)"
+    )
 
 
 def probed_specs(model: nn.Module, input_shape: tuple[int, ...], specs: list[LayerSpec]) -> list[LayerSpec]:

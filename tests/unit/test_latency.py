@@ -20,7 +20,7 @@ from lappdeploy.latency import (
     width_grid,
 )
 from lappdeploy.latency.calibration import CALIBRATION_MODELS, fit_calibration
-from lappdeploy.latency.profile import PointTiming, cached_profile, layer_specs, profile_model
+from lappdeploy.latency.profile import PointTiming, cached_profile, layer_specs, profile_model, speed_drift
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, plan_within_budget
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan, random_widths_plan, uniform_plan
@@ -175,10 +175,18 @@ def test_profiling_times_every_layer_and_the_cache_reuses_the_table(tmp_path, ti
         assert layer.out_grid[-1] == spec.out_channels and len(layer.out_grid) <= 3
         assert all(value > 0 for row in layer.ms for value in row)
     assert table.dense_ms > 0 and len(table.calibration) == CALIBRATION_MODELS and table.scale > 0
+    assert table.provenance["dense_ms_before"] > 0, "the dense model timed before the layers too"
     assert table.fingerprint["runtime"] == "ort" and table.batch == 2
     again, again_path, reused = cached_profile(model, SHAPE, model_name="tiny_resnet", cache_dir=tmp_path, **settings)
     assert reused and again_path == path and again.layers.keys() == table.layers.keys()
     LatencyModel(groups, again)  # names match the cost model's layers
+
+
+def test_a_machine_whose_speed_changed_while_profiling_is_named():
+    assert speed_drift(2.0, 2.15) is None, "7.5%: within timing noise"
+    warning = speed_drift(4.41, 6.48)
+    assert warning is not None and "4.41 ms before profiling and 6.48 ms after" in warning and "--refresh" in warning
+    assert speed_drift(6.98, 4.98) is not None, "faster afterwards is a drift too"
 
 
 def test_a_fresh_profile_predicts_its_own_calibration_models(tiny):
