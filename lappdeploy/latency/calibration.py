@@ -47,6 +47,11 @@ class CalibrationFit:
     records: list[dict]  # per whole model: plan id, summed layer ms (all, per kind), measured ms
     loo_error: float | None  # mean |relative error| with each model left out of the fit; None: too few models
 
+    def table_fields(self) -> dict:
+        """The `LatencyTable` fields this fit sets (scales, remainder, calibration records), rounded as stored."""
+        return {"scale": round(self.scale, 6), "kind_scales": {k: round(v, 6) for k, v in self.kind_scales.items()},
+                "remainder_ms": round(self.remainder_ms, 5), "calibration": self.records}  # fmt: skip
+
 
 def _calibration_plans(groups, step: int) -> list[ChannelPlan]:
     uniform = [uniform_plan(groups, share) for share in (0.5, 0.25)]

@@ -314,8 +314,7 @@ def profile_model(
     }
     if progress is not None:
         progress("whole models", 0.9)
-    fit = _calibrate(model, input_shape, layers, step=step, runtime=runtime, device=device, batch=batch,
-                     threads=threads, seconds=dense_seconds)  # fmt: skip
+    fit = _calibrate(model, input_shape, layers, step=step, seconds=dense_seconds, **where)
     if progress is not None:
         progress("done", 1.0)
     dense_after = fit.records[0]["measured_ms"]
@@ -325,10 +324,8 @@ def profile_model(
     return LatencyTable(
         model=model_name, input_shape=list(input_shape), batch=batch, threads=threads, runtime=runtime,
         device=device, fingerprint=device_fingerprint(runtime, device), layers=layers,
-        remainder_ms=round(fit.remainder_ms, 5), dense_ms=fit.records[0]["measured_ms"], scale=round(fit.scale, 6),
-        kind_scales={k: round(v, 6) for k, v in fit.kind_scales.items()}, calibration=fit.records,
-        profile_s=round(time.perf_counter() - start, 1), points=points, step=step,
-        measurements=total + _distinct_probe_points(steps), steps=steps,
+        dense_ms=dense_after, **fit.table_fields(), profile_s=round(time.perf_counter() - start, 1), points=points,
+        step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
                     "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu"},
     )  # fmt: skip

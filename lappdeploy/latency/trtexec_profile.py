@@ -247,8 +247,7 @@ def _ingest(directory: Path, manifest: dict[str, Any], model: nn.Module) -> Late
     return LatencyTable(
         model=manifest["model"], input_shape=list(input_shape), batch=manifest["batch"], threads=0,
         runtime="trtexec", device="cuda", fingerprint=_board_fingerprint(directory), layers=layers,
-        remainder_ms=round(fit.remainder_ms, 5), dense_ms=measured[0][1], scale=round(fit.scale, 6),
-        kind_scales={k: round(v, 6) for k, v in fit.kind_scales.items()}, calibration=fit.records,
+        dense_ms=measured[0][1], **fit.table_fields(),
         points=manifest["points"], step=manifest["step"], steps=_ingest_probes(directory, manifest),
         measurements=_graphs_timed(manifest),
         provenance={"precision": manifest["precision"], "timing": f"trtexec GPU compute time, warm-up "
