@@ -15,8 +15,10 @@ NVIDIA_TF32_OVERRIDE, having no option of its own); cuDNN's exhaustive algorithm
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +31,14 @@ from lappdeploy.bench.cuda_timing import back_to_back, event_timed
 from lappdeploy.errors import BenchError, first_line
 from lappdeploy.optional import require
 
-__all__ = ["GPU_PROVIDERS", "OrtSession", "check_gpu_placement", "check_ort_provider", "ort_provider_name"]
+__all__ = [
+    "GPU_PROVIDERS",
+    "OrtSession",
+    "check_gpu_placement",
+    "check_ort_provider",
+    "kernel_ms_per_run",
+    "ort_provider_name",
+]
 
 _ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -78,6 +87,29 @@ def check_gpu_placement(profile_path: str | os.PathLike[str], what: str) -> dict
     return {provider: len(nodes) for provider, nodes in placed.items()}
 
 
+LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})  # NCHW <-> blocked-layout conversions of the CPU provider
+
+
+def kernel_ms_per_run(profile_path: str | os.PathLike[str]) -> list[float]:
+    """Per run of an ONNX Runtime profile (the JSON of `SessionOptions.enable_profiling`), in run order, the
+    summed kernel time (ms) of its nodes except layout conversions (`LAYOUT_OPS`): a graph's own work without
+    the session's per-call overhead and the conversions at its edges."""
+    events = json.loads(Path(profile_path).read_text())
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    starts = [start for start, _ in runs]
+    totals = [0.0] * len(runs)
+    for event in events:
+        op = (event.get("args") or {}).get("op_name")
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or op in LAYOUT_OPS:
+            continue
+        index = bisect.bisect_right(starts, event["ts"]) - 1
+        if index >= 0 and event["ts"] <= runs[index][1]:
+            totals[index] += event["dur"] / 1e3  # the profile's times are in microseconds
+    return totals
+
+
 def _provider_options(provider: str, *, tf32: bool, stream: torch.cuda.Stream | None) -> list[Any]:
     """Provider entries for InferenceSession: names, with options for the CUDA provider."""
     if provider == "cpu":
@@ -108,14 +140,26 @@ class OrtSession:
     """ONNX Runtime on one execution provider; see the module docstring for the GPU rules."""
 
     def __init__(
-        self, onnx_path: str | os.PathLike[str], *, provider: str = "cpu", threads: int, seed: int = 0, tf32=False
+        self,
+        onnx_path: str | os.PathLike[str],
+        *,
+        provider: str = "cpu",
+        threads: int,
+        seed: int = 0,
+        tf32=False,
+        kernel_profile: bool = False,
     ):
+        """`kernel_profile` (CPU only) records ONNX Runtime's profile of every run, read by `kernel_ms`."""
+        if kernel_profile and provider != "cpu":
+            raise BenchError("kernel profiling times CPU kernels only: a GPU provider's profile times kernel launches")
         ort = check_ort_provider(provider)
         self.ort, self.gpu = ort, provider != "cpu"
         self.stream = torch.cuda.Stream() if self.gpu else None
         self.options = _provider_options(provider, tf32=tf32, stream=self.stream)
         _tensorrt_fp32_without_tf32(provider, tf32)
-        self.session = self._open(onnx_path, threads, profile=False)
+        self._profile_dir = tempfile.mkdtemp(prefix="lappdeploy-ort-kernels-") if kernel_profile else None
+        prefix = os.path.join(self._profile_dir, "profile") if kernel_profile else ""
+        self.session = self._open(onnx_path, threads, profile=kernel_profile, prefix=prefix)
         name = ort_provider_name(provider)
         active = self.session.get_providers()
         if not active or active[0] != name:
@@ -156,6 +200,22 @@ class OrtSession:
             dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
             probe.run(None, {self.input.name: np.zeros(shape, dtype)})
             return check_gpu_placement(probe.end_profiling(), Path(onnx_path).name)
+
+    @property
+    def kernel_profiled(self) -> bool:
+        """Whether this session records kernel times (opened with `kernel_profile`, not yet read)."""
+        return self._profile_dir is not None
+
+    def kernel_ms(self) -> list[float]:
+        """Per run so far, the kernel time of the graph without its layout conversions (`kernel_ms_per_run`);
+        ends the profile (a session opened with `kernel_profile`)."""
+        if self._profile_dir is None:
+            raise BenchError("this session was opened without kernel_profile: it has no kernel times")
+        try:
+            return kernel_ms_per_run(self.session.end_profiling())
+        finally:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
 
     def set_batch(self, batch: int) -> None:
         dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
+from lappdeploy.bench.ort_session import OrtSession
+from lappdeploy.errors import BenchError
 from lappdeploy.latency import (
     LatencyModel,
     LatencyTable,
@@ -20,7 +23,15 @@ from lappdeploy.latency import (
     width_grid,
 )
 from lappdeploy.latency.calibration import CALIBRATION_MODELS, fit_calibration
-from lappdeploy.latency.profile import PointTiming, cached_profile, layer_specs, profile_model, speed_drift
+from lappdeploy.latency.profile import (
+    LayerSpec,
+    PointTiming,
+    cached_profile,
+    layer_onnx,
+    layer_specs,
+    profile_model,
+    speed_drift,
+)
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, plan_within_budget
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan, random_widths_plan, uniform_plan
@@ -177,9 +188,26 @@ def test_profiling_times_every_layer_and_the_cache_reuses_the_table(tmp_path, ti
     assert table.dense_ms > 0 and len(table.calibration) == CALIBRATION_MODELS and table.scale > 0
     assert table.provenance["dense_ms_before"] > 0, "the dense model timed before the layers too"
     assert table.fingerprint["runtime"] == "ort" and table.batch == 2
+    assert table.provenance["layer_timing"] == "kernels (profiler)", "ORT CPU layers are timed by their kernels"
     again, again_path, reused = cached_profile(model, SHAPE, model_name="tiny_resnet", cache_dir=tmp_path, **settings)
     assert reused and again_path == path and again.layers.keys() == table.layers.keys()
     LatencyModel(groups, again)  # names match the cost model's layers
+
+
+def test_a_layer_timed_by_its_kernels_leaves_out_the_call_and_the_layout_conversions(tmp_path):
+    # a conv alone on the CPU converts its input to the blocked layout and its output back; inside a model
+    # that happens once at the model's edges, so the kernel time is what the layer costs there
+    spec = LayerSpec("conv", "conv", 32, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, (56, 56))
+    layer_onnx(spec, 32, 32, 2, tmp_path / "layer.onnx")
+    session = OrtSession(tmp_path / "layer.onnx", provider="cpu", threads=1, kernel_profile=True)
+    session.set_batch(2)
+    wall = [session.infer()[0] for _ in range(20)]
+    kernels = session.kernel_ms()
+    assert len(kernels) == 20 and all(k > 0 for k in kernels)
+    assert np.median(kernels) < np.median(wall), "kernels are part of the call"
+    assert not session.kernel_profiled
+    with pytest.raises(BenchError, match="GPU provider"):
+        OrtSession(tmp_path / "layer.onnx", provider="cuda", threads=1, kernel_profile=True)
 
 
 def test_a_machine_whose_speed_changed_while_profiling_is_named():
