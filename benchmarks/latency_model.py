@@ -5,8 +5,9 @@ prediction. The random plans draw each group's kept share uniformly from [0.15, 
 table's step (8), as `compress --round-to 8` does; they are drawn with seeds the profiling's own calibration
 plans do not use. Weights are random: latency does not depend on them.
 
-    python benchmarks/latency_model.py                                   # all cases, about an hour on 2 cores
+    python benchmarks/latency_model.py                                   # all cases
     python benchmarks/latency_model.py --cases resnet20:28:8 --plans 10
+All eight cases took 75 minutes on a 2-core AMD EPYC, the two 224-px batch-8 ones with --points 8.
 Writes benchmarks/results/latency_model/{CASE.json, tables/CASE.json, latency_model.json, latency_model.md,
 predicted_vs_measured.png}; a case whose JSON exists is not re-run (delete it to re-measure).
 """
