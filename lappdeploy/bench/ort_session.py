@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,8 @@ class OrtSession:
         _tensorrt_fp32_without_tf32(provider, tf32)
         self._profile_dir = tempfile.mkdtemp(prefix="lappdeploy-ort-kernels-") if kernel_profile else None
         prefix = os.path.join(self._profile_dir, "profile") if kernel_profile else ""
+        if kernel_profile:  # a session dropped before `kernel_ms` (an error while timing) leaves no folder behind
+            weakref.finalize(self, shutil.rmtree, self._profile_dir, True)
         self.session = self._open(onnx_path, threads, profile=kernel_profile, prefix=prefix)
         name = ort_provider_name(provider)
         active = self.session.get_providers()

@@ -191,7 +191,7 @@ def kernel_timed(runtime: str, device: str) -> bool:
     than the wall time of a call. A layer alone pays what it does not pay inside a model: the call's overhead
     and, on the CPU, the conversion of its input and output between NCHW and the blocked layout its kernel
     runs in, which inside a model happens once at the model's edges. At 224 px those conversions cost more
-    than the conv (MobileNetV2 at batch 8: 60 ms measured whole, 102 ms as the sum of its layers timed alone,
+    than many convs (MobileNetV2 at batch 8: 60 ms measured whole, 102 ms as the sum of its layers timed alone,
     56 ms as the sum of their kernels), and they do not scale with a layer's cost, so no fitted scale undoes
     them. A GPU provider's profile times kernel launches, not kernels: there the wall time is kept."""
     return runtime == "ort" and device == "cpu"
