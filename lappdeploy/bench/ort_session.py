@@ -111,6 +111,10 @@ def kernel_ms_per_run(profile_path: str | os.PathLike[str]) -> list[float]:
     return totals
 
 
+def _remove(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _provider_options(provider: str, *, tf32: bool, stream: torch.cuda.Stream | None) -> list[Any]:
     """Provider entries for InferenceSession: names, with options for the CUDA provider."""
     if provider == "cpu":
@@ -158,10 +162,10 @@ class OrtSession:
         self.stream = torch.cuda.Stream() if self.gpu else None
         self.options = _provider_options(provider, tf32=tf32, stream=self.stream)
         _tensorrt_fp32_without_tf32(provider, tf32)
-        self._profile_dir = tempfile.mkdtemp(prefix="lappdeploy-ort-kernels-") if kernel_profile else None
-        prefix = os.path.join(self._profile_dir, "profile") if kernel_profile else ""
-        if kernel_profile:  # a session dropped before `kernel_ms` (an error while timing) leaves no folder behind
-            weakref.finalize(self, shutil.rmtree, self._profile_dir, True)
+        prefix, self._remove_profile = "", None
+        if kernel_profile:  # the folder goes after `kernel_ms`, or with the session if dropped before (an error)
+            folder = tempfile.mkdtemp(prefix="lappdeploy-ort-kernels-")
+            prefix, self._remove_profile = os.path.join(folder, "profile"), weakref.finalize(self, _remove, folder)
         self.session = self._open(onnx_path, threads, profile=kernel_profile, prefix=prefix)
         name = ort_provider_name(provider)
         active = self.session.get_providers()
@@ -207,18 +211,17 @@ class OrtSession:
     @property
     def kernel_profiled(self) -> bool:
         """Whether this session records kernel times (opened with `kernel_profile`, not yet read)."""
-        return self._profile_dir is not None
+        return self._remove_profile is not None and self._remove_profile.alive
 
     def kernel_ms(self) -> list[float]:
         """Per run so far, the kernel time of the graph without its layout conversions (`kernel_ms_per_run`);
         ends the profile (a session opened with `kernel_profile`)."""
-        if self._profile_dir is None:
+        if not self.kernel_profiled:
             raise BenchError("this session was opened without kernel_profile: it has no kernel times")
         try:
             return kernel_ms_per_run(self.session.end_profiling())
         finally:
-            shutil.rmtree(self._profile_dir, ignore_errors=True)
-            self._profile_dir = None
+            self._remove_profile()
 
     def set_batch(self, batch: int) -> None:
         dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
