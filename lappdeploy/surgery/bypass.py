@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lappdeploy.surgery.graph import SurgeryError, analyze, matches_ignore
+from lappdeploy.surgery.graph import SurgeryError, after_norm, analyze, is_norm_act, matches_ignore
 from lappdeploy.surgery.history import record_step, replays
 from lappdeploy.surgery.repconv import RepConvBN, centre_padding, fuse_conv_bn
 from lappdeploy.surgery.widthconv import WidthBypassConvBN
@@ -69,6 +69,7 @@ def bypass_candidates(
             and conv.padding_mode == "zeros"
             and isinstance(conv.padding, tuple)
             and centre_padding(conv) is not None
+            and not is_norm_act(model.get_submodule(bn_name))  # the block would apply its activation twice
             and eligible
         ):
             pairs.append((conv_name, bn_name))
@@ -127,7 +128,7 @@ def fold_bn_(model: nn.Module, example_inputs: torch.Tensor | None = None, *, pa
         weight, bias = fuse_conv_bn(conv, bn)
         conv.weight = nn.Parameter(weight)
         conv.bias = nn.Parameter(bias)  # registers the bias when the conv had none
-        _set(model, bn_name, nn.Identity())
+        _set(model, bn_name, after_norm(bn))
     record_step(model, "fold_bn", pairs=[list(p) for p in pairs])
     return model
 

@@ -37,10 +37,12 @@ __all__ = [
     "ChannelGroups",
     "LayerChannels",
     "SurgeryError",
+    "after_norm",
     "analyze",
     "build_dependency_graph",
     "canonical_name",
     "is_depthwise",
+    "is_norm_act",
     "matches_ignore",
     "resolve_module",
 ]
@@ -404,6 +406,33 @@ def _width(module: nn.Module, direction: str) -> int:
     raise SurgeryError(f"cannot tell the channel count of {type(module).__name__}")
 
 
+def is_norm_act(module: nn.Module) -> bool:
+    """A BatchNorm fused with what follows it (timm's BatchNormAct2d: batch norm, then `drop`, then `act`)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and all(
+        isinstance(getattr(module, part, None), nn.Module) for part in ("drop", "act")
+    )
+
+
+def after_norm(bn: nn.Module) -> nn.Module:
+    """What takes a BatchNorm's place once its normalisation is folded into the conv before it: nothing for a
+    plain BN; the dropout and activation of a norm-act module (timm's), in their order."""
+    return nn.Sequential(bn.drop, bn.act) if is_norm_act(bn) else nn.Identity()
+
+
+def _bn_of(consumer):
+    """The BatchNorm module a conv's only consumer node is, or (a norm-act module, whose node sits at its
+    activation) the module right after the batch-norm op that is; None otherwise."""
+    bn = consumer.module
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return bn if len({n for n in consumer.inputs}) == 1 else None
+    following = {n for n in consumer.outputs}
+    if "BatchNorm" not in getattr(consumer, "name", "") or len(following) != 1:
+        return None
+    (node,) = following
+    inputs = {n for n in node.inputs}
+    return node.module if is_norm_act(node.module) and inputs == {consumer} else None
+
+
 def _bn_after_conv(model: nn.Module, graph, names: dict) -> dict[str, str]:
     pairs = {}
     for module, node in graph.module2node.items():
@@ -412,15 +441,8 @@ def _bn_after_conv(model: nn.Module, graph, names: dict) -> dict[str, str]:
         consumers = {n for n in node.outputs}
         if len(consumers) != 1:
             continue
-        (consumer,) = consumers
-        bn = consumer.module
-        if (
-            isinstance(bn, nn.modules.batchnorm._BatchNorm)
-            and bn in names
-            and len({n for n in consumer.inputs}) == 1
-            and bn.num_features == module.out_channels
-            and bn.track_running_stats
-        ):
+        bn = _bn_of(next(iter(consumers)))
+        if bn is not None and bn in names and bn.num_features == module.out_channels and bn.track_running_stats:
             pairs[canonical_name(model, names[module])] = canonical_name(model, names[bn])
     return pairs
 
