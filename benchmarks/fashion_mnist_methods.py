@@ -54,28 +54,48 @@ def parse_runs(text: str) -> list[tuple[str, str, dict]]:
     return runs
 
 
-def _train_config(args, seed: int, holdout: int) -> TrainConfig:
+# run options that belong to the training, not to the method: distillation (a run NAME[distill=dense] learns
+# from the dense run of its own seed; with --from-dense, [distill=init] from the model it starts from)
+TRAIN_OPTIONS = ("distill", "distill_alpha", "distill_temperature")
+
+
+def _dense_run(args, seed: int) -> Path:
+    return (args.from_dense_runs or args.out / "runs") / f"dense-s{seed}"
+
+
+def _train_config(args, seed: int, holdout: int, options: dict | None = None, dense: bool = False) -> TrainConfig:
+    own = {k: v for k, v in (options or {}).items() if k in TRAIN_OPTIONS}
+    if own.get("distill") == "dense":
+        own["distill"] = str(_dense_run(args, seed))
+    post_training = args.from_dense is not None and not dense
     return TrainConfig(
         model=args.model,
         dataset="fashion-mnist",
         data_dir=args.data_dir,
-        epochs=args.epochs,
+        epochs=args.from_dense if post_training else args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=None if post_training else args.lr,  # fine-tuning: lappdeploy's own default
         train_subset=args.train_subset,
         holdout=holdout,
         channels_last=True,
         device=args.device,
         seed=seed,
+        init_from=str(_dense_run(args, seed)) if post_training else None,
+        **own,
     )
 
 
 def _method(args, method: str, target: float, options: dict):
     attempts = issubclass(METHODS.get(method).config, AttemptConfig)
-    # every method finishes pruning by the end of epoch --prune-epochs
-    schedule = {"prune_epochs": args.prune_epochs - 1, "prune_span": 1.0} if attempts else {}
-    schedule.setdefault("prune_epochs", args.prune_epochs)
-    return method_config({"name": method, "target_macs": target, "round_to": args.round_to, **schedule, **options})
+    if args.from_dense is not None:  # post-training: prune the trained model at once (LAPP: learn over epoch 1)
+        schedule = {"prune_epochs": 1 if method == "lapp" else 0}
+        if attempts:
+            schedule["prune_span"] = min(1.0, args.from_dense)
+    else:  # every method finishes pruning by the end of epoch --prune-epochs
+        schedule = {"prune_epochs": args.prune_epochs - 1, "prune_span": 1.0} if attempts else {}
+        schedule.setdefault("prune_epochs", args.prune_epochs)
+    own = {k: v for k, v in options.items() if k not in TRAIN_OPTIONS}
+    return method_config({"name": method, "target_macs": target, "round_to": args.round_to, **schedule, **own})
 
 
 def run_one(args, label: str, method: str, options: dict, target: float | None, seed: int) -> dict:
@@ -86,7 +106,7 @@ def run_one(args, label: str, method: str, options: dict, target: float | None, 
         report = read_json(out / "report.json")
     else:
         print(f"--- {name}{' (resumed)' if resume else ''}", flush=True)
-        train = _train_config(args, seed, args.holdout)
+        train = _train_config(args, seed, args.holdout, options, dense=method == "dense")
         if method == "dense":
             report = run_training(train, out, resume=resume, force=out.exists() and not resume)
         else:
@@ -106,10 +126,21 @@ def run_one(args, label: str, method: str, options: dict, target: float | None, 
         "deploy_macs": report.get("deploy_macs"),
         "params": report["params"],
         "wall_s": report["wall_s"],
+        # the training of what the run learned from or started with (a dense teacher, a trained model) counts too
+        "wall_with_dense_s": report["wall_s"] + _dense_wall(args, report, seed),
+        "teacher_share": (report.get("distill") or {}).get("teacher_share"),
         "decision_s": report.get("prune_decision_s"),
         "prune_steps": report.get("prune_steps"),
         "layers": report.get("layers"),
     }
+
+
+def _dense_wall(args, report: dict, seed: int) -> float:
+    uses_dense = report.get("distill") or (report.get("init_from") or {}).get("source")
+    dense_report = _dense_run(args, seed) / "report.json"
+    if report.get("method") is None or not uses_dense or not dense_report.is_file():
+        return 0.0
+    return read_json(dense_report)["wall_s"]
 
 
 def measure_latency(args, rows: list[dict]) -> None:
@@ -162,9 +193,13 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
                 "macs_ratio_max": max(ratios),
                 "params_mean": statistics.mean(r["params"] for r in group),
                 "wall_vs_dense": statistics.mean(
-                    r["wall_s"] / dense_wall[r["seed"]] for r in group if r["seed"] in dense_wall
+                    r["wall_with_dense_s"] / dense_wall[r["seed"]] for r in group if r["seed"] in dense_wall
                 )
                 if dense_wall
+                else None,
+                "wall_min": statistics.mean(r["wall_with_dense_s"] for r in group) / 60,
+                "teacher_share": statistics.mean(shares)
+                if (shares := [r["teacher_share"] for r in group if r.get("teacher_share")])
                 else None,
                 "decision_share": statistics.mean(decisions) if decisions else None,
                 "ort_ms": _mean_std(timed) if (timed := [r["ort_ms"] for r in group if r.get("ort_ms")]) else None,
@@ -177,8 +212,9 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
 def markdown(summary: list[dict], reference: str) -> str:
     lines = [
         f"| method | target | seeds | top-1 % (mean +- std) | paired diff vs {reference} (pts) | held-out top-1 % | "
-        "deploy MACs / dense | params | ORT CPU ms per batch | wall time vs dense | decisions / wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "deploy MACs / dense | params | ORT CPU ms per batch | wall time vs dense | wall min (incl. dense) | "
+        "teacher / train time | decisions / wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         diff = s["diff_vs_reference"]
@@ -196,6 +232,8 @@ def markdown(summary: list[dict], reference: str) -> str:
                     f"{s['params_mean'] / 1e3:.1f}K",
                     f"{s['ort_ms'][0]:.3f} +- {s['ort_ms'][1]:.3f}" if s["ort_ms"] else "",
                     f"{s['wall_vs_dense']:.2f}" if s["wall_vs_dense"] else "",
+                    f"{s['wall_min']:.1f}",
+                    f"{100 * s['teacher_share']:.0f}%" if s["teacher_share"] else "",
                     f"{100 * s['decision_share']:.0f}%" if s["decision_share"] is not None else "",
                 ]
             )
@@ -291,6 +329,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--train-subset", type=int, default=12000, help="training images before the hold-out")
     parser.add_argument("--holdout", type=int, default=2000, help="held out of training for decisions, every run")
+    parser.add_argument(
+        "--from-dense",
+        type=int,
+        default=None,
+        metavar="N",
+        help="post-training: every method starts from the trained dense run of its seed, prunes it at once (lapp: "
+        "over the first epoch) and fine-tunes N epochs (lappdeploy's fine-tuning learning rate)",
+    )
+    parser.add_argument(
+        "--from-dense-runs", type=Path, default=None, help="the runs/ folder holding dense-sSEED [default: OUT/runs]"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_methods")

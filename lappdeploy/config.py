@@ -31,6 +31,7 @@ __all__ = [
     "check_types",
     "config_from_dict",
     "config_to_dict",
+    "field_default",
     "field_names",
     "in_range",
     "load_yaml_mapping",
@@ -46,8 +47,15 @@ C = TypeVar("C")
 
 def option(default: Any, help: str, **extra: Any) -> Any:
     """A config field with its CLI help; `extra` may give `choices` and a `cli_type` (shape, int_list,
-    str_list) for the option generated from it."""
+    str_list, json) for the option generated from it. A dict default is copied for every instance."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a config field (made by its factory where it has one)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def __getattr__(name: str) -> Any:
@@ -83,18 +91,35 @@ def parse_shape(text: str | list | tuple) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+DISTILL_ALPHA = 0.7  # chosen on held-out images (docs/distillation.md#defaults)
+DISTILL_TEMPERATURE = 4.0
+SCRATCH_LR = 0.1  # SGD peak learning rate from random weights
+FINE_TUNE_LR = 0.01  # from --init-from: fine-tuning a trained model (docs/own-model.md#fine-tuning-defaults)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (and nothing about where its files go)."""
 
     # what to train
-    model: str = option("resnet20", "Architecture name (`lappdeploy list models`).")
+    model: str = option(
+        "resnet20",
+        "Architecture: a registered name (`lappdeploy list models`), timm:NAME (a timm model, the timm extra), or "
+        "package.module:factory (your own builder, imported from the working directory or PYTHONPATH).",
+    )
+    model_kwargs: dict[str, Any] = option(  # noqa: RUF009 (option gives a dict default a default_factory)
+        {}, "Keyword arguments of the model's builder, as JSON, e.g. '{\"width\": 0.5}'.", cli_type="json"
+    )
     dataset: str = option("fashion-mnist", "Dataset name (`lappdeploy list datasets`).")
     # data
     data_dir: str | None = option(
         None, "Dataset directory (searched first; then $LAPPDEPLOY_DATA, then the system location)."
     )
-    download: bool = option(False, "Download the dataset with torchvision if it is not found locally.")
+    download: bool = option(
+        False,
+        "Download what is not found locally: the dataset (torchvision), and named pretrained weights of --init-from "
+        "(torchvision:TAG, timm:TAG), which are otherwise read from the local torch-hub / Hugging Face cache only.",
+    )
     image_size: int | None = option(
         None, "Input resolution in pixels (default: the dataset's own, raised to the model's minimum)."
     )
@@ -109,7 +134,18 @@ class TrainConfig:
     )
     init_from: str | None = option(
         None,
-        "Start from the weights of this run directory or model.pt (same architecture and input) instead of random.",
+        "Start from these weights instead of random ones: a lappdeploy run directory or model.pt, a state dict "
+        "(.pt/.pth), a .safetensors file, a checkpoint dict holding one (state_dict, model, model_state_dict, ema), "
+        "or named pretrained weights torchvision:TAG / timm:TAG (docs/own-model.md). A classifier of another class "
+        "count is replaced by a fresh one.",
+    )
+    mean: tuple[float, ...] | None = option(
+        None,
+        "Per-channel input mean (pixels in [0, 1]), comma-separated [default: the named weights' own, else the "
+        "dataset's].",
+    )
+    std: tuple[float, ...] | None = option(
+        None, "Per-channel input std, comma-separated [default: the named weights' own, else the dataset's]."
     )
     synthetic_shape: tuple[int, int, int] = option(
         (3, 32, 32), "Synthetic dataset: image shape CxHxW.", cli_type="shape"
@@ -119,7 +155,9 @@ class TrainConfig:
     # optimisation
     epochs: int = option(2, "Training epochs (0 with --init-from: no training, the given model is evaluated).")
     batch_size: int = option(128, "Images per step per process (the global batch is this x processes).")
-    lr: float = option(0.1, "Peak learning rate of SGD.")
+    lr: float | None = option(
+        None, "Peak learning rate of SGD [default: 0.1 from scratch; 0.01 with --init-from (fine-tuning)]."
+    )
     momentum: float = option(0.9, "SGD momentum.")
     nesterov: bool = option(True, "Nesterov momentum.")
     weight_decay: float = option(5e-4, "L2 weight decay.")
@@ -132,6 +170,19 @@ class TrainConfig:
     lr_gamma: float = option(0.1, "Step schedule: LR factor at each milestone.")
     warmup_epochs: float = option(0.0, "Linear LR warm-up length in (fractional) epochs.")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.")
+    # distillation
+    distill: str | None = option(
+        None,
+        "Distil from a teacher: init (the model the run starts from, --init-from: the usual post-training case), "
+        "or anything --init-from accepts (docs/distillation.md). Same classes and input; any architecture.",
+    )
+    distill_model: str | None = option(
+        None, "Architecture of a --distill teacher given as plain weights (a state dict) [default: --model]."
+    )
+    distill_alpha: float = option(
+        DISTILL_ALPHA, "Weight of the distillation term, in [0, 1] (1 - alpha weighs the cross-entropy)."
+    )
+    distill_temperature: float = option(DISTILL_TEMPERATURE, "Softmax temperature T of the distillation term (> 0).")
     # execution
     amp: bool = option(False, "Automatic mixed precision (autocast) for training.")
     amp_dtype: str = option("bf16", "AMP dtype: bf16, or fp16 (CUDA, with gradient scaling).", choices=("bf16", "fp16"))
@@ -143,9 +194,15 @@ class TrainConfig:
     workers: int | None = option(None, "DataLoader worker processes per training process (default: auto).")
     seed: int = option(0, "Random seed: same seed, same machine -> same weights.")
     deterministic: bool = option(False, "Force deterministic kernels (slower on GPU).")
+    tensorboard: bool = option(
+        False, "Also write the metrics, pruning lines and plots as TensorBoard events in RUN/tensorboard (extra)."
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.lr is None:  # a trained model is fine-tuned: a tenth of the from-scratch rate (docs/own-model.md)
+            object.__setattr__(self, "lr", FINE_TUNE_LR if self.init_from is not None else SCRATCH_LR)
+        self._check_model_inputs()
         self._check_epochs()
         at_least(self, "batch_size", 1)
         at_least(self, "synthetic_classes", 1)
@@ -178,6 +235,28 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0; pass --no-nesterov or set --momentum")
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        in_range(self, "distill_alpha", 0.0, 1.0)
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature must be > 0 (got {self.distill_temperature})")
+        if self.distill == "init" and self.init_from is None:
+            raise ConfigError("--distill init teaches with the model the run starts from: it needs --init-from")
+        if self.distill is None and self.distill_model is not None:
+            raise ConfigError("--distill-model names the architecture of a --distill teacher; give --distill too")
+
+    def _check_model_inputs(self) -> None:
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ConfigError(f"model_kwargs must be a mapping of argument names to values (got {self.model_kwargs!r})")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and not values:
+                raise ConfigError(f"--{name} needs one value per input channel (got none)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"--std values must be > 0 (got {list(self.std)})")
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+            raise ConfigError("give --mean and --std together, one value per input channel each")
 
     def _check_epochs(self) -> None:
         """At least one epoch; 0 only for a given model (--init-from), which is then evaluated (and pruned,
@@ -201,7 +280,7 @@ class TrainConfig:
 
 # TrainConfig fields that may differ between an interrupted and a resumed session (where the data lives,
 # how it is loaded); everything else would change the result.
-RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device"})
+RESUMABLE_CHANGES = frozenset({"data_dir", "download", "workers", "device", "tensorboard"})
 
 
 EXPORTERS = ("auto", "legacy", "dynamo")

@@ -20,6 +20,9 @@ _EXTRA_FOR = {
     "modelopt": "modelopt",  # FP16 (AutoCast) and INT8 Q/DQ graphs
     "tensorrt": "trt",
     "matplotlib": "report",
+    "timm": "timm",
+    "safetensors": "safetensors",
+    "tensorboard": "tensorboard",
 }
 
 

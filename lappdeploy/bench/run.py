@@ -43,6 +43,8 @@ def resolve_device(config: BenchConfig) -> str:
 
 
 def default_bench_dir(target: BenchTarget) -> Path:
+    if target.checkpoint is None and target.export_dir is None:  # a model built in memory
+        return Path("bench")
     source = Path(target.source)
     base = source if source.is_dir() else source.parent
     if base.name == "export":
@@ -154,13 +156,15 @@ def bench_runs(
     *,
     out: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    models: list[BenchTarget] = (),
 ) -> tuple[list[BenchRecord], Path]:
-    """Time the models of `paths` (run directories, checkpoints or export directories) as `config` says;
-    append the records to OUT/bench.jsonl (default: FIRST_RUN/bench) and return them with OUT."""
-    if not paths:
-        raise BenchError("give at least one run directory to time")
+    """Time the models of `paths` (run directories, checkpoints or export directories) and the `models` built
+    in memory (`targets.model_target`) as `config` says; append the records to OUT/bench.jsonl (default:
+    FIRST_RUN/bench, ./bench for a model built in memory) and return them with OUT."""
+    if not paths and not models:
+        raise BenchError("give at least one run directory (or a model with --model) to time")
     device = _check_runtime(config)
-    targets = load_targets(list(paths))
+    targets = load_targets(list(paths), list(models))
     out = Path(out).expanduser() if out is not None else default_bench_dir(targets[0])
     out = _check_out(out)
     records = time_targets(targets, config, out, progress=progress, device=device)

@@ -19,7 +19,7 @@ from lappdeploy.surgery import load_model
 from lappdeploy.surgery.history import recorded_plans
 from lappdeploy.surgery.plan import plan_id
 
-__all__ = ["BenchTarget", "dense_twin", "load_targets"]
+__all__ = ["BenchTarget", "dense_twin", "load_targets", "model_target"]
 
 
 @dataclass
@@ -117,9 +117,31 @@ def _load(path: Path) -> BenchTarget:
     )
 
 
-def load_targets(paths: list[str | os.PathLike[str]]) -> list[BenchTarget]:
-    """Resolve every path; labels are made unique (parent/name) where two runs share a name."""
-    targets = [_load(Path(p).expanduser()) for p in paths]
+def model_target(name: str, loaded) -> BenchTarget:
+    """A model built in memory from a spec (`lappdeploy bench --model`), e.g. the user's dense starting point."""
+    shape = tuple(int(s) for s in loaded.card.input_shape)
+    deploy = _deploy_form(loaded.model, shape)
+    macs = count_macs(deploy, shape)
+    pid = plan_id(recorded_plans(loaded.model))
+    weights = (loaded.card.extra.get("init_from") or {}).get("source", "random")
+    return BenchTarget(
+        label=name,
+        source=f"{name}, {weights} weights",
+        architecture=loaded.card.architecture,
+        input_shape=shape,
+        macs=macs.macs,
+        params=macs.params,
+        plan_id=pid,
+        method="dense" if pid == "dense" else "pruned",
+        model=deploy,
+        card=loaded.card,
+    )
+
+
+def load_targets(paths: list[str | os.PathLike[str]], models: list[BenchTarget] = ()) -> list[BenchTarget]:
+    """Resolve every path (after the `models` built in memory); labels are made unique (parent/name) where two
+    runs share a name."""
+    targets = [*models, *(_load(Path(p).expanduser()) for p in paths)]
     seen = [t.label for t in targets]
     for t in targets:
         if seen.count(t.label) > 1:

@@ -13,15 +13,18 @@ from lappdeploy.cli.common import (
     format_count,
     stdout_console,
 )
+from lappdeploy.cli.model_source import SOURCE_OPTIONS, model_from_name, model_source_options
 from lappdeploy.config import BenchConfig
+from lappdeploy.errors import LappDeployError
 
 __all__ = ["bench_command", "print_comparisons", "report_command"]
 
 
 @click.command("bench")
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.argument("runs", nargs=-1, type=click.Path())
 @config_file_option
 @dataclass_options(BenchConfig)
+@model_source_options(model_option=True)
 @click.option(
     "--out",
     "-o",
@@ -30,9 +33,10 @@ __all__ = ["bench_command", "print_comparisons", "report_command"]
     help="Bench directory: records are appended to OUT/bench.jsonl, the report rewritten [default: FIRST_RUN/bench].",
 )
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Draw the report's plots.")
-def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, **fields) -> None:
+def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, model_name: str | None, **fields) -> None:
     """Measure the real latency of the models of RUNS (run directories, model.pt checkpoints or export
-    directories) and compare it with their MACs.
+    directories), and of a dense model given with --model (no run needed: your starting point), and compare
+    it with their MACs.
 
     Several RUNS are timed interleaved (round-robin chunks, rotating order) so machine drift hits all
     alike; each batch size starts with a warm-up by time; sampling stops when every model has both
@@ -45,15 +49,23 @@ def bench_command(runs: tuple[str, ...], out: str | None, plot: bool, **fields) 
       lappdeploy bench runs/dense runs/lapp50 runs/lapp30 --runtime torch --device cuda --batch 1,8,32
       lappdeploy bench runs/r20-lapp --runtime trt --precision fp16 --vs-dense
       lappdeploy bench jetson-export/ --runtime trtexec --precision fp16   # after trtexec.sh on the Jetson
+      lappdeploy bench runs/r18-uniform --model resnet18 --init-from r18.pth --dataset fashion-mnist
     """
     # library modules load lazily so `lappdeploy --help` and the other commands start without torch
     from lappdeploy.bench.records import BENCH_FILE, read_records
     from lappdeploy.bench.run import bench_runs
+    from lappdeploy.bench.targets import model_target
     from lappdeploy.report.bench_report import write_bench_report
 
+    source = {name: fields.pop(name) for name in SOURCE_OPTIONS}
     config = BenchConfig(**fields)
+    models = []
+    if model_name is not None:
+        models.append(model_target(model_name, model_from_name(model_name, **source)[0]))
+    elif any(value not in (None, False) for value in source.values()):
+        raise LappDeployError("--init-from, --dataset and the other model options describe a model given with --model")
     with ProgressBar() as progress:
-        records, out_dir = bench_runs(list(runs), config, out=out, progress=progress)
+        records, out_dir = bench_runs(list(runs), config, out=out, progress=progress, models=models)
     comparisons, files = write_bench_report(read_records(out_dir), out_dir, plots=plot)
     fresh = [c for c in comparisons if records and c.record.session == records[0].session]
     print_comparisons(fresh, title=f"{config.runtime} on {records[0].device_name}" if records else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from lappdeploy.config import load_yaml_mapping, parse_int_list, parse_shape, split_sections
+from lappdeploy.config import field_default, load_yaml_mapping, parse_int_list, parse_shape, split_sections
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.base import ROUND_TO_AUTO
 
@@ -100,6 +101,23 @@ class RoundToParam(click.ParamType):
             self.fail(f"{value!r} is neither a whole number of channels nor auto", param, ctx)
 
 
+class JsonParam(click.ParamType):
+    """A JSON object on the command line, e.g. --model-kwargs '{"width": 0.5}'."""
+
+    name = "JSON"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict:
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.fail(f"{value!r} is not valid JSON ({exc.msg}); e.g. '{{\"width\": 0.5}}'", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"{value!r} is not a JSON object of argument names to values", param, ctx)
+        return parsed
+
+
 class IntListParam(click.ParamType):
     name = "N,N,..."
 
@@ -125,9 +143,12 @@ def _option_specs(
         hint = hints[f.name]
         args = [t for t in typing.get_args(hint) if t is not type(None)]
         base = args[0] if typing.get_origin(hint) is not tuple and args else hint
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "show_default": True, "default": f.default}
+        default = field_default(f)
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "show_default": True, "default": default}
         cli_type = f.metadata.get("cli_type")
-        if cli_type == "shape":
+        if cli_type == "json":
+            kwargs.update(type=JsonParam(), default=json.dumps(default), show_default=False)
+        elif cli_type == "shape":
             kwargs["type"] = ShapeParam()
             kwargs["default"] = "x".join(map(str, f.default))
         elif cli_type == "int_list":

@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
-from lappdeploy.cli.common import ShapeParam, format_count, stdout_console
+from lappdeploy.cli.common import format_count, stdout_console
+from lappdeploy.cli.model_source import model_from_name, model_source_options
 from lappdeploy.errors import LappDeployError
 from lappdeploy.io import read_json
 
-__all__ = ["inspect_command", "model_from_name"]
+__all__ = ["inspect_command"]
 
 
 def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
@@ -27,62 +28,9 @@ def _from_checkpoint(target: Path) -> tuple[Any, dict, dict | None]:
     return loaded.model, {**loaded.card.to_dict(), "source": str(path)}, report
 
 
-def model_from_name(name: str, *, dataset, data_dir, synthetic_shape, image_size, input_shape, num_classes):
-    """Build registered model `name` for a dataset (resolving the input shape exactly as `train` does)
-    or for an explicit --input-shape."""
-    from lappdeploy.data import DataRequest, locate_dataset
-    from lappdeploy.models import MODELS, create_model, resolve_input_shape
-
-    spec = MODELS.get(name)
-    if dataset is not None:
-        if input_shape is not None:
-            raise LappDeployError("--input-shape is for a model without --dataset; use --image-size with --dataset")
-        request = DataRequest(data_dir=data_dir, synthetic_shape=synthetic_shape or (3, 32, 32))
-        info = locate_dataset(dataset, request)
-        shape = resolve_input_shape(name, info.in_channels, info.image_hw, image_size)
-        classes = info.num_classes
-    else:
-        default = (3, 32, 32) if spec.family in ("cifar", "testing") else (3, 224, 224)
-        channels, height, width = input_shape or default
-        shape = resolve_input_shape(name, channels, (height, width), image_size)
-        if input_shape is not None and shape[1:] != (height, width):
-            raise LappDeployError(
-                f"{name} needs inputs of at least {spec.min_input_size}x{spec.min_input_size} px; "
-                f"--input-shape {'x'.join(map(str, input_shape))} is too small"
-            )
-        classes = 10 if spec.family in ("cifar", "testing") else 1000
-    if num_classes is not None:
-        classes = num_classes
-    model = create_model(name, num_classes=classes, in_channels=shape[0])
-    card = {
-        "architecture": name,
-        "kwargs": model.lappdeploy_arch["kwargs"],
-        "input_shape": list(shape),
-        "dataset": dataset,
-        "source": "registry",
-    }
-    return model, card
-
-
 @click.command("inspect")
 @click.argument("target")
-@click.option(
-    "--dataset", default=None, help="For a model name: take input channels, size and classes from this dataset."
-)
-@click.option("--data-dir", default=None, help="Where --dataset lives (see `lappdeploy train --help`).")
-@click.option(
-    "--synthetic-shape", type=ShapeParam(), default=None, help="With --dataset synthetic: its image shape CxHxW."
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --dataset: input resolution (px), as for train.",
-)
-@click.option(
-    "--input-shape", type=ShapeParam(), default=None, help="Without --dataset: input CxHxW [default: 3x224x224]."
-)
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="For a model name: output classes.")
+@model_source_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option(
     "--plot",
@@ -91,20 +39,9 @@ def model_from_name(name: str, *, dataset, data_dir, synthetic_shape, image_size
     help="Compress runs: where to write the kept-channels bar chart [default: RUN_DIR/keep_ratios.png].",
 )
 @click.option("--no-plot", is_flag=True, help="Compress runs: do not write the bar chart.")
-def inspect_command(
-    target: str,
-    dataset,
-    data_dir,
-    synthetic_shape,
-    image_size,
-    input_shape,
-    num_classes,
-    as_json: bool,
-    plot: str | None,
-    no_plot: bool,
-) -> None:
+def inspect_command(target: str, as_json: bool, plot: str | None, no_plot: bool, **source) -> None:
     """Show architecture, parameters and MACs per layer of TARGET: a run directory, a checkpoint file
-    (model.pt / checkpoint.pt) or a registered model name.
+    (model.pt / checkpoint.pt) or a model: a registered name, timm:NAME or package.module:factory.
 
     MACs are per image, for conv and linear layers (what pruning removes), counted as torch-pruning counts them.
 
@@ -113,6 +50,8 @@ def inspect_command(
       lappdeploy inspect runs/r20
       lappdeploy inspect runs/r20-lapp          # a compress run: also kept channels per group + bar chart
       lappdeploy inspect resnet18 --dataset fashion-mnist
+      lappdeploy inspect timm:resnet18d --input-shape 3x224x224 --num-classes 5
+      lappdeploy inspect mynets:build --model-kwargs '{"width": 16}' --init-from mynet.pth --dataset fashion-mnist
       lappdeploy inspect inception_v3 --dataset synthetic --synthetic-shape 3x64x64   # raised to 80 px
       lappdeploy inspect mobilenet_v2 --input-shape 3x224x224 --num-classes 1000 --json
     """
@@ -122,16 +61,9 @@ def inspect_command(
     report = None
     if path.exists():
         model, card, report = _from_checkpoint(path)
-    elif target in MODELS:
-        model, card = model_from_name(
-            target,
-            dataset=dataset,
-            data_dir=data_dir,
-            synthetic_shape=synthetic_shape,
-            image_size=image_size,
-            input_shape=input_shape,
-            num_classes=num_classes,
-        )
+    elif target in MODELS or ":" in target:
+        loaded, _ = model_from_name(target, **source)
+        model, card = loaded.model, {**loaded.card.to_dict(), "source": "model spec"}
     elif "/" in target or target.endswith((".pt", ".pth")):
         raise LappDeployError(f"{target} does not exist")
     else:

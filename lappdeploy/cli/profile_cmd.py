@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from lappdeploy.cli.common import ProgressBar, ShapeParam, stdout_console
-from lappdeploy.cli.inspect_cmd import model_from_name
+from lappdeploy.cli.common import ProgressBar, stdout_console
+from lappdeploy.cli.model_source import model_from_name, model_source_options
 from lappdeploy.errors import ConfigError
 
 __all__ = ["profile_command"]
@@ -26,12 +26,7 @@ __all__ = ["profile_command"]
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch size timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads (intra-op) of the runtime.")  # fmt: skip
-@click.option("--dataset", default=None, help="Take input channels, size and classes from this dataset.")
-@click.option("--data-dir", default=None, help="Where --dataset lives.")
-@click.option("--synthetic-shape", type=ShapeParam(), default=None, help="With --dataset synthetic: CxHxW.")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input resolution (px).")
-@click.option("--input-shape", type=ShapeParam(), default=None, help="Without --dataset: CxHxW [default: 3x224x224].")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Output classes.")
+@model_source_options()
 @click.option("--points", type=click.IntRange(min=2), default=12, show_default=True,
               help="Most widths timed per layer dimension (narrow layers: every --step multiple).")  # fmt: skip
 @click.option("--step", type=click.IntRange(min=1), default=8, show_default=True,
@@ -46,7 +41,8 @@ __all__ = ["profile_command"]
 def profile_command(
     model_name: str, out: str | None, force: bool, refresh: bool, precision: str, ingest: str | None, **options
 ) -> None:
-    """Measure the latency of every conv and linear layer of MODEL (a registered architecture) over a grid of
+    """Measure the latency of every conv and linear layer of MODEL (a registered name, timm:NAME or
+    package.module:factory; latency does not depend on the weights) over a grid of
     (input width, output width) on --runtime / --device at --batch, then of the whole dense model and a few
     pruned ones, which fit the table's scale and remainder. The table budgets `lappdeploy compress
     --target-latency ... --latency-table FILE`.
@@ -67,8 +63,8 @@ def profile_command(
     settings = {k: options.pop(k) for k in names}
     if out is not None and Path(out).exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it or choose another path")
-    model, card = model_from_name(model_name, **options)
-    shape = tuple(card["input_shape"])
+    loaded, _ = model_from_name(model_name, **options)
+    model, shape = loaded.model, tuple(loaded.card.input_shape)
     if ingest is not None or settings["runtime"] == "trtexec":
         _trtexec(model, model_name, shape, settings, precision, ingest, out, force)
         return

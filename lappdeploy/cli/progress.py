@@ -91,7 +91,8 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
     parts = [f"epoch {m['epoch']:>{width}}/{epochs}"]
     if "train_loss" in m:  # absent from the evaluation of a run with 0 epochs
-        parts.append(f"train loss {m['train_loss']:.4f} top1 {100 * m['train_top1']:5.2f}%")
+        distilled = f" (ce {m['train_ce']:.4f}, kd {m['train_kd']:.4f})" if "train_kd" in m else ""
+        parts.append(f"train loss {m['train_loss']:.4f}{distilled} top1 {100 * m['train_top1']:5.2f}%")
     if "holdout_top1" in m:
         parts.append(f"held-out top1 {100 * m['holdout_top1']:5.2f}%")
     if "val_top1" in m:
@@ -99,5 +100,6 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     if "macs_ratio" in m:
         budget = f" (budget {m['budget_ratio']:.3f})" if "budget_ratio" in m and not m.get("pruned") else ""
         parts.append(f"MACs {m['macs_ratio']:.3f}{budget}{' pruned' if m.get('pruned') else ''}")
-    parts.append(f"lr {m['lr']:.4g}  {m['epoch_s']:.1f} s  {m['train_images_per_s']:.0f} img/s")
+    teacher = f" (teacher {100 * m['teacher_share']:.0f}%)" if "teacher_share" in m else ""
+    parts.append(f"lr {m['lr']:.4g}  {m['epoch_s']:.1f} s{teacher}  {m['train_images_per_s']:.0f} img/s")
     return "  |  ".join(parts)

@@ -50,7 +50,7 @@ from lappdeploy.export.trtexec import AUTO, DEFAULT_FAMILY, trtexec_args, trtexe
 from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, give_default_permissions, read_json
 from lappdeploy.models import checkpoint_in
 from lappdeploy.rundir import EXPORT, EXPORT_FILE, calibration_images, check_new_output, check_writable, run_method
-from lappdeploy.surgery import LoadedModel, load_model
+from lappdeploy.surgery import LoadedModel, load_model, save_model
 from lappdeploy.surgery.history import recorded_plans
 from lappdeploy.surgery.plan import plan_id
 
@@ -67,7 +67,7 @@ class _Export:
     """One export, resolved and checked before anything is written."""
 
     config: ExportConfig
-    checkpoint: Path
+    checkpoint: Path | None  # None for a model given in memory (`model=`): its model.pt is written with the export
     out: Path
     loaded: LoadedModel
     input_shape: tuple[int, ...]  # per sample: C, H, W
@@ -82,12 +82,17 @@ def export_run(
     *,
     out: str | os.PathLike[str] | None = None,
     force: bool = False,
+    model: LoadedModel | None = None,
 ) -> dict[str, Any]:
     """Export the model of run directory or checkpoint `target` into `out` (default TARGET/export) and
-    return the report (as written to export.json, plus "out": the directory). Raises
-    TensorRTUnavailableError (exit code 3) after writing trtexec.sh when --trt is asked for and TensorRT is
-    not installed."""
-    export = _resolve(Path(target).expanduser(), config, out, force=force)
+    return the report (as written to export.json, plus "out": the directory). With `model` (a dense model
+    built from a spec, `target` then names it) that model is exported, its model.pt written next to the ONNX
+    (default out: exports/NAME). Raises TensorRTUnavailableError (exit code 3) after writing trtexec.sh when
+    --trt is asked for and TensorRT is not installed."""
+    if model is not None:
+        export = _resolve_model(str(target), model, config, out, force=force)
+    else:
+        export = _resolve(Path(target).expanduser(), config, out, force=force)
     staging = _staging_dir(export.out)
     try:
         report = _stage(export, staging)
@@ -177,6 +182,20 @@ def _resolve(target: Path, config: ExportConfig, out: str | os.PathLike[str] | N
     return _Export(config, checkpoint, out, loaded, input_shape, trt, recipe, calibration)
 
 
+def _resolve_model(name: str, loaded: LoadedModel, config: ExportConfig, out, *, force: bool) -> _Export:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    out = _check_out(Path(out).expanduser() if out is not None else Path("exports") / slug, force=force,
+                     reuse_onnx=not config.onnx)  # fmt: skip
+    trt, recipe = _resolve_tensorrt(config) if config.trt else (None, None)
+    calibration = None
+    if recipe is not None and recipe.needs_calibration:
+        calibration = calibration_images(out, loaded.card, config.calib_images, data_dir=config.data_dir)
+    if not config.onnx:
+        check_onnx(out / FP32_ONNX)
+    input_shape = tuple(int(s) for s in loaded.card.input_shape)
+    return _Export(config, None, out, loaded, input_shape, trt, recipe, calibration)
+
+
 # --------------------------------------------------------------------------------------------------
 # stage: every file, in a hidden directory next to OUT
 
@@ -197,6 +216,8 @@ def _stage(export: _Export, staging: Path) -> dict[str, Any]:
     elif export.recipe is not None:
         trt_section = _stage_trtexec_script(export, staging, onnx_path)
     report = _report(export, onnx_section, trt_section)
+    if export.checkpoint is None:  # a model given in memory: the export carries its portable checkpoint
+        save_model(export.loaded.model, staging / "model.pt", export.loaded.card)
     atomic_write_json(staging / EXPORT_FILE, report)
     return report
 
@@ -300,12 +321,15 @@ def _versions(trt_version: str | None) -> dict[str, str | None]:
 
 def _report(export: _Export, onnx_section: dict[str, Any], trt_section: dict[str, Any] | None) -> dict[str, Any]:
     card = export.loaded.card
+    init = card.extra.get("init_from") or {}
     return {
         "format": EXPORT_FORMAT,
-        "source": str(export.checkpoint),
+        "source": str(export.checkpoint)
+        if export.checkpoint
+        else f"{card.architecture}, {init.get('source', 'random')} weights",
         "model": card.architecture,
         "plan_id": plan_id(recorded_plans(export.loaded.model)),
-        "method": run_method(export.checkpoint.parent),
+        "method": run_method(export.checkpoint.parent) if export.checkpoint else None,
         "dataset": card.dataset,
         "input_shape": list(export.input_shape),
         "mean": list(card.mean),

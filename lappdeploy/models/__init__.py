@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -20,6 +19,8 @@ from lappdeploy.errors import ConfigError
 from lappdeploy.models import cifar, tiny
 from lappdeploy.models.macs import LayerCost, MacsReport, count_macs
 from lappdeploy.models.portable import ModelCard, checkpoint_in, model_card, read_checkpoint, unwrap
+from lappdeploy.models.sources import external_spec, is_external_spec
+from lappdeploy.models.spec import ModelSpec
 from lappdeploy.registry import Registry
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_card",
+    "model_spec",
     "read_checkpoint",
     "register_model",
     "resolve_input_shape",
@@ -59,15 +61,6 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module("lappdeploy.surgery.portable"), name)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    builder: Callable[..., nn.Module]  # keyword-only: num_classes, in_channels, **extra
-    family: str  # "cifar", "torchvision" or "user"
-    min_input_size: int = 1  # smallest square input (px) the architecture forward-passes
-    description: str = ""
-
-
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
@@ -87,9 +80,15 @@ def list_models(family: str | None = None) -> list[str]:
     return [n for n in MODELS.names() if family is None or MODELS.get(n).family == family]
 
 
+def model_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a registered name, of `timm:NAME` or of `package.module:factory` (the user's builder)."""
+    return external_spec(name) if is_external_spec(name) else MODELS.get(name)
+
+
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build registered architecture `name` from scratch (random init, seeded by the caller)."""
-    spec = MODELS.get(name)
+    """Build architecture `name` (a registered name, `timm:NAME` or `package.module:factory`) from scratch
+    (random init, seeded by the caller); the name and kwargs are recorded on the model for portable saving."""
+    spec = model_spec(name)
     if num_classes < 1 or in_channels < 1:
         raise ConfigError(f"num_classes and in_channels must be >= 1 (got {num_classes}, {in_channels})")
     arch_kwargs = {"num_classes": int(num_classes), "in_channels": int(in_channels), **kwargs}
@@ -97,7 +96,12 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **kw
         json.dumps(arch_kwargs)
     except TypeError:
         raise ConfigError(f"model kwargs must be plain values (numbers, strings, lists): {arch_kwargs}") from None
-    model = spec.builder(**arch_kwargs)
+    try:
+        model = spec.builder(**arch_kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ConfigError(f"model {name} does not take these arguments {kwargs} (--model-kwargs): {exc}") from None
     model.lappdeploy_arch = {"name": name, "kwargs": arch_kwargs}
     return model
 
@@ -111,7 +115,7 @@ def resolve_input_shape(
     """The (C, H, W) to feed architecture `name`: `requested` x `requested` if given, else the dataset's
     native size, raised to a square of the architecture's minimum (rounded up to a multiple of 8 px)
     when the native size is too small for it (e.g. VGG on 28x28 Fashion-MNIST -> 32x32)."""
-    minimum = MODELS.get(name).min_input_size
+    minimum = model_spec(name).min_input_size
     if requested is not None:
         if requested < minimum:
             raise ConfigError(

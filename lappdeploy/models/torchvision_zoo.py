@@ -10,6 +10,8 @@ import functools
 
 from torch import nn
 
+from lappdeploy.models.adapt import replace_stem_input_channels_
+
 __all__ = ["MIN_INPUT_SIZE", "TRANSFORMER_PREFIXES", "build_torchvision_model", "torchvision_cnn_names"]
 
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "swin3d", "maxvit")
@@ -44,32 +46,6 @@ def torchvision_cnn_names() -> tuple[str, ...]:
     return tuple(n for n in names if not n.startswith(TRANSFORMER_PREFIXES))
 
 
-def _replace_stem_input_channels(model: nn.Module, in_channels: int) -> None:
-    """Swap the first registered convolution (the stem) for one that reads `in_channels` channels."""
-    stem_name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if stem_name is None:
-        raise ValueError(f"{type(model).__name__} has no Conv2d to adapt to {in_channels} input channels")
-    parent_name, _, attr = stem_name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    old = getattr(parent, attr)
-    if old.groups != 1:
-        raise ValueError(f"stem {stem_name} of {type(model).__name__} is a grouped conv; cannot adapt it")
-    stem = nn.Conv2d(
-        in_channels,
-        old.out_channels,
-        old.kernel_size,
-        old.stride,
-        old.padding,
-        old.dilation,
-        bias=old.bias is not None,
-        padding_mode=old.padding_mode,
-    )
-    nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
-    if stem.bias is not None:
-        nn.init.zeros_(stem.bias)
-    setattr(parent, attr, stem)
-
-
 def build_torchvision_model(name: str, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     import torchvision.models
 
@@ -80,7 +56,7 @@ def build_torchvision_model(name: str, *, num_classes: int = 1000, in_channels: 
         extra = {"aux_logits": False, "transform_input": False, "init_weights": True}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     if in_channels != 3:
-        _replace_stem_input_channels(model, in_channels)
+        replace_stem_input_channels_(model, in_channels)
     if name.startswith("shufflenet_v2"):
         from lappdeploy.models.shuffle import use_shuffle_modules_
 

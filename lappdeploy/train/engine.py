@@ -125,6 +125,7 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         dist: DistContext | None = None,
         card: ModelCard | None = None,
+        distillation: Any = None,
     ) -> None:
         self.config = config
         self.dist = dist or DistContext()
@@ -171,6 +172,12 @@ class Trainer:
             warmup_epochs=config.warmup_epochs,
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        # a `train.distill.Distillation`: adds the teacher's term to the loss (and is one of the hooks)
+        self.distillation = distillation
+        if distillation is not None:
+            distillation.to_(self.device, channels_last=config.channels_last)
+            if distillation not in self.hooks:
+                self.hooks.append(distillation)
         self.state = TrainState()
 
     # ------------------------------------------------------------------------------------------
@@ -263,6 +270,7 @@ class Trainer:
         self.model.train()
         # Accumulated on the device: no host synchronisation per step.
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
+        parts = torch.zeros(2, dtype=torch.float64, device=self.device)  # distillation: CE sum, KD sum
         for images, labels in self.train_loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -272,7 +280,11 @@ class Trainer:
                 group["lr"] = self.schedule(self.state.step)
             with _autocast(self.config, self.device):
                 logits = self.model(images)
-                loss = self.criterion(logits, labels)
+                if self.distillation is None:
+                    loss = self.criterion(logits, labels)
+                else:
+                    loss, ce, kd = self.distillation.loss(logits, labels, images, self.criterion)
+                    parts += torch.stack([ce.double(), kd.double()]) * len(labels)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -301,7 +313,12 @@ class Trainer:
             raise TrainingDivergedError(
                 f"training diverged: mean loss is {mean_loss} in epoch {epoch + 1}; lower --lr or disable --amp"
             )
-        return {"train_loss": mean_loss, "train_top1": correct / max(samples, 1.0), "train_samples": int(samples)}
+        metrics = {"train_loss": mean_loss, "train_top1": correct / max(samples, 1.0), "train_samples": int(samples)}
+        if self.distillation is not None:
+            self.dist.all_reduce_sum_(parts)
+            ce_sum, kd_sum = parts.tolist()
+            metrics.update(train_ce=ce_sum / max(samples, 1.0), train_kd=kd_sum / max(samples, 1.0))
+        return metrics
 
     def _sync_batchnorm_statistics(self) -> None:
         """Average BN running statistics over ranks: DDP syncs gradients, not buffers, so without this

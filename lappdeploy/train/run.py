@@ -10,6 +10,7 @@ byte is written; the final model and report.json (whose presence marks the run c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ from lappdeploy.environment import versions
 from lappdeploy.errors import ConfigError, LappDeployError
 from lappdeploy.hooks import Hook
 from lappdeploy.io import atomic_write_json, atomic_write_text
-from lappdeploy.models import MODELS, ModelCard, count_macs, create_model, model_card, resolve_input_shape
+from lappdeploy.models import ModelCard, count_macs, model_spec, resolve_input_shape
+from lappdeploy.models.weights import preprocessing_defaults
 from lappdeploy.rundir import (
     RUN,
     RunDir,
@@ -47,9 +49,12 @@ from lappdeploy.rundir import (
     data_request,
     write_run_config,
 )
-from lappdeploy.surgery import load_model, save_model
+from lappdeploy.surgery import save_model
+from lappdeploy.surgery.portable import model_from_spec
+from lappdeploy.train.distill import load_teacher
 from lappdeploy.train.distributed import DistContext, init_distributed
 from lappdeploy.train.engine import Trainer, check_device_support
+from lappdeploy.train.tensorboard import TensorBoardWriter, check_tensorboard
 
 __all__ = ["RunExtension", "run_training"]
 
@@ -75,7 +80,7 @@ def _input_shape(config: TrainConfig, info: DatasetInfo) -> tuple[int, int, int]
         logger.warning(
             "%s needs inputs of at least %d px; %s images are resized from %s to %s px",
             config.model,
-            MODELS.get(config.model).min_input_size,
+            model_spec(config.model).min_input_size,
             info.name,
             "x".join(map(str, info.image_hw)),
             "x".join(map(str, shape[1:])),
@@ -100,6 +105,14 @@ class _MetricsWriter(Hook):
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _writers(run: RunDir, config: TrainConfig) -> list[Hook]:
+    """The hooks that write the run's metrics: metrics.jsonl, and TensorBoard events with --tensorboard."""
+    writers: list[Hook] = [_MetricsWriter(run.metrics)]
+    if config.tensorboard:
+        writers.append(TensorBoardWriter(run.root / "tensorboard"))
+    return writers
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:
@@ -131,9 +144,10 @@ def run_training(
     own_dist = dist is None
     dist = dist or init_distributed(config.device)
     try:
-        run, info = _resolve(config, out, force=force, resume=resume, dist=dist)
+        run, info, config = _resolve(config, out, force=force, resume=resume, dist=dist)
         input_shape = _input_shape(config, info)
-        model, card = _model_and_card(config, info, input_shape)
+        model, card, init_report = _model_and_card(config, info, input_shape)
+        distillation = load_teacher(config, card, model) if config.distill is not None else None
         # the method changes the fresh model (bypass) and checks its target: still before any write
         example_inputs = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(config.seed))
         method_hooks = list(extension.prepare_(model, example_inputs)) if extension is not None else []
@@ -144,14 +158,20 @@ def run_training(
         dist.barrier()
         # method hooks first (the progress display reads what they add to the metrics); the writer last,
         # so that metrics added by other hooks' on_epoch_end are logged too
-        all_hooks = method_hooks + list(hooks) + ([_MetricsWriter(run.metrics)] if dist.is_main else [])
-        trainer = Trainer(model, data.train, data.val, config=config, hooks=all_hooks, dist=dist, card=card)
+        # (the distillation adds the teacher's time to the epoch's metrics, so it comes before the writers too)
+        own = [distillation] if distillation is not None else []
+        all_hooks = method_hooks + own + list(hooks) + (_writers(run, config) if dist.is_main else [])
+        trainer = Trainer(
+            model, data.train, data.val, config=config, hooks=all_hooks, dist=dist, card=card, distillation=distillation
+        )
         trainer.attach_holdout(data.holdout, data.holdout_loader)
         bundle = data.bundle
         resumed_from = _resume(trainer, run, dist) if resume else 0
         history = trainer.fit(checkpoint_path=str(run.checkpoint))
         extra_report, extra_files = extension.finish_(trainer.module) if extension is not None else ({}, {})
         report = _report(config, trainer, bundle, history, dist, resumed_from) | extra_report
+        report["init_from"] = init_report
+        report["distill"] = _distill_report(distillation, history)
         if dist.is_main:
             _commit(run, trainer.module, trainer.card, report, extra_files)
         dist.barrier()
@@ -161,11 +181,16 @@ def run_training(
             dist.shutdown()
 
 
-def _resolve(config: TrainConfig, out, *, force: bool, resume: bool, dist: DistContext) -> tuple[RunDir, DatasetInfo]:
-    """Check everything (no writes): the run directory, the model, the device, the dataset's files."""
+def _resolve(
+    config: TrainConfig, out, *, force: bool, resume: bool, dist: DistContext
+) -> tuple[RunDir, DatasetInfo, TrainConfig]:
+    """Check everything (no writes): the run directory, the model, the device, the dataset's files; returns
+    them with the config resolved (input normalisation and size from named pretrained weights)."""
     run = check_resumable(out) if resume else RunDir(check_new_output(out, RUN, force=force))
-    MODELS.get(config.model)
+    model_spec(config.model)
     check_device_support(config, dist.device)
+    if config.tensorboard:
+        check_tensorboard()
     if dist.is_main:  # rank 0 first: it may download
         info = locate_dataset(config.dataset, data_request(config))
     dist.barrier()
@@ -173,41 +198,73 @@ def _resolve(config: TrainConfig, out, *, force: bool, resume: bool, dist: DistC
         info = locate_dataset(config.dataset, data_request(config))
     if info.location:
         logger.info("%s found in %s", config.dataset, info.location)
-    return run, info
+    config = _preprocessing_of_weights(config, info)
+    return run, _normalised(info, config), config
 
 
-def _model_and_card(config: TrainConfig, info: DatasetInfo, input_shape) -> tuple[torch.nn.Module, ModelCard]:
+def _preprocessing_of_weights(config: TrainConfig, info: DatasetInfo) -> TrainConfig:
+    """Where --init-from names pretrained weights: their mean, std and image size for what the run leaves unset."""
+    native = info.image_hw[0] if info.image_hw else None
+    seen = preprocessing_defaults(config.init_from, config.model, in_channels=info.in_channels, native_size=native)
+    changes = {k: v for k, v in seen.items() if getattr(config, k) is None}
+    if "std" in changes and "mean" not in changes:
+        del changes["std"]
+    if changes:
+        logger.info("--init-from %s: as the weights were trained: %s", config.init_from, changes)
+    return config.replace(**changes)
+
+
+def _normalised(info: DatasetInfo, config: TrainConfig) -> DatasetInfo:
+    if config.mean is None:
+        return info
+    if len(config.mean) != info.in_channels:
+        raise ConfigError(
+            f"--mean/--std give {len(config.mean)} values; {info.name} images have {info.in_channels} channel(s)"
+        )
+    return dataclasses.replace(info, mean=tuple(config.mean), std=tuple(config.std))
+
+
+def _model_and_card(config: TrainConfig, info: DatasetInfo, input_shape) -> tuple[torch.nn.Module, ModelCard, dict]:
     torch.manual_seed(config.seed)  # identical initial weights on every rank and every run
-    model = create_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels)
-    card = model_card(
-        model,
+    loaded, init_report = model_from_spec(
+        config.model,
+        num_classes=info.num_classes,
         input_shape=input_shape,
+        model_kwargs=config.model_kwargs,
+        init_from=config.init_from,
+        download=config.download,
         mean=info.mean,
         std=info.std,
         dataset=config.dataset,
         class_names=info.class_names or None,
     )
-    if config.init_from is not None:
-        model = _initial_model(config.init_from, card)
-    return model, card
+    if init_report is not None:
+        _log_init(init_report)
+    return loaded.model.train(), loaded.card, init_report
 
 
-def _initial_model(source: str, card: ModelCard) -> torch.nn.Module:
-    """The model of `source` (a run directory or model.pt), after checking it is the architecture, builder
-    arguments and input this run trains; its recorded surgery (pruned channels) comes with it."""
-    try:
-        loaded = load_model(source)
-    except LappDeployError as exc:
-        raise ConfigError(f"--init-from {source}: {exc}") from None
-    got, want = loaded.card, card
-    for what, a, b in (
-        ("architecture", got.architecture, want.architecture),
-        ("builder arguments", got.kwargs, want.kwargs),
-        ("input shape", tuple(got.input_shape), tuple(want.input_shape)),
-    ):
-        if a != b:
-            raise ConfigError(f"--init-from {source} has {what} {a}, this run trains {b}; start from a matching model")
-    return loaded.model.train()
+def _distill_report(distillation, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The teacher and its share of the training time (what the teacher's forward passes took of the epochs)."""
+    if distillation is None:
+        return None
+    teacher_s = sum(h.get("teacher_s", 0.0) for h in history)
+    train_s = sum(h.get("train_s", 0.0) for h in history)
+    return {**distillation.report(), "teacher_share": round(teacher_s / train_s, 4) if train_s else None}
+
+
+def _log_init(report: dict) -> None:
+    if report["format"] != "lappdeploy":
+        logger.info("--init-from %s: %s", report["source"], report["format"])
+    head, stem = report.get("classifier_replaced"), report.get("stem_adapted")
+    if head:
+        logger.warning(
+            "classifier %s replaced by a fresh one: the weights have %d classes, the dataset %d",
+            head["module"], head["weights_classes"], head["classes"],
+        )  # fmt: skip
+    if stem:
+        logger.warning(
+            "stem %s adapted from %d to %d input channels", stem["module"], stem["weights_channels"], stem["channels"]
+        )
 
 
 @dataclass

@@ -258,7 +258,7 @@ def test_init_from_another_architecture_is_refused(laasp_runs, cli, tmp_path):
     assert result.code == 2 and "has architecture tiny_resnet, this run trains tiny_convnet" in result.err, result.err
     (tmp_path / "notes.pt").write_text("not a model")
     result = cli(*base, "--init-from", tmp_path / "notes.pt", "--device", "cpu", "--out", tmp_path / "run")
-    assert result.code == 2 and "is not a lappdeploy checkpoint" in result.err, result.err
+    assert result.code == 2 and "is neither a torch checkpoint nor a .safetensors file" in result.err, result.err
     assert not (tmp_path / "run").exists()
 
 
