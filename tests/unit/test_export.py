@@ -21,13 +21,13 @@ from lappdeploy.export import check_onnx, count_onnx_macs, deploy_copy, to_onnx
 from lappdeploy.export.onnx_export import ort_session
 from lappdeploy.export.precision import write_precision_onnx
 from lappdeploy.export.qdq import qdq_violations
-from lappdeploy.export.tensorrt import EngineProfile, build_engine, trt_family
+from lappdeploy.export.tensorrt import EngineProfile, build_engine, run_engine, trt_family
 from lappdeploy.export.trt_recipes import FAMILIES, FP16_ONNX, PRECISIONS, QDQ_ONNX, RECIPES
 from lappdeploy.export.trtexec import trtexec_args, trtexec_script
 from lappdeploy.models import count_macs, create_model
 from lappdeploy.surgery import add_bypass_, analyze, has_bypass, random_plan, remove_channels_
 from lappdeploy.testing import randomize_norms_
-from lappdeploy.testing.fake_tensorrt import FAKE_ENGINE_BYTES, fake_tensorrt
+from lappdeploy.testing.fake_tensorrt import FAKE_ENGINE_MAGIC, fake_tensorrt
 
 SHAPE = (3, 16, 16)  # of the tiny_run fixture too
 
@@ -38,6 +38,20 @@ def _example(batch: int = 2) -> torch.Tensor:
 
 def _ops(path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def _images(count: int = 256, seed: int = 100) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, *SHAPE), dtype=np.float32)
+
+
+def _logits(path, x: np.ndarray) -> np.ndarray:
+    return ort_session(path).run(None, {"input": x})[0]
+
+
+def _agreement(got: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(max error / max |reference logit|, top-1 agreement), measured here rather than read from a record."""
+    error = float(np.abs(got - reference).max() / np.abs(reference).max())
+    return error, float((got.argmax(1) == reference.argmax(1)).mean())
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +216,11 @@ def test_fp16_onnx_comes_from_autocast_with_fp32_io_and_recorded_parity(fp32_onn
     record = write_precision_onnx(FP16_ONNX, fp32_onnx, tmp_path / FP16_ONNX, None)
     # the converter and the parity against the fp32 graph are recorded (was: nothing returned)
     assert record["converter"] == "modelopt.onnx.autocast"
-    assert 0 <= record["parity"]["relative_error"] < 1e-2 and record["parity"]["top1_agreement"] >= 0.875
+    assert 0 <= record["parity"]["relative_error"] < 1e-2
+    # on 256 images of our own: measured 4-5e-4 of the logit scale and 99.6-100% top-1 agreement (three draws)
+    x = _images()
+    error, agreement = _agreement(_logits(tmp_path / FP16_ONNX, x), _logits(fp32_onnx, x))
+    assert error < 2e-3 and agreement >= 0.98
     graph = onnx.load(str(tmp_path / FP16_ONNX)).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -323,7 +341,7 @@ def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precisio
     assert built["opt_level"] == (None if family == "8.5" else 4) == build.opt_level  # 8.5 has no levels
     assert built["profiles"] == [{"input": ((1, *SHAPE), (8, *SHAPE), (32, *SHAPE))}]
     assert ("TF32" in built["flags"]) == (precision != "fp32")
-    assert (tmp_path / f"model_{precision}.engine").read_bytes() == FAKE_ENGINE_BYTES
+    assert (tmp_path / f"model_{precision}.engine").read_bytes().startswith(FAKE_ENGINE_MAGIC)
     assert json.loads((tmp_path / f"layers_{precision}.json").read_text())["Layers"]
     assert build.timing_cache.endswith("fake-gpu-sm90-trt" + version + ".timing-cache")
     assert (tmp_path / "cache" / build.timing_cache.rsplit("/", 1)[1]).read_bytes() == b"fake-timing-cache"
@@ -334,7 +352,13 @@ def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precisio
     assert built["calibration_profile"] is None and built["calibrated_images"] is None  # no implicit calibrator
     if precision == "int8":  # one INT8 everywhere: the Q/DQ graph (+ BuilderFlag.INT8 where flags exist)
         assert build.onnx == "model_int8_qdq.onnx" and "QuantizeLinear" in parsed["ops"]
-        assert build.calibration_images == 24 and build.reduced_onnx["parity"]["relative_error"] < 0.25
+        assert build.calibration_images == 24 and build.reduced_onnx["parity"]["relative_error"] < 0.1
+        # the engine (the fake runs its Q/DQ graph) against fp32 ONNX Runtime on 256 images of our own, 32 a call:
+        # measured 0.048-0.053 of the logit scale and 95.7-96.9% top-1 agreement over three draws
+        x = _images()
+        got = np.concatenate(run_engine(tmp_path / build.engine, np.split(x, 8), trt=fake_tensorrt(version)))
+        error, agreement = _agreement(got, _logits(fp32_onnx, x))
+        assert error < 0.1 and agreement >= 0.9
         assert ("INT8" in built["flags"]) == (family != "11")
         assert not (tmp_path / "calibration.cache").exists()
     elif family != "11":  # weakly typed: the fp32 graph plus builder flags
@@ -346,18 +370,14 @@ def test_engine_build_branches_by_version(fp32_onnx, tmp_path, version, precisio
             assert build.onnx == "model_fp16.onnx" and onnx.TensorProto.FLOAT16 in parsed["initializer_types"]
 
 
-def test_a_refused_timing_cache_is_replaced_and_engine_io_is_checked(fp32_onnx, tmp_path):
+def test_a_refused_timing_cache_is_replaced(fp32_onnx, tmp_path):
+    # (an engine with other than float32 I/O is refused: tests/unit/test_fake_tensorrt.py builds one from an FP16 graph)
     _fake_build(fp32_onnx, tmp_path, "10.3.0", "fp32")
     trt = fake_tensorrt("10.3.0")
     trt.state.accept_timing_cache = False  # set_timing_cache returns False: a cache of another device
     kwargs = dict(precision="fp32", input_shape=SHAPE, trt=trt, device="Fake GPU sm90", capability=(9, 0))
     build = build_engine(fp32_onnx, tmp_path, timing_cache_dir=tmp_path / "cache", **kwargs)
     assert build.timing_cache_hit is False  # was: reported as a hit although TensorRT ignored it
-    trt.state.io_dtypes = {"input": trt.DataType.HALF, "logits": trt.DataType.FLOAT}
-    (tmp_path / "x").mkdir()
-    with pytest.raises(ExportError, match="float32 input and logits"):
-        build_engine(fp32_onnx, tmp_path / "x", timing_cache_dir=tmp_path / "cache", **kwargs)
-    assert not list((tmp_path / "x").iterdir()), "an engine with the wrong I/O is not written"
 
 
 def test_timing_cache_is_read_back_on_the_next_build(fp32_onnx, tmp_path):
