@@ -210,7 +210,7 @@ def test_lapp_learns_one_threshold_per_layer_and_freezes_within_budget():
         controller.thresholds.uniform_(0.8, 1.4)  # a plan above the budget: the freeze must raise them
     loop = bare_loop(model, _inputs(8))
     plan = controller.freeze_(loop)
-    assert plan_cost(controller.groups, plan).macs <= 0.5 * controller.dense.macs * 1.005
+    assert plan_cost(controller.groups, plan).macs <= 0.5 * controller.dense.macs  # a ceiling
     controller.remove_(loop)
     deploy = _deploy(model.eval(), _inputs())
     assert count_macs(deploy, SHAPE).macs == plan.info["macs"]
