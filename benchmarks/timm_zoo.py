@@ -22,7 +22,7 @@ from pathlib import Path
 
 # families of timm's vision transformers, MLP-mixers and hybrids: attention or LayerNorm over channels
 # everywhere (lappdeploy prunes convolution channels); swept too, to say what happens, but not the goal
-TIMEOUT_S = 600
+TIMEOUT_S = 300
 MEMORY_LIMIT = 6 * 2**30  # bytes of address space per family's process (efficientvim once took 15 GiB)
 
 
