@@ -41,8 +41,15 @@ from lappdeploy.rundir import RunDir, read_run_config
 from lappdeploy.train import run_training
 
 RESULTS = Path(__file__).with_name("results")
-PLANS = {"uniform": ("uniform", {}), "global": ("global", {}), "capacity": ("ldrf", {"ldrf_widths": "capacity"})}
-MODES = ("none", "ls", "ldrf")
+# inner: uniform widths inside residual blocks only, the streams kept whole (the layer-wise papers' ResNet setting)
+PLANS = {
+    "uniform": ("uniform", {}),
+    "inner": ("uniform", {"keep_streams": True}),
+    "global": ("global", {}),
+    "capacity": ("ldrf", {"ldrf_widths": "capacity"}),
+}
+# a mode NAME+relu fits after the BatchNorm and ReLU that follow each layer (--reconstruct-relu)
+MODES = ("none", "ls", "ls+relu", "ldrf", "ldrf-patch", "ldrf-patch+relu", "ldrf-joint")
 
 
 def _run(out: Path, start) -> dict:
@@ -92,13 +99,22 @@ def _recalibration(args) -> dict:
 
 def _method(args, plan: str, mode: str, target: float, seed: int):
     name, options = PLANS[plan]
+    reconstruct, relu = mode.removesuffix("+relu"), mode.endswith("+relu")
     return method_config(
         {
             "name": name, "target_macs": target, "prune_epochs": 0, "round_to": args.round_to,
-            "reconstruct": mode, "calib_images": args.calib_images, "calib_positions": args.calib_positions,
+            "reconstruct": reconstruct, "reconstruct_relu": relu, "reconstruct_diagnostics": True,
+            "calib_images": args.calib_images, "calib_positions": args.calib_positions,
             "calib_seed": seed, "ldrf_energy": args.ldrf_energy, **_recalibration(args), **options,
         }
     )  # fmt: skip
+
+
+def _output_error(report: dict) -> float | None:
+    """Mean over the layers reading removed channels of their output error against the original network, on
+    held-out images no fit saw (plain removal's too): the one unit every mode is compared in."""
+    errors = [e["output_error"] for e in report.get("output_errors", []) if e.get("output_error") is not None]
+    return statistics.mean(errors) if errors else None
 
 
 def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) -> dict:
@@ -113,7 +129,7 @@ def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) 
         lambda resume: run_compress(train, config, pruned_dir, resume=resume, force=pruned_dir.exists() and not resume),
     )
     tuned = None
-    if args.finetune_epochs:
+    if args.finetune_epochs and mode in args.finetune_modes.split(","):
         tune = _cell_train(args, dense, seed, args.finetune_epochs).replace(init_from=str(pruned_dir / "model.pt"))
         tuned = _run(
             tuned_dir,
@@ -125,6 +141,7 @@ def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) 
         "macs_ratio": pruned["macs_ratio"], "deploy_macs": pruned["deploy_macs"], "params": pruned["params"],
         "reconstruct_s": pruned.get("reconstruct_s"), "reconstruct_peak_rss_mb": pruned.get("reconstruct_peak_rss_mb"),
         "refitted": len(pruned.get("reconstructed", [])), "skipped": len(pruned.get("reconstruct_skipped", [])),
+        "output_error": _output_error(pruned),
         "prune_wall_s": pruned["wall_s"],
     }  # fmt: skip
 
@@ -162,6 +179,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         seconds = [r["reconstruct_s"] for r in group if r["reconstruct_s"] is not None]
         peaks = [r["reconstruct_peak_rss_mb"] for r in group if r["reconstruct_peak_rss_mb"] is not None]
         entry["macs_ratio"] = statistics.mean(r["macs_ratio"] for r in group)
+        errors = [r["output_error"] for r in group if r.get("output_error") is not None]
+        entry["output_error"] = _mean_std(errors)
         entry["reconstruct_s"] = statistics.mean(seconds) if seconds else None
         entry["reconstruct_peak_rss_mb"] = max(peaks) if peaks else None
         out.append(entry)
@@ -177,14 +196,17 @@ def _pct(value: tuple[float, float] | None, signed: bool = False) -> str:
 def markdown(summary: list[dict], finetune_epochs: int) -> str:
     lines = [
         "| dense run | target | plan | reconstruct | seeds | top-1 % before FT | vs plain (pts) | "
-        f"top-1 % after {finetune_epochs} epoch(s) | vs plain (pts) | deploy MACs / dense | refit s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"top-1 % after {finetune_epochs} epoch(s) | vs plain (pts) | layer output error (held-out) | "
+        "deploy MACs / dense | refit s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         cells = [
             s["dense"], f"{s['target']:g}", s["plan"], s["reconstruct"], str(s["seeds"]),
             _pct(s["top1_before_ft"]), _pct(s["diff_before_ft"], signed=True),
-            _pct(s["top1_after_ft"]), _pct(s["diff_after_ft"], signed=True), f"{s['macs_ratio']:.3f}",
+            _pct(s["top1_after_ft"]), _pct(s["diff_after_ft"], signed=True),
+            f"{s['output_error'][0]:.4f} +- {s['output_error'][1]:.4f}" if s["output_error"] else "",
+            f"{s['macs_ratio']:.3f}",
             f"{s['reconstruct_s']:.1f}" if s["reconstruct_s"] is not None else "",
             f"{s['reconstruct_peak_rss_mb']:.0f}" if s["reconstruct_peak_rss_mb"] is not None else "",
         ]  # fmt: skip
@@ -198,7 +220,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--train", default="", help="models to train dense here first, e.g. vgg16_bn_cifar")
     parser.add_argument("--targets", default="0.5,0.3", help="deploy MACs targets (fractions of dense)")
     parser.add_argument("--plans", default="uniform,global", help=f"of {', '.join(PLANS)}")
-    parser.add_argument("--reconstruct", default=",".join(MODES), help="of none, ls, ldrf")
+    parser.add_argument("--reconstruct", default=",".join(MODES), help=f"of {', '.join(MODES)}")
+    parser.add_argument(
+        "--finetune-modes", default=",".join(MODES), help="the modes fine-tuned after (of --reconstruct)"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="calibration-sample seeds")
     parser.add_argument("--calib-images", type=int, default=512)
     parser.add_argument("--calib-positions", type=int, default=10)

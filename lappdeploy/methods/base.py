@@ -50,9 +50,11 @@ __all__ = [
 ]
 
 DEFAULT_METHOD = "lapp"
+DIAGNOSTIC_IMAGES = 256  # held-out images beyond the calibration ones, for the reconstruction's output errors
 # What to refit after channels are removed (docs/ldrf.md#reconstruction): nothing, least squares of each
-# affected layer's output (ls), or of its SVD embedding (ldrf)
-RECONSTRUCT_MODES = ("none", "ls", "ldrf")
+# affected layer's output (ls), of its input-side SVD embedding (ldrf: the projection; ldrf-joint: with the
+# producer's kept filters), or of its output-side embedding (ldrf-patch)
+RECONSTRUCT_MODES = ("none", "ls", "ldrf", "ldrf-patch", "ldrf-joint")
 # --round-to auto (0 in a config): per group, the multiple the latency table's width-step probes show
 ROUND_TO_AUTO = 0
 C = TypeVar("C", bound="PruneConfig")
@@ -85,6 +87,11 @@ class PruneConfig:
     ignore: tuple[str, ...] = option(
         (), "Never prune groups spanning these modules (comma-separated fnmatch patterns).", cli_type="str_list"
     )
+    keep_streams: bool = option(
+        False,
+        "Never prune residual streams (groups several layers write into, coupled by additions): only channels "
+        "inside residual blocks, the setting of layer-wise reconstruction methods (docs/ldrf.md#residual-streams).",
+    )
     bypass: str = option(
         "none",
         "rep: train each prunable kxk conv with a 1x1 bypass folded away at the end; width: a 1x1 bypass that "
@@ -99,8 +106,17 @@ class PruneConfig:
     reconstruct: str = option(
         "none",
         "After channels are removed, refit the layers that read them on held-out images: ls (least squares of "
-        "each layer's output) or ldrf (of its SVD embedding); docs/ldrf.md#reconstruction (default ldrf for ldrf).",
+        "each layer's output), ldrf (of its input's SVD embedding), ldrf-patch (of its output's), ldrf-joint "
+        "(ldrf with the producing layer's kept filters); docs/ldrf.md#reconstruction (default ldrf for ldrf).",
         choices=RECONSTRUCT_MODES,
+    )
+    reconstruct_relu: bool = option(
+        False, "--reconstruct ls / ldrf-patch: fit each layer's output after the BatchNorm and ReLU that follow it."
+    )
+    reconstruct_diagnostics: bool = option(
+        False,
+        "Measure every layer reading removed channels against the original network on held-out images the fits "
+        "never saw (report.json: output_error); always on with --reconstruct, this gives plain removal's too.",
     )
     calib_images: int = option(
         512, "--reconstruct: held-out images the refits are computed on (at most --holdout; never the test split)."
@@ -193,6 +209,8 @@ class PruneConfig:
         in_range(self, "ldrf_energy", 0.0, 1.0, lo_open=True)
         if not self.reconstruct_ridge >= 0:
             raise ConfigError(f"reconstruct_ridge must be >= 0 (got {self.reconstruct_ridge})")
+        if self.reconstruct_relu and self.reconstruct not in ("ls", "ldrf-patch"):
+            raise ConfigError("--reconstruct-relu refits ls or ldrf-patch fits; give --reconstruct ls or ldrf-patch")
         if self.reconstruct != "none" and self.bypass != "none":
             raise ConfigError(
                 f"--reconstruct cannot refit layers trained with --bypass {self.bypass}: every conv has a "
@@ -223,12 +241,13 @@ class PruneConfig:
             )
 
     def resolve_train(self, train: TrainConfig) -> TrainConfig:
-        """`train` with the method's default --holdout filled in where the run gives none (with
-        --reconstruct, at least --calib-images)."""
+        """`train` with the method's default --holdout filled in where the run gives none (with --reconstruct,
+        at least --calib-images, plus the images the layers' output errors are measured on)."""
         if train.holdout is not None:
             return train
         calibration = self.calib_images if self.reconstruct != "none" else 0
-        return train.replace(holdout=max(self.default_holdout, calibration))
+        measured = DIAGNOSTIC_IMAGES if self.reconstruct != "none" or self.reconstruct_diagnostics else 0
+        return train.replace(holdout=max(self.default_holdout, calibration + measured))
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

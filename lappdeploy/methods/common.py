@@ -31,6 +31,7 @@ from lappdeploy.methods.reconstruct import (
     check_calibration,
     reconstruct_,
 )
+from lappdeploy.methods.reconstruct.diagnostics import DIAGNOSTIC_IMAGES
 from lappdeploy.surgery import (
     ChannelGroups,
     ChannelPlan,
@@ -45,6 +46,7 @@ from lappdeploy.surgery import (
     remove_channels_,
     round_plan,
 )
+from lappdeploy.surgery.graph import resolve_module
 from lappdeploy.surgery.plan import PlanMeasure, RoundTo, macs_measure, width_unit
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "minimum_plan",
     "plan_within_budget",
     "prepare_groups_",
+    "producers",
     "recalibrate_bn_",
     "smallest_offset",
     "taylor_gradients_",
@@ -328,12 +331,21 @@ def log_to(loop, record: dict) -> None:
         log_record(record)
 
 
+def producers(groups: ChannelGroups, group) -> list[str]:
+    """The conv / linear layers writing a group's channels (several: a residual stream coupled by additions)."""
+    layer_types = (nn.modules.conv._ConvNd, nn.Linear)
+    return [name for name in group.modules if isinstance(resolve_module(groups.model, name), layer_types)]
+
+
 def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> ChannelGroups:
     """Add the bypass blocks when `config.bypass` is `rep` or `width` (in place), then find the channel
     groups; raise ConfigError when nothing can be pruned or the MACs target is out of reach."""
     if config.bypass != "none" and not has_bypass(model):
         add_bypass_(model, example_inputs, ignore=config.ignore, kind=config.bypass)
     groups = analyze(model, example_inputs, ignore=config.ignore)
+    if config.keep_streams:  # analysed again with every stream's modules ignored: its channels stay whole
+        streams = [name for g in groups.prunable if len(producers(groups, g)) > 1 for name in g.modules]
+        groups = analyze(model, example_inputs, ignore=(*config.ignore, *streams))
     if not groups.prunable:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")
     if config.reconstruct != "none":
@@ -454,7 +466,7 @@ class PruningHookBase(Hook):
         """Around the removal of `plan`'s channels (numbered as in `groups`, the analysis before removal): with
         --reconstruct, a frozen copy of the model is taken first, and the layers reading removed channels are
         refitted after (docs/ldrf.md#reconstruction); wall time and peak memory are recorded."""
-        if self.config.reconstruct == "none":
+        if self.config.reconstruct == "none" and not self.config.reconstruct_diagnostics:
             yield
             return
         meter = ResourceMeter()
@@ -463,6 +475,16 @@ class PruningHookBase(Hook):
         record = self._refit_on_main(loop, teacher, groups, plan)
         del teacher
         self.reconstruction.add(meter.stop(record))
+
+    def _calibration_and_evaluation(self, loop) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out images the refits are computed on (--calib-images, none without --reconstruct) and, after
+        them in the same seeded draw, up to DIAGNOSTIC_IMAGES more the layers' output errors are measured on."""
+        device = next(loop.module.parameters()).device
+        calibration = self.config.calib_images if self.config.reconstruct != "none" else 0
+        images = held_out_tensors(loop, calibration + DIAGNOSTIC_IMAGES, device, seed=self.config.calib_seed)[0]
+        if len(images) <= calibration:
+            log.warning("no held-out images beyond the calibration ones: raise --holdout for the output errors")
+        return images[:calibration], images[calibration:]
 
     def release_calibration(self) -> None:
         """Drop the calibration images: called once no removal follows (the plan is final), so fine-tuning does
@@ -480,12 +502,10 @@ class PruningHookBase(Hook):
         if not shared or dist.is_main:
             try:
                 if self._calibration is None:
-                    device = next(loop.module.parameters()).device
-                    self._calibration = held_out_tensors(
-                        loop, self.config.calib_images, device, seed=self.config.calib_seed
-                    )[0]
+                    self._calibration = self._calibration_and_evaluation(loop)
                 settings = ReconstructionSettings.from_config(self.config)
-                record = reconstruct_(teacher, loop.module, groups, plan, self._calibration, settings)
+                calibration, evaluation = self._calibration
+                record = reconstruct_(teacher, loop.module, groups, plan, calibration, settings, evaluation)
                 outcome = (record, _module_tensors(loop.module, record.modules) if shared else None)
             except Exception as exc:
                 if not shared:

@@ -29,7 +29,7 @@ from lappdeploy.methods.reconstruct import (
     ridge_solve,
     valid_capacity,
 )
-from lappdeploy.methods.reconstruct.run import _layer, _write
+from lappdeploy.methods.reconstruct.fits import layer_fit, write_
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, GroupPlan, analyze, channel_scores, plan_cost, random_plan, remove_channels_
 from lappdeploy.testing import quadrant_batches, randomize_norms_
@@ -182,7 +182,7 @@ def test_ldrf_lowers_the_embedding_error_against_plain_removal_on_fresh_images(s
     assert errors["ldrf"][0] < 0.95 * errors["plain"][0] and errors["ldrf"][1] < errors["plain"][1], errors
 
 
-@pytest.mark.parametrize("mode", ["ls", "ldrf"])
+@pytest.mark.parametrize("mode", ["ls", "ldrf", "ldrf-patch"])
 def test_writing_a_solution_equal_to_the_prior_leaves_every_tensor_bit_identical(mode):
     """Keep-all through the real write path, in float64: a conv with a bias (its offset goes to the bias) and
     one without, followed by a BatchNorm (its offset goes to the running mean)."""
@@ -195,9 +195,9 @@ def test_writing_a_solution_equal_to_the_prior_leaves_every_tensor_bit_identical
     settings = ReconstructionSettings(mode=mode, energy=1.0)
     every = torch.arange
     for index, consumer in enumerate([Consumer("0", every(3), every(6), None), Consumer("2", every(6), every(5), "3")]):
-        layer = _layer(consumer, index, teacher, model, settings)
+        layer = layer_fit(consumer, index, teacher, model, settings, relu_after=False)
         assert layer.offset_in == ("bias" if consumer.name == "0" else "3")
-        _write(layer, layer.prior.clone(), model)
+        write_(layer, layer.prior.clone(), model)
     for key, value in model.state_dict().items():  # float64 and int64 alike: 8-byte words compared bit by bit
         assert torch.equal(value.view(torch.int64), before[key].view(torch.int64)), key
 
@@ -278,3 +278,107 @@ def test_capacity_widths_keep_every_group_at_its_valid_capacity_unless_the_targe
                                "features.3": 16})  # fmt: skip
     assert plan_cost(groups, forced).macs <= 0.2 * dense and len(forced.groups["features.3"].keep) < 16
     assert any("valid capacities" in r.getMessage() for r in caplog.records)
+
+
+class BorderNet(nn.Module):
+    """A linear network on 7 x 7 images (24 of 49 positions on the zero-padded border), whose first conv has a
+    bias and whose kept channels 0..3 carry everything the removed 4..7 did: channels 5..7 are combinations of
+    0..2, and channel 4 is, like kept channel 3, a constant (zero filter, non-zero bias), so channel 4 =
+    (b4 / b3) x channel 3 at every pixel, padding included. An intercept fitted in the embedding, mapped through
+    every kernel tap, is wrong there at the borders (the removed constant is missing from the padded taps)."""
+
+    def __init__(self, consumer_bias: bool) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(6)
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 6, 3, padding=1, bias=consumer_bias)
+        self.norm = nn.Identity() if consumer_bias else nn.BatchNorm2d(6)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(6, 4)
+        self.double()
+        with torch.no_grad():
+            mix = torch.randn(3, 3, dtype=torch.float64, generator=generator)
+            self.conv0.weight[5:] = torch.einsum("ji,iakl->jakl", mix, self.conv0.weight[:3])
+            self.conv0.bias[5:] = mix @ self.conv0.bias[:3]
+            self.conv0.weight[3:5] = 0
+            self.conv0.bias[3:5] = torch.tensor([0.7, -1.3], dtype=torch.float64)
+        if not consumer_bias:
+            randomize_norms_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.norm(self.conv1(self.conv0(x))))))
+
+
+def _border_images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("consumer_bias", [True, False], ids=["offset-in-bias", "offset-in-batchnorm"])
+@pytest.mark.parametrize("mode", ["ls", "ldrf", "ldrf-patch"])
+def test_refits_are_exact_at_zero_padded_borders_with_an_output_offset(mode, consumer_bias):
+    torch.manual_seed(0)
+    model = BorderNet(consumer_bias).eval()
+    x = _border_images(2, 99)
+    groups = analyze(model, x)
+    plan = ChannelPlan({"conv0": GroupPlan(8, [0, 1, 2, 3])})
+    teacher = frozen_copy(model)
+    remove_channels_(model, plan, x, groups=groups)
+    settings = ReconstructionSettings(mode=mode, positions=49, ridge=0.0, energy=1.0)
+    record = reconstruct_(teacher, model, groups, plan, _border_images(24, 1), settings)
+    assert [layer["name"] for layer in record.fitted] == ["conv1"]
+    assert record.fitted[0]["offset_in"] == (None if consumer_bias else "norm")
+    fresh = _border_images(8, 2)
+    with torch.no_grad():
+        got, wanted = model.norm(model.conv1(model.conv0(fresh))), teacher.norm(teacher.conv1(teacher.conv0(fresh)))
+    border = torch.ones(7, 7, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    # 1e-6: the patch systems are ill-conditioned here (a constant channel's taps equal the intercept inside); an
+    # offset mapped through every tap is off by the removed constant's share of the kernel, O(0.1)
+    assert torch.allclose(got[..., border], wanted[..., border], rtol=0, atol=1e-6), "border positions"
+    assert torch.allclose(got, wanted, rtol=0, atol=1e-6)
+
+
+def test_the_patch_fit_at_full_energy_is_least_squares():
+    """ldrf-patch with every output direction kept (P square and orthogonal) solves the same problem as ls."""
+    weights = {}
+    for mode in ("ls", "ldrf-patch"):
+        torch.manual_seed(0)
+        plan = ChannelPlan({"conv0": GroupPlan(8, [0, 2, 5, 6])})  # not spanning the removed channels
+        teacher, model, groups, plan = _pruned(LinearNet(), lambda groups, plan=plan: plan)
+        settings = ReconstructionSettings(mode=mode, positions=20, ridge=0.0, energy=1.0)
+        record = reconstruct_(teacher, model, groups, plan, _images(24, 1), settings)
+        assert not record.fitted[0]["regularised"]
+        weights[mode] = model.conv1.weight.detach().clone()
+    assert torch.allclose(weights["ls"], weights["ldrf-patch"], rtol=0, atol=1e-10)
+
+
+def _two_layer_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 4),
+    )  # fmt: skip
+    return randomize_norms_(model, seed=seed).double().eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refit(seed):
+    """Half the first conv's channels removed: refitting its kept filters with the consumer's projection reaches
+    a lower embedding error on the calibration samples than the projection alone, and a lower error of the
+    consumer's output on images neither fit saw."""
+    errors = {}
+    for mode in ("ldrf", "ldrf-joint"):
+        teacher, model, groups, plan = _pruned(
+            _two_layer_net(seed), lambda g: ChannelPlan({"0": GroupPlan(8, [0, 2, 5, 7])})
+        )
+        settings = ReconstructionSettings(mode=mode, energy=1.0, seed=seed)
+        record = reconstruct_(teacher, model, groups, plan, _images(32, 10 + seed), settings, _images(32, 50 + seed))
+        (layer,) = record.fitted
+        errors[mode] = layer
+    joint = errors["ldrf-joint"]
+    assert joint["mode"] == "ldrf-joint" and joint["producer"] == "0"
+    assert joint["joint_error"][0] == pytest.approx(errors["ldrf"]["error_refitted"], rel=1e-6)  # round 1: ldrf
+    assert joint["error_refitted"] < errors["ldrf"]["error_refitted"], joint["joint_error"]
+    assert joint["output_error"] < errors["ldrf"]["output_error"], (joint, errors["ldrf"])

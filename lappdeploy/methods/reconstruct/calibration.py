@@ -137,12 +137,15 @@ def teacher_targets(
 
 @dataclass
 class Statistics:
-    """Everything a least-squares fit needs, accumulated over the calibration samples."""
+    """Everything a least-squares fit needs, accumulated over the calibration samples (and, for the fits that
+    iterate on them, the samples themselves)."""
 
     gram: torch.Tensor  # A^T A, (unknowns, unknowns), float64
     cross: torch.Tensor  # A^T Y, (unknowns, outputs)
     energy: float  # |Y|^2
     samples: int
+    rows: torch.Tensor | None = None  # A (samples, unknowns), kept only when asked for
+    targets: torch.Tensor | None = None  # Y (samples, outputs)
 
 
 def student_statistics(
@@ -156,10 +159,13 @@ def student_statistics(
     seed: int,
     batch_size: int,
     intercept: bool,
+    keep: bool = False,
 ) -> Statistics:
     """One pass of the pruned network per calibration batch, stopped at `module` (the layer being solved):
-    its input samples (and a column of ones for an `intercept`) against `target`'s rows."""
+    its input samples (and a column of ones for an `intercept`) against `target`'s rows; with `keep`, the
+    samples and targets themselves too."""
     stats: dict = {"gram": 0.0, "cross": 0.0, "energy": 0.0, "samples": 0}
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     batch = {"index": 0}
 
     def hook(_module: nn.Module, args: tuple) -> None:
@@ -172,6 +178,8 @@ def student_statistics(
         stats["cross"] = stats["cross"] + rows.T @ wanted
         stats["energy"] += float((wanted**2).sum())
         stats["samples"] += len(rows)
+        if keep:
+            kept.append((rows, wanted))
         raise _StopForward
 
     handle = module.register_forward_pre_hook(hook)
@@ -184,4 +192,5 @@ def student_statistics(
                     raise SurgeryError(f"the pruned network never reached layer {target.name}")
     finally:
         handle.remove()
-    return Statistics(stats["gram"], stats["cross"], stats["energy"], stats["samples"])
+    rows, wanted = (torch.cat([r for r, _ in kept]), torch.cat([t for _, t in kept])) if keep else (None, None)
+    return Statistics(stats["gram"], stats["cross"], stats["energy"], stats["samples"], rows, wanted)

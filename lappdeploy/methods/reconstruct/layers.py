@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 RESIDUAL_DOC = "docs/ldrf.md#residual-streams"
+# modes whose fits read k x k patches (the ldrf-joint producer fit too): unknowns count kernel taps
+PATCH_MODES = ("ls", "ldrf-patch", "ldrf-joint")
 
 
 @dataclass
@@ -207,17 +209,17 @@ def _unknowns(module: nn.Module, mode: str, size: tuple[int, ...], offset: bool)
     if isinstance(module, nn.Linear):
         count, what = module.in_features, f"{module.in_features} input features"
     else:
-        taps = _reachable_taps(module, size) if mode == "ls" else 1
+        taps = _reachable_taps(module, size) if mode in PATCH_MODES else 1
         count, what = module.in_channels * taps, f"{module.in_channels} input channels"
-        what += f" x {taps} kernel taps that see the input" if mode == "ls" else ""
+        what += f" x {taps} kernel taps that see the input" if mode in PATCH_MODES else ""
     return (count + 1, f"{what} + 1 output offset") if offset else (count, what)
 
 
 def _positions_per_image(groups: ChannelGroups, name: str, mode: str, size: tuple[int, ...]) -> int:
     """Distinct positions per image the fit of layer `name` samples from (calibration.sample_rows): a conv's
-    output positions for `ls` (k x k patches around them), its input pixels for `ldrf`; a Linear's input rows
-    (1 after a flatten), which its output rows match one to one."""
-    if mode == "ldrf" and isinstance(groups.layers[name].module, nn.Conv2d):
+    output positions for the patch fits (k x k patches around them), its input pixels for `ldrf`; a Linear's
+    input rows (1 after a flatten), which its output rows match one to one."""
+    if mode not in PATCH_MODES and isinstance(groups.layers[name].module, nn.Conv2d):
         return math.prod(size)
     return groups.positions.get(name, 1)
 

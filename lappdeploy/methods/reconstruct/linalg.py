@@ -7,7 +7,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Embedding", "Solution", "embed", "energy_rank", "recompose", "relative_residual", "ridge_solve"]
+__all__ = [
+    "Embedding",
+    "OutputEmbedding",
+    "Solution",
+    "embed",
+    "embed_outputs",
+    "energy_rank",
+    "recompose",
+    "relative_residual",
+    "relu_fit",
+    "ridge_solve",
+]
 
 _ESCALATION = 100.0  # ridge growth per retry of a singular system
 # Tries of a system, each with a ridge 100x the last (relative to the mean diagonal): the default ridge 1e-4
@@ -90,3 +101,70 @@ def relative_residual(gram: torch.Tensor, cross: torch.Tensor, energy: float, we
     """|Y - A B|^2 / |Y|^2 from G = A^T A, C = A^T Y and |Y|^2 = `energy`: no sample needs to be kept."""
     error = energy - 2 * float((weights * cross).sum()) + float((weights * (gram @ weights)).sum())
     return max(error, 0.0) / energy if energy > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class OutputEmbedding:
+    """A layer's weight as a layer onto `rank` directions followed by a 1x1 mixing into its outputs (the low-rank
+    split k x k -> d -> 1x1 of Zhang et al.): W[o] = sum_j p[o, j] * a[j], exact when every direction is kept."""
+
+    p: torch.Tensor  # (c_out, rank), orthonormal columns
+    a: torch.Tensor  # (rank, c_in k k), singular values folded in
+    rank: int
+
+
+def embed_outputs(weight: torch.Tensor, energy: float) -> OutputEmbedding:
+    """The output-side embedding of `weight` (c_out x c_in x k x k, or c_out x c_in) from the SVD of the weight
+    as c_out x (c_in k k), keeping the leading directions that hold `energy` of the spectrum's energy."""
+    rows = weight.detach().double().reshape(weight.shape[0], -1)
+    u, s, vh = torch.linalg.svd(rows, full_matrices=False)
+    rank = energy_rank(s, energy)
+    return OutputEmbedding(u[:, :rank], s[:rank, None] * vh[:rank], rank)
+
+
+def _relu_targets(u: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_z (relu(z) - t)^2 + lam (z - u)^2, elementwise: the better of the best z <= 0 and the best z >= 0."""
+    below = torch.clamp(u, max=0.0)
+    above = torch.clamp((t + lam * u) / (1 + lam), min=0.0)
+    cost_below = t**2 + lam * (below - u) ** 2
+    cost_above = (above - t) ** 2 + lam * (above - u) ** 2
+    return torch.where(cost_below < cost_above, below, above)
+
+
+def relu_fit(
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    basis: torch.Tensor | None = None,
+    ridge: float = 1e-4,
+    schedule: tuple[tuple[float, int], ...] = ((0.1, 4), (1.0, 4)),
+) -> torch.Tensor:
+    """Fit after the nonlinearity: V minimising |relu(scale * (X V B^T) + shift) - relu(scale * Y + shift)|^2,
+    with X = `rows` (N x unknowns), Y = `targets` (N x outputs, the original layer's output before its BatchNorm),
+    `scale`, `shift` the BatchNorm's per-output affine map (1 and 0 without one) and B = `basis` (outputs x d;
+    the identity when None). Zhang et al.'s alternation from `start`: for each penalty lam of `schedule`, its
+    number of rounds of (z = the elementwise best pre-activation between the current one and the target's,
+    then V = the weighted least squares of z on X), the ridge pulling V toward `start`."""
+    gram = rows.T @ rows
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    factor = torch.linalg.cholesky(gram + ridge * float(gram.diagonal().mean()) * eye)
+    weights = scale**2
+    basis_gram = None if basis is None else basis.T @ (weights[:, None] * basis)
+    wanted = torch.relu(scale * targets + shift)
+    solution = start
+    for lam, rounds in schedule:
+        for _ in range(rounds):
+            current = rows @ solution if basis is None else (rows @ solution) @ basis.T
+            z = _relu_targets(scale * current + shift, wanted, lam)
+            pre = (z - shift) / scale  # the pre-activation the layer should produce
+            cross = rows.T @ pre if basis is None else rows.T @ (pre * weights) @ basis
+            regularised = cross + ridge * float(gram.diagonal().mean()) * (
+                start if basis is None else start @ basis_gram
+            )
+            solution = torch.cholesky_solve(regularised, factor)
+            if basis_gram is not None:
+                solution = solution @ torch.linalg.inv(basis_gram)
+    return solution

@@ -13,15 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lappdeploy.errors import SurgeryError
-from lappdeploy.methods.reconstruct.calibration import Target, student_statistics, teacher_targets
-from lappdeploy.methods.reconstruct.layers import Consumer, offset_home, plan_consumers
-from lappdeploy.methods.reconstruct.linalg import Embedding, embed, recompose, relative_residual, ridge_solve
+from lappdeploy.methods.reconstruct.calibration import teacher_targets
+from lappdeploy.methods.reconstruct.diagnostics import output_errors
+from lappdeploy.methods.reconstruct.fits import layer_fit, solve_
+from lappdeploy.methods.reconstruct.joint import joint_producer, solve_joint_
+from lappdeploy.methods.reconstruct.layers import Consumer, plan_consumers
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
-from lappdeploy.surgery.graph import resolve_module
+from lappdeploy.surgery.graph import is_norm_act, resolve_module
 
-__all__ = ["ReconstructionLog", "ReconstructionRecord", "ResourceMeter", "reconstruct_"]
+__all__ = ["ReconstructionLog", "ReconstructionRecord", "ResourceMeter", "reconstruct_", "relu_follows"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class ReconstructionRecord:
     fitted: list[dict[str, Any]] = field(default_factory=list)  # per refitted layer, in the order solved
     skipped: list[dict[str, str]] = field(default_factory=list)  # layers reading removed channels, left as removed
     images: int = 0  # calibration images
+    # per layer reading removed channels: relative squared error of its output (after its BatchNorm) against the
+    # teacher's on held-out images the fits never saw, whatever the mode (plain removal's too)
+    output_errors: dict[str, float] = field(default_factory=dict)
+    evaluation_images: int = 0
     seconds: float = 0.0  # wall time (ResourceMeter)
     peak_rss_mb: float | None = None  # peak resident memory (ResourceMeter)
     peak_rss_scope: str | None = None  # "reconstruction" (peak reset at its start) or "process" (since start)
@@ -46,98 +51,18 @@ class ReconstructionRecord:
         return asdict(self)
 
 
-@dataclass
-class _Layer:
-    """One refit: the consumer, its modules in both networks and what it is fitted to."""
-
-    consumer: Consumer
-    student: nn.Module
-    target: Target
-    prior: torch.Tensor  # (unknowns, targets): the weights plain removal left, in the fit's layout
-    embedding: Embedding | None  # ldrf
-    offset_in: str | None  # where a fitted output offset goes: "bias", a BatchNorm's name, or None (not fitted)
-
-
-def _layer(consumer: Consumer, index: int, teacher: nn.Module, model: nn.Module, settings) -> _Layer:
-    original, student = resolve_module(teacher, consumer.name), resolve_module(model, consumer.name)
-    weight = original.weight.detach().double()[consumer.out_keep]
-    expected = (len(consumer.out_keep), len(consumer.in_keep), *weight.shape[2:])
-    if tuple(student.weight.shape) != expected:
-        shape = tuple(student.weight.shape)
-        raise SurgeryError(f"layer {consumer.name} has shape {shape} after removal, expected {expected}")
-    offset_in = offset_home(student, consumer.bn, model)  # the calibration check counts the same offset
-    if settings.mode == "ls":
-        return _least_squares_layer(consumer, index, original, student, weight, offset_in)
-    embedding = embed(weight, settings.energy)
-    target = Target(consumer.name, index, original, False, embedding.q)
-    prior = embedding.q[consumer.in_keep]  # the kept channels' projection, as plain removal leaves it
-    prior = torch.cat([prior, prior.new_zeros(1, embedding.rank)]) if offset_in else prior
-    return _Layer(consumer, student, target, prior, embedding, offset_in)
-
-
-def _least_squares_layer(consumer, index, original, student, weight, offset_in) -> _Layer:
-    """ls: the outputs of `original` (rows kept) from k x k patches; the prior is the pruned layer's weight."""
-    bias = original.bias.detach().double()[consumer.out_keep] if original.bias is not None else None
-    target = Target(consumer.name, index, original, True, weight.flatten(1).T, bias)
-    prior = student.weight.detach().double().flatten(1).T.clone()  # (unknowns, outputs); not a view of the weight
-    if offset_in:
-        own = student.bias.detach().double() if student.bias is not None else prior.new_zeros(prior.shape[1])
-        prior = torch.cat([prior, own[None]])
-    return _Layer(consumer, student, target, prior, None, offset_in)
-
-
-@torch.no_grad()
-def _write(layer: _Layer, solution: torch.Tensor, model: nn.Module) -> None:
-    """Put the fitted weights into the pruned layer (and an output offset into its bias or BatchNorm)."""
-    weight = layer.student.weight
-    kept = len(layer.consumer.in_keep) if layer.embedding is not None else weight[0].numel()
-    if layer.embedding is None:  # ls: the solution is the layer's weight
-        weight.copy_(solution[:kept].T.reshape(weight.shape).to(weight))
-        offset = solution[kept] - layer.prior[kept] if layer.offset_in else None
-    else:  # ldrf: the change of the kept channels' projection, recomposed through the rest of the layer
-        change = solution[:kept] - layer.prior[:kept]
-        weight.add_(recompose(change, layer.embedding.r, weight.shape).to(weight))
-        offset = torch.einsum("j,jok->o", solution[kept], layer.embedding.r) if layer.offset_in else None
-    if offset is None:
-        return
-    if layer.offset_in == "bias":
-        layer.student.bias.add_(offset.to(layer.student.bias))
-    else:  # BN((W x + b) - mean) = BN(W x - (mean - b)): the offset moves the running mean
-        norm = model.get_submodule(layer.offset_in)
-        norm.running_mean.sub_(offset.to(norm.running_mean))
-
-
-def _solve_(layer: _Layer, model: nn.Module, rows: list[torch.Tensor], images: torch.Tensor, settings) -> dict:
-    stats = student_statistics(
-        model, layer.student, layer.target, rows, images, count=settings.positions, seed=settings.seed,
-        batch_size=settings.batch_size, intercept=layer.offset_in is not None,
-    )  # fmt: skip
-    prior = layer.prior.to(stats.gram.device)
-    solution = ridge_solve(stats.gram, stats.cross, prior, settings.ridge)
-    if solution.regularised:
-        log.warning(
-            "%s: the calibration system is singular or nearly so (%d samples, %d unknowns); %s",
-            layer.consumer.name, stats.samples, len(prior),
-            "kept as plain removal" if solution.ridge == float("inf") else f"regularised with ridge {solution.ridge:g}",
-        )  # fmt: skip
-    _write(layer, solution.weights, model)
-    consumer = layer.consumer
-    return {
-        "name": consumer.name,
-        "mode": settings.mode,
-        "inputs_kept": len(consumer.in_keep),
-        "outputs": len(consumer.out_keep),
-        "rank": layer.embedding.rank if layer.embedding is not None else None,
-        "samples": stats.samples,
-        "unknowns": len(prior),
-        # relative squared error of what is fitted (ls: the output before BN; ldrf: the embedding) on the
-        # calibration samples, as plain removal left the layer and after the refit
-        "error_removed": round(relative_residual(stats.gram, stats.cross, stats.energy, prior), 6),
-        "error_refitted": round(relative_residual(stats.gram, stats.cross, stats.energy, solution.weights), 6),
-        "ridge": solution.ridge if solution.ridge != float("inf") else None,
-        "regularised": solution.regularised,
-        "offset_in": layer.offset_in if layer.offset_in != "bias" else None,
-    }
+def relu_follows(groups: ChannelGroups, consumer: Consumer) -> bool:
+    """Whether a ReLU follows the layer's BatchNorm (or the layer, without one) directly in the original network:
+    a ReLU module, a functional ReLU, or the activation of a norm-act module."""
+    module = resolve_module(groups.model, consumer.bn or consumer.name)
+    if is_norm_act(module):
+        return isinstance(module.act, nn.ReLU)
+    node = groups.graph.module2node.get(module)
+    following = {n for n in node.outputs} if node is not None else set()
+    if len(following) != 1:
+        return False
+    (after,) = following
+    return isinstance(after.module, nn.ReLU) or "Relu" in getattr(after, "name", "")
 
 
 def reconstruct_(
@@ -147,25 +72,53 @@ def reconstruct_(
     plan: ChannelPlan,
     images: torch.Tensor,
     settings: ReconstructionSettings,
+    evaluation: torch.Tensor | None = None,
 ) -> ReconstructionRecord:
     """Refit, in place, the layers of `model` (the network after removing `plan`'s channels) that read removed
     channels, so that on `images` they reproduce what they computed in `teacher` (a frozen copy of the network
     before removal; `groups` is its analysis, in whose numbering `plan` is). Layers are solved in the order the
-    forward pass reaches them, each through the already refitted upstream network."""
+    forward pass reaches them, each through the already refitted upstream network. With `evaluation` images
+    (held-out images the fits never saw), every layer reading removed channels gets its output error against the
+    teacher on them, in the same units for every mode, `none` included."""
     consumers, skipped = plan_consumers(groups, plan)
     record = ReconstructionRecord(skipped=skipped, images=len(images))
-    if settings.mode == "none" or not consumers:
-        return record
-    layers = {c.name: _layer(c, index, teacher, model, settings) for index, c in enumerate(consumers)}
+    if settings.mode != "none" and consumers:
+        _refit_all_(record, teacher, model, groups, consumers, images, settings)
+    if evaluation is not None and len(evaluation) and consumers:
+        record.output_errors = output_errors(teacher, model, consumers, evaluation)
+        for layer in record.fitted:
+            layer["output_error"] = record.output_errors.get(layer["name"])
+        record.evaluation_images = len(evaluation)
+    return record
+
+
+def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], images, settings) -> None:
+    fits = {
+        c.name: layer_fit(c, index, teacher, model, settings, relu_follows(groups, c))
+        for index, c in enumerate(consumers)
+    }
+    targets = [target for fit in fits.values() for target in fit.targets]
     order, rows = teacher_targets(
-        teacher, [layer.target for layer in layers.values()], images,
-        count=settings.positions, seed=settings.seed, batch_size=settings.batch_size,
-    )  # fmt: skip
-    for name in [n for n in layers if n not in rows]:
+        teacher, targets, images, count=settings.positions, seed=settings.seed, batch_size=settings.batch_size
+    )
+    order = [name for name in order if name in fits]
+    for name in [n for n in fits if n not in rows]:
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
     for name in order:
-        record.fitted.append(_solve_(layers[name], model, rows.pop(name), images, settings))
-    return record
+        record.fitted.append(_solve_one_(fits[name], groups, model, rows, images, settings))
+        for target in fits[name].targets:
+            rows.pop(target.name, None)
+
+
+def _solve_one_(fit, groups, model, rows, images, settings) -> dict:
+    if settings.mode == "ldrf-joint":
+        pair = joint_producer(groups, fit.name)
+        done = solve_joint_(fit, pair, model, rows, images, settings) if isinstance(pair, tuple) else None
+        if done is not None:
+            return done
+        reason = pair if isinstance(pair, str) else "the producer and the layer differ in resolution"
+        return {**solve_(fit, model, rows, images, settings), "joint": f"projection alone: {reason}"}
+    return solve_(fit, model, rows, images, settings)
 
 
 class ResourceMeter:
@@ -211,6 +164,12 @@ class ReconstructionLog:
 
     def add(self, record: ReconstructionRecord) -> None:
         self.records.append(record)
+        if record.output_errors:
+            shown = ", ".join(f"{name} {error:.4f}" for name, error in record.output_errors.items())
+            log.info("output error vs the original on %d held-out images (%s): %s", record.evaluation_images,
+                     self.mode, shown)  # fmt: skip
+        if self.mode == "none":
+            return
         log.info(
             "reconstruct %s: %d layers refitted, %d left as plain removal, %.1f s, peak RSS %s MB (%s)",
             self.mode, len(record.fitted), len(record.skipped), record.seconds, record.peak_rss_mb,
@@ -220,7 +179,9 @@ class ReconstructionLog:
     def report(self) -> dict[str, Any]:
         """report.json's reconstruction fields; every layer record names its removal step."""
         if self.mode == "none":
-            return {"reconstruct": "none"}
+            errors = [{"name": n, "output_error": e, "step": i} for i, r in enumerate(self.records)
+                      for n, e in r.output_errors.items()]  # fmt: skip
+            return {"reconstruct": "none", **({"output_errors": errors} if errors else {})}
         peaks = [r.peak_rss_mb for r in self.records if r.peak_rss_mb is not None]
         return {
             "reconstruct": self.mode,
@@ -230,6 +191,11 @@ class ReconstructionLog:
             "calib_images": max((r.images for r in self.records), default=0),
             "reconstructed": [{**layer, "step": i} for i, r in enumerate(self.records) for layer in r.fitted],
             "reconstruct_skipped": [{**layer, "step": i} for i, r in enumerate(self.records) for layer in r.skipped],
+            "output_errors": [
+                {"name": n, "output_error": e, "step": i}
+                for i, r in enumerate(self.records)
+                for n, e in r.output_errors.items()
+            ],
         }
 
     def state_dict(self) -> list[dict[str, Any]]:

@@ -12,12 +12,13 @@ __all__ = ["MODES", "ReconstructionSettings"]
 
 @dataclass(frozen=True)
 class ReconstructionSettings:
-    mode: str = "ldrf"  # "ls" or "ldrf" ("none" refits nothing)
+    mode: str = "ldrf"  # one of MODES ("none" refits nothing)
     positions: int = 10  # spatial positions sampled per calibration image and layer
     ridge: float = 1e-4  # ridge strength, relative to the mean diagonal of each layer's Gram matrix
     energy: float = 0.9  # ldrf: share of the spectral energy of a layer's weight its embedding keeps
     seed: int = 0  # seeds which positions are sampled
     batch_size: int = 32  # calibration images per forward pass: bounds the activations held at once
+    relu: bool = False  # ls, ldrf-patch: fit the output after the BatchNorm and ReLU that follow a layer
 
     @classmethod
     def from_config(cls, config: Any) -> ReconstructionSettings:
@@ -28,4 +29,5 @@ class ReconstructionSettings:
             ridge=config.reconstruct_ridge,
             energy=config.ldrf_energy,
             seed=config.calib_seed,
+            relu=config.reconstruct_relu,
         )
