@@ -56,7 +56,7 @@ def parse_runs(text: str) -> list[tuple[str, str, dict]]:
 
 # run options that belong to the training, not to the method: distillation (a run NAME[distill=dense] learns
 # from the dense run of its own seed; with --from-dense, [distill=init] from the model it starts from)
-TRAIN_OPTIONS = ("distill", "distill_alpha", "distill_temperature")
+TRAIN_OPTIONS = ("distill", "distill_alpha", "distill_temperature", "lr")
 
 
 def _dense_run(args, seed: int) -> Path:
@@ -65,6 +65,7 @@ def _dense_run(args, seed: int) -> Path:
 
 def _train_config(args, seed: int, holdout: int, options: dict | None = None, dense: bool = False) -> TrainConfig:
     own = {k: v for k, v in (options or {}).items() if k in TRAIN_OPTIONS}
+    lr = float(own.pop("lr")) if "lr" in own else (None if args.from_dense is not None and not dense else args.lr)
     if own.get("distill") == "dense":
         own["distill"] = str(_dense_run(args, seed))
     post_training = args.from_dense is not None and not dense
@@ -74,7 +75,7 @@ def _train_config(args, seed: int, holdout: int, options: dict | None = None, de
         data_dir=args.data_dir,
         epochs=args.from_dense if post_training else args.epochs,
         batch_size=args.batch_size,
-        lr=None if post_training else args.lr,  # fine-tuning: lappdeploy's own default
+        lr=lr,  # post-training: lappdeploy's fine-tuning default unless the run says
         train_subset=args.train_subset,
         holdout=holdout,
         channels_last=True,

@@ -107,7 +107,7 @@ def summarise(dense: Path, runs: dict[str, Path], bench: Path) -> list[dict]:
         rows.append({
             "run": label,
             "top1": report["top1"],
-            "top1_before_fine_tuning": epochs[0]["val_top1"] if len(epochs) > 1 else None,
+            "top1_after_first_epoch": epochs[0]["val_top1"] if len(epochs) > 1 else None,
             "holdout_top1": epochs[-1].get("holdout_top1"),
             "macs_ratio": report.get("macs_ratio", 1.0),
             "macs": report["macs"],

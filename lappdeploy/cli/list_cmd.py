@@ -19,12 +19,20 @@ __all__ = ["list_command"]
     default=None,
     help="Models of one family only.",
 )
-def list_command(what: str, family: str | None) -> None:
+@click.option(
+    "--timm", "timm_models", is_flag=True,
+    help="models: the timm models whose channels lappdeploy removes (--model timm:NAME; the timm extra).",
+)  # fmt: skip
+def list_command(what: str, family: str | None, timm_models: bool) -> None:
     """List the registered models, datasets, pruning methods, channel criteria or benchmark runtimes."""
     from rich.table import Table
 
     table = Table()
-    if what == "models":
+    if timm_models and what != "models":
+        raise click.UsageError("--timm lists models: `lappdeploy list models --timm`")
+    if timm_models:
+        _timm_table(table)
+    elif what == "models":
         from lappdeploy.models import MODELS
 
         for column in ("model", "family", "min input (px)", "description"):
@@ -81,3 +89,13 @@ def _methods_table(table) -> None:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
         table.add_row(label, spec.summary, options(spec.config, common) or "-")
     table.add_row("every method", "", options(PruneConfig))
+
+
+def _timm_table(table) -> None:
+    from lappdeploy.models.timm_support import TIMM_CHECKED_VERSION, TIMM_COMPRESSIBLE, timm_models
+
+    for column in ("--model", "family", "checked on"):
+        table.add_column(column)
+    for name, family in timm_models():
+        checked = f"{TIMM_COMPRESSIBLE[family]} (timm {TIMM_CHECKED_VERSION})"
+        table.add_row(f"timm:{name}", family, checked if name == TIMM_COMPRESSIBLE[family] else "")

@@ -316,3 +316,16 @@ def test_tensorboard_events_hold_epoch_and_pruning_scalars(cli, tmp_path):
     final = [m for m in metrics if m.get("epoch") == 2 and "val_top1" in m][-1]
     assert events.Scalars("epoch/val_top1")[-1].value == pytest.approx(final["val_top1"])
     assert "curves/accuracy_and_loss" in events.Tags()["images"]
+
+
+def test_list_models_timm_lists_the_compressible_families(cli):
+    pytest.importorskip("timm")
+    from lappdeploy.models.timm_support import TIMM_COMPRESSIBLE, TIMM_UNSUPPORTED
+
+    result = cli("list", "models", "--timm")
+    assert result.code == 0, result.err
+    assert "timm:resnet10t" in result.out and "timm:mobilenetv2_035" in result.out
+    families = {line.split("│")[2].strip() for line in result.out.splitlines() if line.startswith("│ timm:")}
+    assert families == set(TIMM_COMPRESSIBLE), "every compressible family, none of the others"
+    assert not families & set(TIMM_UNSUPPORTED)
+    assert cli("list", "datasets", "--timm").code == 2
