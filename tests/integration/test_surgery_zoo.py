@@ -27,37 +27,23 @@ from lappdeploy.surgery import (
 )
 from lappdeploy.testing import randomize_norms_
 
-# Minutes, not seconds, on 2 CPU cores (dependency-graph build grows with the number of concatenations
-# or the width): run with `pytest -m slow` / `make test-all`.
-SLOW = {
-    "convnext_base",
-    "convnext_large",
-    "densenet161",
-    "densenet169",
-    "densenet201",
-    "efficientnet_b6",
-    "efficientnet_b7",
-    "efficientnet_v2_l",
-    "efficientnet_v2_m",
-    "regnet_x_16gf",
-    "regnet_x_32gf",
-    "regnet_y_16gf",
-    "regnet_y_32gf",
-    "regnet_y_128gf",
-    "resnet101",
-    "resnet152",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet101_2",
-}
+# The default suite: every CIFAR and testing model, and one torchvision model per family (the smallest, or the
+# one with a distinct structure: VGG with and without BatchNorm, ResNet's basic and bottleneck blocks, RegNet X
+# and Y); the other torchvision models run with `pytest -m slow` / `make test-all` (the larger ones take
+# minutes on 2 CPU cores: dependency-graph builds grow with the number of concatenations and the width).
+TORCHVISION_DEFAULT = {
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet",
+    "inception_v3", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf",
+    "resnet18", "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_1", "vgg11", "vgg11_bn",
+}  # fmt: skip
 
 
 def _params():
+    from lappdeploy.models import MODELS
+
     for name in list_models():
-        marks = []
-        if name in SLOW:
-            marks.append(pytest.mark.slow)
-        yield pytest.param(name, marks=marks, id=name)
+        slow = MODELS.get(name).family == "torchvision" and name not in TORCHVISION_DEFAULT
+        yield pytest.param(name, marks=[pytest.mark.slow] if slow else [], id=name)
 
 
 @pytest.fixture(scope="module")
