@@ -94,7 +94,7 @@ def parse_shape(text: str | list | tuple) -> tuple[int, int, int]:
 DISTILL_ALPHA = 0.7  # chosen on held-out images (docs/distillation.md#defaults)
 DISTILL_TEMPERATURE = 4.0
 SCRATCH_LR = 0.1  # SGD peak learning rate from random weights
-FINE_TUNE_LR = 0.01  # from --init-from: fine-tuning a trained model (docs/own-model.md#fine-tuning-defaults)
+FINE_TUNE_LR = 0.03  # from --init-from: fine-tuning a trained model (docs/own-model.md#fine-tuning-defaults)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class TrainConfig:
     epochs: int = option(2, "Training epochs (0 with --init-from: no training, the given model is evaluated).")
     batch_size: int = option(128, "Images per step per process (the global batch is this x processes).")
     lr: float | None = option(
-        None, "Peak learning rate of SGD [default: 0.1 from scratch; 0.01 with --init-from (fine-tuning)]."
+        None, "Peak learning rate of SGD [default: 0.1 from scratch; 0.03 with --init-from (fine-tuning)]."
     )
     momentum: float = option(0.9, "SGD momentum.")
     nesterov: bool = option(True, "Nesterov momentum.")
