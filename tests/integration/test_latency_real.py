@@ -3,8 +3,8 @@ seconds), its predictions for plans of very different sizes against those plans 
 `compress` under a measured-latency target (fraction, milliseconds, and with the measured landing) checked
 against the target by the final model's own timing.
 
-Tolerances. These tests run beside another pytest worker on a 2-core machine, so a few-millisecond timing moves
-by 10-20% between rounds (the benchmark, on a quiet machine, finds 1-4% median error: docs/latency.md). What a
+Tolerances. `make test` runs these alone (marker `timing`), but a shared CI machine still moves a few-millisecond
+timing by 10-20% between rounds (the benchmark, on a quiet machine, finds 1-4% median error: docs/latency.md). What a
 broken latency model does is larger and different in kind: a model blind to widths orders plans at random, one
 off in scale misses every plan by the same large factor. So: every two plans measured more than 15% apart are
 ordered alike by the prediction (plans spanning a 4x range of latency), the median relative error is <= 25%, and
@@ -39,6 +39,8 @@ def build(num_classes=10, in_channels=3, width=32):
         channels = out
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(channels, num_classes))
 '''
+pytestmark = pytest.mark.timing
+
 TIMING = PointTiming(warmup_calls=3, warmup_seconds=0.0, calls=15, seconds=0.0, max_seconds=0.05, min_calls=8)
 
 
@@ -117,8 +119,10 @@ def test_compress_under_a_latency_target_measures_close_to_it(cli, chain_module,
     assert result.code == 0, result.err
     latency = _latency(tmp_path / "run")
     assert latency["predicted_ms"] <= latency["target_ms"] * (1 + 1e-9), "a ceiling on the model"
-    # the final model timed interleaved with the dense one: its share of dense against the asked fraction
-    share = latency["measured_ms"] / latency["dense_measured_ms"]
+    # the final model timed interleaved with the dense one (not against the dense timing in the table, made minutes
+    # earlier under another load): its share of dense against the asked fraction
+    share = latency["measured_ms"] / latency["dense_measured_now_ms"]
+    assert share == pytest.approx(latency["measured_vs_dense"], abs=1e-3)
     assert abs(share / 0.5 - 1) <= 0.3, latency
     if "--measured-landing" in flags:
         attempts = latency["measured_landing"]
@@ -134,5 +138,5 @@ def test_compress_under_a_target_in_milliseconds(cli, chain_module, table_file, 
     assert latency["target_ms"] == pytest.approx(target) and latency["predicted_ms"] <= target * (1 + 1e-9)
     # milliseconds drift with the machine between profiling and now (the other worker's load): the final model is
     # read against the dense one timed with it, scaled to the dense model's latency when the table was made
-    now = latency["measured_ms"] / latency["dense_measured_ms"] * profiled[1].dense_ms
+    now = latency["measured_ms"] / latency["dense_measured_now_ms"] * profiled[1].dense_ms
     assert abs(now / target - 1) <= 0.3, latency
