@@ -16,7 +16,7 @@ import click
 
 from lappdeploy.config import field_default, load_yaml_mapping, parse_int_list, parse_shape, split_sections
 from lappdeploy.errors import ConfigError
-from lappdeploy.methods.base import ROUND_TO_AUTO
+from lappdeploy.methods.options import ROUND_TO_AUTO
 
 __all__ = [
     "ProgressBar",

@@ -1,4 +1,4 @@
-"""`lappdeploy compress`: train from scratch while a pruning method prunes to an explicit MACs target."""
+"""`lappdeploy compress`: train while a pruning method prunes to a MACs, parameter or latency budget."""
 
 from __future__ import annotations
 
@@ -17,18 +17,29 @@ from lappdeploy.cli.run_options import METHOD_OPTIONS, resolve_compress
 from lappdeploy.cli.train_cmd import print_report
 from lappdeploy.config import TrainConfig, config_to_dict, field_names
 from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
+from lappdeploy.methods.options import BudgetOptions, group_fields, option_groups
 
 __all__ = ["compress_command", "print_compress_report"]
 
 
 def _option_sections() -> dict[str, list[str]]:
-    """--help sections: training, the options every method has, then each method's own."""
+    """--help sections: training, the options every method has, the budget, each option group with the methods
+    that declare it (`methods.options`), then each method's own options."""
     sections = {
         "Training options": field_names(TrainConfig),
-        "Pruning options (every method)": ["method", *field_names(PruneConfig)],
+        "Pruning options (every method)": ["method", *group_fields(PruneConfig)],
+        BudgetOptions.title: group_fields(BudgetOptions),
     }
+    declared: dict[type, list[str]] = {}  # option group -> the methods that declare it
     for name in METHODS.names():
-        own = [n for n in field_names(METHODS.get(name).config) if n in METHOD_OPTIONS]
+        for group in option_groups(METHODS.get(name).config):
+            if group is not BudgetOptions:
+                declared.setdefault(group, []).append(name)
+    for group, methods in declared.items():
+        sections[f"{group.title} (--method {', '.join(methods)})"] = group_fields(group)
+    listed = {n for names in sections.values() for n in names}  # a method may re-declare them with its default
+    for name in METHODS.names():
+        own = [n for n in group_fields(METHODS.get(name).config) if n not in listed]
         if own:
             sections[f"{name} options (--method {name})"] = own
     sections["Run directory"] = ["out", "force", "resume"]
@@ -83,11 +94,12 @@ def _method_options(fn):
 )
 @click.pass_context
 def compress_command(ctx: click.Context, out: str | None, force: bool, resume: bool, **fields) -> None:
-    """Train a model from scratch while a pruning method prunes it to --target-macs of its dense deploy
-    MACs: LAPP (default) learns one threshold per channel group under a budget that anneals over
-    --prune-epochs; the baselines train dense for --prune-epochs, then prune once. The masked channels
-    are removed and the compact model trains for the remaining epochs. Writes a run directory like
-    `train` plus plan.json; model.pt is the deploy model (channels removed, bypass folded).
+    """Train a model (from scratch, or from --init-from) while a pruning method prunes it to a budget: a
+    fraction of its dense deploy MACs (--target-macs), parameters (--target-params) or measured latency
+    (--target-latency, --target-latency-ms). LAPP (default) learns one threshold per channel group under
+    a budget that anneals over --prune-epochs; the baselines train dense for --prune-epochs, then prune
+    once. The masked channels are removed and the compact model trains for the remaining epochs. Writes a
+    run directory like `train` plus plan.json; model.pt is the deploy model (channels removed, bypass folded).
 
     \b
     Examples:
@@ -126,7 +138,8 @@ def print_compress_report(report: dict, out: str) -> None:
             f"batch {latency['batch']})"
         )
     else:
-        title = f"{report['method']}: target {report['target_macs']:g} of dense MACs"
+        budget = report.get("budget") or {"target": report["target_macs"], "dense": 1.0, "unit": "MACs"}
+        title = f"{report['method']}: target {budget['target'] / budget['dense']:.4g} of dense {budget['unit']}"
     costs = Table(title=title, title_justify="left")
     for column in ("", "dense", "compressed", "ratio"):
         costs.add_column(column, justify="right" if column else "left")
@@ -136,8 +149,8 @@ def print_compress_report(report: dict, out: str) -> None:
         ("params", report["dense_params"], report["params"]),
     ):
         costs.add_row(label, format_count(dense), format_count(pruned), f"{pruned / max(dense, 1):.3f}")
-    if latency and latency.get("measured_ms") is not None:
-        dense_ms, measured = latency["dense_measured_ms"], latency["measured_ms"]
+    if latency and latency.get("measured_ms") is not None:  # both timed now, interleaved
+        dense_ms, measured = latency["dense_measured_now_ms"], latency["measured_ms"]
         costs.add_row(
             "latency, measured (ms / batch)", f"{dense_ms:.4g}", f"{measured:.4g}", f"{measured / dense_ms:.3f}"
         )

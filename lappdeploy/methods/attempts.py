@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lappdeploy.errors import ConfigError, LappDeployError, SurgeryError
+from lappdeploy.errors import LappDeployError, SurgeryError
 from lappdeploy.methods.base import PruneConfig
+from lappdeploy.methods.budgets import Budget
 from lappdeploy.methods.common import (
     LANDING_WINDOW,
     GroupThresholds,
@@ -45,13 +46,13 @@ from lappdeploy.surgery import (
     analyze,
     channel_scores,
     compose_plans,
-    cost_model,
     fill_plan,
     kept_first,
     plan_cost,
     plan_from_scores,
     uniform_plan,
 )
+from lappdeploy.surgery.plan import width_unit
 
 __all__ = ["Attempts", "IterativePruning", "Outcome"]
 
@@ -119,12 +120,12 @@ class IterativePruning(PruningHookBase):
     """The scaffolding of attempt-and-select methods; a subclass implements `select`.
 
     Removal steps start after `prune_epochs` epochs and are spread over `prune_span` epochs: after each
-    step the gap to the next is set so that the steps still needed (estimated from the MACs the last one
+    step the gap to the next is set so that the steps still needed (estimated from the cost the last one
     removed) end with the span; steps still needed at its end follow each other at once, so the model
     meets its target by then. The run continues compact."""
 
-    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig) -> None:
-        super().__init__(model, groups, config)
+    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig, budget: Budget) -> None:
+        super().__init__(model, groups, config, budget)
         self.current = groups  # analysis of the model as it is now
         self.composed = ChannelPlan()  # everything removed so far, in dense channel indices
         self.steps: list[dict[str, Any]] = []  # each step's plan, in the channel numbering of its time
@@ -141,7 +142,7 @@ class IterativePruning(PruningHookBase):
         self.check_reachable(self.lowest_widths_are)
 
     def _minimum_widths(self, groups: ChannelGroups) -> tuple[list[str], list[int]]:
-        widths = GroupThresholds(groups, min_channels=self.config.min_channels, round_to=self.config.round_to)
+        widths = GroupThresholds(groups, min_channels=self.config.min_channels, round_to=self.budget.round_to)
         return widths.ids, widths.min_keep
 
     # ------------------------------------------------------------------ schedule
@@ -163,11 +164,11 @@ class IterativePruning(PruningHookBase):
         while not self.frozen and loop.state.step >= self.next_step:
             self._removal_step(loop)
 
-    def _schedule(self, loop, removed_macs: float, remaining_macs: float) -> None:
-        """The next removal step: the steps still needed, estimated from the MACs the last one removed,
-        spread evenly over what is left of the span (at once when nothing is left)."""
+    def _schedule(self, loop, removed: float, remaining: float) -> None:
+        """The next removal step: the steps still needed, estimated from the cost (in the budget's unit) the
+        last one removed, spread evenly over what is left of the span (at once when nothing is left)."""
         now = loop.state.step
-        needed = max(1, math.ceil(remaining_macs / max(removed_macs, 1.0)))
+        needed = max(1, math.ceil(remaining / max(removed, 1e-9 * self.budget.dense)))
         left = self.span_end(loop) - now
         self.next_step = now + (max(1, left // (needed + 1)) if left > needed else 0)
 
@@ -203,48 +204,48 @@ class IterativePruning(PruningHookBase):
     def _removal_step(self, loop) -> None:
         if self._window_started is None:
             self._window_started = time.perf_counter()
-        before = plan_cost(self.groups, self.composed).macs
+        before = self.budget.cost(self.composed)
         keep, record = self._decide(loop)
         step_plan = ChannelPlan(
             groups={gid: GroupPlan(self.current.prunable_group(gid).channels, sorted(k)) for gid, k in keep.items()}
         )
-        criterion = record.get("criterion", getattr(self.config, "criterion", "l2"))
-        self.ranked_by.update({gid: criterion for gid in keep})
+        self.ranked_by.update({gid: record["criterion"] for gid in keep})
         step_plan = self._land(step_plan, record)
         with self.reconstructing(loop, self.current, step_plan):  # `current`: the numbering of `step_plan`
             self._apply_step(loop, step_plan)
         if self.config.recalibrate_bn:
             recalibrate_bn_(loop.module, training_batches(loop, self.config.recalibrate_bn))
-        after = plan_cost(self.groups, self.composed).macs
-        record.update(type="prune_step", step=loop.state.step, index=len(self.steps), macs=after / self.dense.macs)
+        after = self.budget.cost(self.composed)
+        record.update(type="prune_step", step=loop.state.step, index=len(self.steps), macs=self._macs_ratio())
+        record.update(self.budget.record(self.composed))
         record.update(epoch=round(loop.state.step / loop.steps_per_epoch, 4), decision_s=round(self.decision_s, 3))
         log_to(loop, record)
-        if after <= self.budget_limit():
+        if after <= self.budget.limit:
             self._close_window()
             self._finish()
         else:
-            self._schedule(loop, before - after, after - self.target_macs)
+            self._schedule(loop, before - after, after - self.budget.limit)
 
     def _land(self, step_plan: ChannelPlan, record: dict[str, Any]) -> ChannelPlan:
         """The decided step, changed where needed so the run lands within LANDING_WINDOW under the target (one
-        unit of a group can be several percent of the MACs), as the one-shot methods' plans do.
+        unit of a group can be several percent of the cost), as the one-shot methods' plans do.
 
         A step that stays above the target is kept while some later removals could still land the model
         (`_landing_drops`); when none could (the widths left would be stranded), its cut is made one unit
         smaller or larger, the least change first, until they could. A step that ends more than the window
         under the target is replaced by the first of these that lands: the decided cut with whole units
-        given back and traded between groups; a uniform cut of the remaining MACs over every group, landed
+        given back and traded between groups; a uniform cut of the remaining cost over every group, landed
         the same way; the decided cut given back unit by unit, each time completed by the unit removals that
         land (`_descend`); a stranded step is landed this way too when no resizing helps (and kept as decided
         when even that does not land). Removed channels never come back and no group goes below its lowest
         width, so a run ends under the window only when the widths its earlier steps left hold no plan in it."""
         floor, limit = self._window()
-        macs = plan_cost(self.current, step_plan).macs
+        cost = self.budget.cost(step_plan, self.current)
         decided = {gid: gp.channels - len(gp.keep) for gid, gp in step_plan.groups.items()}
-        if floor <= macs <= limit:
+        if floor <= cost <= limit:
             return step_plan
         scores = self._landing_scores()
-        if macs > limit:
+        if cost > limit:
             if self._landable(decided):
                 return step_plan
             resized = self._landable_resize(decided)
@@ -253,36 +254,41 @@ class IterativePruning(PruningHookBase):
                 return self._plan_for(resized, step_plan, scores)
         lowest = {g.id: self.lowest_width(g.id) for g in self.current.prunable}
         candidates = {}
-        if macs <= limit:
+        if cost <= limit:
             candidates["grown"] = fill_plan(
-                step_plan, self.current, self.config.round_to,
-                scores=scores, budget=limit, window=LANDING_WINDOW, lowest=lowest,
+                step_plan, self.current, self.budget.round_to, scores=scores, budget=limit, window=LANDING_WINDOW,
+                lowest=lowest, measure=self.budget.measure(self.current),
             )  # fmt: skip
         if not self._lands(candidates.get("grown")):
-            cut = uniform_plan(self.current, limit / self.macs_without({}), scores=scores)
-            candidates["uniform"] = land_plan(cut, self.current, self.config, limit, scores, lowest)
+            measure = self.budget.measure(self.current)
+            cut = uniform_plan(
+                self.current, limit / self.cost_without({}), scores=scores, measure=measure, budget=limit
+            )
+            candidates["uniform"] = land_plan(
+                cut, self.current, self.config, limit, scores, budget=self.budget, lowest=lowest
+            )
             if not self._lands(candidates["uniform"]):
                 descent = self._descend(decided)
                 candidates["descent"] = None if descent is None else self._plan_for(descent, step_plan, scores)
         costs = [
-            (plan_cost(self.current, p).macs, name, p)
+            (self.budget.cost(p, self.current), name, p)
             for name, p in candidates.items()
             if p is not None and self._keeps_lowest(p, lowest)
         ]
-        fallback = (macs, "none", step_plan)  # nothing better: the decided step as it is
+        fallback = (cost, "none", step_plan)  # nothing better: the decided step as it is
         best = max((c for c in costs if c[0] <= limit), key=lambda c: c[0], default=fallback)
-        if macs > limit and best[0] < floor:
+        if cost > limit and best[0] < floor:
             return step_plan  # stranded, and landing now would not land either: the steps go on as decided
-        record.update(landed_from=round(macs / self.dense.macs, 5), landing=best[1])
+        record.update(landed_from=round(self.budget.fraction(cost), 5), landing=best[1])
         return best[2]
 
     def _window(self) -> tuple[float, float]:
-        """(floor, ceiling) of the deploy MACs a landed run may end at."""
-        return (1 - LANDING_WINDOW) * self.budget_limit(), self.budget_limit()
+        """(floor, ceiling) of the cost (in the budget's unit) a landed run may end at."""
+        return (1 - LANDING_WINDOW) * self.budget.limit, self.budget.limit
 
     def _lands(self, plan: ChannelPlan | None) -> bool:
         floor, limit = self._window()
-        return plan is not None and floor <= plan_cost(self.current, plan).macs <= limit
+        return plan is not None and floor <= self.budget.cost(plan, self.current) <= limit
 
     def _further(self, gid: str, drops: dict[str, int]) -> list[int]:
         """The available counts of group `gid` that remove more than `drops` does, ascending."""
@@ -302,7 +308,7 @@ class IterativePruning(PruningHookBase):
             for sign in (-1, +1):
                 drops = {gid: self._moved(options[gid], n, sign * units) for gid, n in decided.items()}
                 removes = any(drops.values()) and drops != decided
-                if removes and self.macs_without(drops) > self.budget_limit() and self._landable(drops):
+                if removes and self.cost_without(drops) > self.budget.limit and self._landable(drops):
                     return drops
         return None
 
@@ -327,43 +333,43 @@ class IterativePruning(PruningHookBase):
 
     def _landable(self, drops: dict[str, int], room: float = 3.0) -> bool:
         """Whether later removals could still land the model after `drops` (above the target): yes at once when
-        the MACs still to remove exceed `room` times the largest saving of one more unit of any group (later
+        the cost still to remove exceeds `room` times the largest saving of one more unit of any group (later
         steps check again, nearer the target), else when `_landing_drops` finds a landing."""
-        now = self.macs_without(drops)
+        now = self.cost_without(drops)
         savings = [
-            now - self.macs_without({**drops, g.id: more[0]})
+            now - self.cost_without({**drops, g.id: more[0]})
             for g in self.current.prunable
             if (more := self._further(g.id, drops))
         ]
         if not savings:
             return False
-        if now - self.budget_limit() > room * max(savings):
+        if now - self.budget.limit > room * max(savings):
             return True
         return self._landing_drops(drops) is not None
 
     def _landing_drops(
         self, drops: dict[str, int], max_bins: int = 4000, exact_checks: int = 256, per_group: int = 32
     ) -> dict[str, int] | None:
-        """`drops` plus further unit removals over every group that bring the MACs into the window, or None.
+        """`drops` plus further unit removals over every group that bring the cost into the window, or None.
 
-        A subset sum: each group's possible further removals, with the MACs each saves on its own (exact), are
+        A subset sum: each group's possible further removals, with the cost each saves on its own (exact), are
         combined group by group over sums binned finely (a bin is 1/8 of the window, coarser when that would
         exceed `max_bins` bins; at most `per_group` removal sizes per group, the smallest, bound the work on wide
         networks). Savings add up to at most their sum (a conv reading a pruned group and writing
         another saves the product term once, not twice), so combinations are checked with the exact cost model
-        from the smallest summed saving that could land upward. MACs only fall as channels go, so a removal
+        from the smallest summed saving that could land upward. Costs only fall as channels go, so a removal
         that alone overshoots the window is never part of a landing."""
-        (floor, limit), now = self._window(), self.macs_without(drops)
+        (floor, limit), now = self._window(), self.cost_without(drops)
         if now <= limit:
             return dict(drops) if now >= floor else None
-        low, high = now - limit, now - floor  # MACs to save: at least `low`, at most `high`
+        low, high = now - limit, now - floor  # cost to save: at least `low`, at most `high`
         reach = 1.5 * high  # summed savings worth checking (the exact saving of a combination is at most its sum)
         width = max((high - low) / 8, reach / max_bins)
         sums: dict[int, tuple[float, dict[str, int]]] = {0: (0.0, {})}
         for g in self.current.prunable:
             removals = []
             for n in self._further(g.id, drops)[:per_group]:
-                saved = now - self.macs_without({**drops, g.id: n})
+                saved = now - self.cost_without({**drops, g.id: n})
                 if saved > high:
                     break
                 removals.append((n, saved))
@@ -378,7 +384,7 @@ class IterativePruning(PruningHookBase):
         near = sorted((v for v in sums.values() if v[0] >= low), key=lambda v: v[0])
         for _, choice in near[:exact_checks]:
             trial = {**drops, **choice}
-            if floor <= self.macs_without(trial) <= limit:
+            if floor <= self.cost_without(trial) <= limit:
                 return trial
         return None
 
@@ -413,25 +419,31 @@ class IterativePruning(PruningHookBase):
     def _finish(self) -> None:
         self.plan, self.deploy = self.composed, plan_cost(self.groups, self.composed)
         self.release_calibration()  # the last removal step: no refit follows
-        self.plan.info.update(method=self.method, target_macs=self.config.target_macs, steps=len(self.steps))
-        self.plan.info.update(macs=self.deploy.macs, params=self.deploy.params, dense_macs=self.dense.macs)
+        target_macs = self.budget.report(None)["target_macs"]
+        self.plan.info.update(method=self.method, target_macs=target_macs, budget=self.budget.identity())
+        self.plan.info.update(steps=len(self.steps), macs=self.deploy.macs, params=self.deploy.params)
+        self.plan.info.update(dense_macs=self.dense.macs)
         log.info(
-            "%s: %d removal steps, deploy MACs %.3f of dense (target %.3f); decisions %.1f s of a %.1f s window",
+            "%s: %d removal steps, %s %.3f of dense (target %.3f); decisions %.1f s of a %.1f s window",
             self.method,
             len(self.steps),
-            self.deploy.macs / self.dense.macs,
-            self.config.target_macs,
+            self.budget.unit,
+            self.budget.fraction(self.budget.cost(self.composed)),
+            self.budget.fraction(self.budget.target),
             self.decision_s,
             self.window_s,
         )
+
+    def _macs_ratio(self) -> float:
+        return self.current_macs() / self.dense.macs
 
     def current_macs(self) -> float:
         return float(plan_cost(self.groups, self.composed).macs)
 
     # ------------------------------------------------------------------ helpers for `select`
     def unit(self, gid: str) -> int:
-        """Width granularity: round_to, and whole positions of grouped convs."""
-        return math.lcm(self.config.round_to, self.groups.prunable_group(gid).segments)
+        """Width granularity: the budget's rounding multiple, and whole positions of grouped convs."""
+        return width_unit(self.budget.round_to, self.groups.prunable_group(gid))
 
     def lowest_width(self, gid: str) -> int:
         """The fewest channels the group may end with: its minimum width raised to a multiple of the unit
@@ -453,7 +465,7 @@ class IterativePruning(PruningHookBase):
 
     def to_target(self, gid: str, counts: list[int]) -> int | None:
         """The fewest of `counts` with which group `gid` alone brings the model within the budget, if any."""
-        return next((n for n in counts if self.macs_without({gid: n}) <= self.budget_limit()), None)
+        return next((n for n in counts if self.cost_without({gid: n}) <= self.budget.limit), None)
 
     lowest_widths_are = "every group at its minimum width"  # what `lowest_width` means, for errors
 
@@ -462,20 +474,16 @@ class IterativePruning(PruningHookBase):
         plan = ChannelPlan(
             {g.id: GroupPlan(g.channels, list(range(self.lowest_width(g.id)))) for g in self.groups.prunable}
         )
-        cheapest = plan_cost(self.groups, plan).macs
-        if cheapest > self.budget_limit():
-            raise ConfigError(
-                f"--target-macs {self.config.target_macs} is unreachable: with {what} the model needs "
-                f"{cheapest / self.dense.macs:.3f} of its dense MACs"
-            )
+        self.budget.check_reachable(plan, what)
 
-    def macs_without(self, drops: dict[str, int]) -> float:
-        """Deploy MACs per image of the current model with `drops[gid]` more channels removed per group."""
+    @torch.no_grad()
+    def cost_without(self, drops: dict[str, int]) -> float:
+        """The cost (in the budget's unit) of the current model with `drops[gid]` more channels removed per group."""
         mask = torch.ones(self.current.global_channels, dtype=torch.float64)
         for gid, count in drops.items():
             g = self.current.prunable_group(gid)
             mask[g.offset : g.offset + count] = 0  # the cost depends on how many, not on which
-        return float(cost_model(self.current)(mask)[0])
+        return float(self.budget.soft(mask, self.current))
 
     def kept_by(self, criterion: str, counts: dict[str, int], scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
         """Per group, the channels `criterion` keeps when `counts[gid]` are removed (indices of the model now)."""

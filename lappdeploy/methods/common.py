@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,6 @@ from lappdeploy.surgery import (
     SurgeryError,
     add_bypass_,
     analyze,
-    channel_scores,
     fill_plan,
     has_bypass,
     plan_cost,
@@ -47,7 +46,10 @@ from lappdeploy.surgery import (
     round_plan,
 )
 from lappdeploy.surgery.graph import resolve_module
-from lappdeploy.surgery.plan import PlanMeasure, RoundTo, macs_measure, width_unit
+from lappdeploy.surgery.plan import RoundTo, width_unit
+
+if TYPE_CHECKING:
+    from lappdeploy.methods.budgets import Budget
 
 __all__ = [
     "LANDING_WINDOW",
@@ -87,7 +89,7 @@ class PruneResult:
 
     method: str
     plan: ChannelPlan
-    target_macs: float | None  # fraction of the dense deploy MACs (None: the method budgeted latency)
+    target_macs: float | None  # fraction of the dense deploy MACs (None: the run budgeted another kind)
     dense: DeployCost  # deploy MACs per image and params of the dense model
     deploy: DeployCost  # the same of the pruned model
     layers: list[dict[str, Any]]  # per prunable group, in module order: name, total, kept, threshold
@@ -187,42 +189,39 @@ def plan_within_budget(
     mask: GroupThresholds,
     normalised: torch.Tensor,
     thresholds: torch.Tensor,
-    budget: float,
+    limit: float,
     *,
-    round_to: RoundTo = 1,
-    measure: PlanMeasure | None = None,
-    unit: str = "MACs",
+    budget: Budget,
 ) -> tuple[ChannelPlan, float]:
-    """The plan of the hard masks `normalised > thresholds + offset`, rounded to multiples of `round_to`,
-    with the smallest common offset >= 0 whose cost is <= `budget`, grown toward the budget (`fill_plan`)
-    when it lands more than LANDING_WINDOW under it; returns (plan, offset). The cost is `measure(plan)`
-    (default: deploy MACs per sample; a latency model gives ms), `unit` names it in errors.
+    """The plan of the hard masks `normalised > thresholds + offset`, rounded to the budget's multiples, with
+    the smallest common offset >= 0 whose cost (in the budget's unit) is <= `limit`, grown toward the limit
+    (`fill_plan`) when it lands more than LANDING_WINDOW under it; returns (plan, offset).
 
     Raising every threshold by one offset keeps the layer-adaptive allocation the thresholds learned
     while removing the channels that sit closest to their group's threshold first.
     """
     normalised = normalised.detach().float().cpu()
     thresholds = thresholds.detach().float().cpu()
-    measure = measure or macs_measure(groups)
+    measure, round_to = budget.measure(groups), budget.round_to
 
     def plan_at(offset: float) -> ChannelPlan:
         plan = ChannelPlan.from_keep_mask(groups, mask.hard(normalised, thresholds, offset))
         if round_to == 1 or (isinstance(round_to, Mapping) and set(round_to.values()) <= {1}):
             return plan
-        return round_plan(plan, groups, round_to, scores=normalised, budget=budget, measure=measure)
+        return round_plan(plan, groups, round_to, scores=normalised, budget=limit, measure=measure)
 
     high = float(normalised.max() - thresholds.min()) + 1.0  # every group at its minimum width
-    if not measure(plan_at(high)) <= budget:
+    if not measure(plan_at(high)) <= limit:
         raise SurgeryError(
-            f"no plan reaches {budget:.6g} {unit}: even the minimum widths cost {measure(plan_at(high)):.6g}; "
+            f"no plan reaches {limit:.6g} {budget.unit}: even the minimum widths cost {measure(plan_at(high)):.6g}; "
             "raise the target or lower --min-channels/--round-to"
         )
-    offset = smallest_offset(lambda o: measure(plan_at(o)) <= budget, high)
+    offset = smallest_offset(lambda o: measure(plan_at(o)) <= limit, high)
     best = plan_at(offset)
-    if measure(best) < (1 - LANDING_WINDOW) * budget:
+    if measure(best) < (1 - LANDING_WINDOW) * limit:
         lowest = dict(zip(mask.ids, mask.min_keep, strict=True))
         best = fill_plan(
-            best, groups, round_to, scores=normalised, budget=budget, window=LANDING_WINDOW, lowest=lowest,
+            best, groups, round_to, scores=normalised, budget=limit, window=LANDING_WINDOW, lowest=lowest,
             four_move_trade=True, measure=measure,
         )  # fmt: skip
     for index, gid in enumerate(mask.ids):
@@ -339,7 +338,7 @@ def producers(groups: ChannelGroups, group) -> list[str]:
 
 def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig) -> ChannelGroups:
     """Add the bypass blocks when `config.bypass` is `rep` or `width` (in place), then find the channel
-    groups; raise ConfigError when nothing can be pruned or the MACs target is out of reach."""
+    groups; raise ConfigError when nothing can be pruned (the budget checks its reach: `methods.budgets`)."""
     if config.bypass != "none" and not has_bypass(model):
         add_bypass_(model, example_inputs, ignore=config.ignore, kind=config.bypass)
     groups = analyze(model, example_inputs, ignore=config.ignore)
@@ -348,26 +347,14 @@ def prepare_groups_(model: nn.Module, example_inputs: torch.Tensor, config: Prun
         groups = analyze(model, example_inputs, ignore=(*config.ignore, *streams))
     if not groups.prunable:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group (see `lappdeploy inspect`)")
-    if config.reconstruct != "none":
+    if config.refits:
         check_calibration(groups, ReconstructionSettings.from_config(config), config.calib_images)
-    if config.budgets_latency:  # the latency budget checks its own floor (methods.budgets)
-        return groups
-    dense = plan_cost(groups, ChannelPlan())
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=config.round_to)
-    floor = plan_cost(groups, minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
-    if floor.macs > config.target_macs * dense.macs:
-        raise ConfigError(
-            f"--target-macs {config.target_macs} is unreachable: with every group at its minimum width "
-            f"(--min-channels {config.min_channels}, --round-to {config.round_to}) the model still needs "
-            f"{floor.macs / dense.macs:.3f} of its dense MACs; raise --target-macs or lower those"
-        )
     return groups
 
 
-def lowest_widths(groups: ChannelGroups, config: PruneConfig, round_to: RoundTo | None = None) -> dict[str, int]:
-    """The fewest channels each prunable group may keep (--min-channels, --round-to or the resolved per-group
-    `round_to`, grouped-conv blocks)."""
-    round_to = config.round_to if round_to is None else round_to
+def lowest_widths(groups: ChannelGroups, config: PruneConfig, round_to: RoundTo) -> dict[str, int]:
+    """The fewest channels each prunable group may keep (--min-channels, the budget's resolved `round_to`,
+    grouped-conv blocks)."""
     thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=round_to)
     return dict(zip(thresholds.ids, thresholds.min_keep, strict=True))
 
@@ -378,14 +365,14 @@ def land_plan(
     config: PruneConfig,
     limit: float,
     scores: torch.Tensor,
+    *,
+    budget: Budget,
     lowest: dict[str, int] | None = None,
-    measure: PlanMeasure | None = None,
-    round_to: RoundTo | None = None,
 ) -> ChannelPlan:
-    """`plan` with widths rounded to --round-to (or the resolved per-group `round_to`) and grown back to within
-    LANDING_WINDOW under `limit` (MACs, or the unit of `measure`); the trades that land it never take a group
-    below `lowest` (default: `lowest_widths`)."""
-    round_to = config.round_to if round_to is None else round_to
+    """`plan` (numbered as `groups`) with widths rounded to the budget's multiples and grown back to within
+    LANDING_WINDOW under `limit` (in the budget's unit); the trades that land it never take a group below
+    `lowest` (default: `lowest_widths`)."""
+    measure, round_to = budget.measure(groups), budget.round_to
     if round_to != 1:
         plan = round_plan(plan, groups, round_to, scores=scores, budget=limit, measure=measure)
     lowest = lowest if lowest is not None else lowest_widths(groups, config, round_to)
@@ -395,25 +382,23 @@ def land_plan(
 
 
 class PruningHookBase(Hook):
-    """The scaffolding of a method's pruning hook: the dense cost and MACs target, applying a plan
+    """The scaffolding of a method's pruning hook: the dense cost, the run's budget, applying a plan
     mid-training (channels removed, optimizer state carried), epoch metrics, resume and the result.
 
-    Subclasses decide when and what to prune; they call `apply_(loop, plan)` once and may override
+    Subclasses decide when and what to prune, asking `budget` (`methods.budgets.Budget`: MACs, parameters or
+    latency, whichever the run set) for costs and limits; they call `apply_(loop, plan)` once and may override
     `report_extra` (their own report fields) and `report_thresholds` (per-group thresholds)."""
 
     method = ""  # the registered method name, set by the subclass
-    # a `methods.budgets.LatencyBudget` where the method budgets measured latency (--target-latency); set by
-    # the subclasses that support one
-    latency: Any = None
 
-    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig) -> None:
-        self.model, self.groups, self.config = model, groups, config
+    def __init__(self, model: nn.Module, groups: ChannelGroups, config: PruneConfig, budget: Budget) -> None:
+        self.model, self.groups, self.config, self.budget = model, groups, config, budget
         self.example_inputs = groups.example_inputs.detach().cpu()
         self.dense = plan_cost(groups, ChannelPlan())  # deploy MACs / params of the dense model
-        self.target_macs = config.target_macs * self.dense.macs  # MACs per image
         self.plan: ChannelPlan | None = None  # set when the channels are removed
         self.deploy: DeployCost | None = None
-        self.reconstruction = ReconstructionLog(config.reconstruct)  # the refits after each removal
+        # the refits after each removal
+        self.reconstruction = ReconstructionLog(config.reconstruct if config.refits else "none")
         # the held-out images the refits are computed on: loaded at the first removal, freed after the last
         self._calibration: torch.Tensor | None = None
 
@@ -427,17 +412,12 @@ class PruningHookBase(Hook):
     @property
     def round_to(self) -> RoundTo:
         """The rounding multiple(s) in force: --round-to, or with --round-to auto the per-group multiples the
-        latency table's width-step probes show."""
-        return self.latency.round_to if self.latency is not None else self.config.round_to
-
-    def budget_limit(self) -> float:
-        """The most a final plan may cost: the target itself, in deploy MACs per image, or with a latency
-        budget in predicted ms per batch (after a measured landing: the limit its timings corrected the target to)."""
-        return self.latency.limit_ms if self.latency is not None else self.target_macs
+        latency table's width-step probes show (resolved by the budget)."""
+        return self.budget.round_to
 
     def deploy_report(self, deploy_model: nn.Module) -> dict[str, Any]:
-        """Report fields that need the final deploy model: with a latency budget, its measured latency."""
-        return self.latency.deploy_report(self.plan, deploy_model) if self.latency is not None else {}
+        """Report fields that need the final deploy model (a latency budget times it)."""
+        return self.budget.deploy_report(self.plan, deploy_model)
 
     def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
         """Remove `plan`'s channels from the training model, refit the layers reading them (--reconstruct),
@@ -453,7 +433,8 @@ class PruningHookBase(Hook):
         self.deploy = plan_cost(self.groups, plan)
         plan.info.update(
             method=self.method,
-            target_macs=self.config.target_macs,
+            target_macs=self.budget.report(None)["target_macs"],
+            budget=self.budget.identity(),
             dense_macs=self.dense.macs,
             dense_params=self.dense.params,
             macs=self.deploy.macs,
@@ -466,7 +447,7 @@ class PruningHookBase(Hook):
         """Around the removal of `plan`'s channels (numbered as in `groups`, the analysis before removal): with
         --reconstruct, a frozen copy of the model is taken first, and the layers reading removed channels are
         refitted after (docs/ldrf.md#reconstruction); wall time and peak memory are recorded."""
-        if self.config.reconstruct == "none" and not self.config.reconstruct_diagnostics:
+        if not self.config.diagnoses_removal:
             yield
             return
         meter = ResourceMeter()
@@ -480,7 +461,7 @@ class PruningHookBase(Hook):
         """The held-out images the refits are computed on (--calib-images, none without --reconstruct) and, after
         them in the same seeded draw, up to DIAGNOSTIC_IMAGES more the layers' output errors are measured on."""
         device = next(loop.module.parameters()).device
-        calibration = self.config.calib_images if self.config.reconstruct != "none" else 0
+        calibration = self.config.calib_images if self.config.refits else 0
         images = held_out_tensors(loop, calibration + DIAGNOSTIC_IMAGES, device, seed=self.config.calib_seed)[0]
         if len(images) <= calibration:
             log.warning("no held-out images beyond the calibration ones: raise --holdout for the output errors")
@@ -538,14 +519,13 @@ class PruningHookBase(Hook):
         return {
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "reconstruction": self.reconstruction.state_dict(),
-            "latency": self.latency.identity() if self.latency is not None else None,
+            "budget": self.budget.identity(),
         }
 
     def load_state_dict(self, state: dict[str, Any], loop) -> None:
         """Replay the channel removal if it had happened (called before the weights are loaded, so they
-        then fit the compact architecture). A latency budget must be the one the run started with."""
-        if self.latency is not None:
-            self.latency.check_resumed(state.get("latency"))
+        then fit the compact architecture). The budget must be the one the run started with."""
+        self.budget.check_resumed(state.get("budget"))
         if state.get("plan") is not None:
             self.apply_(loop, ChannelPlan.from_dict(state["plan"]), recalibrate=False, reconstruct=False)
         self.reconstruction.load_state_dict(state.get("reconstruction", []))
@@ -571,13 +551,13 @@ class PruningHookBase(Hook):
             layers.append(
                 {"name": g.id, "total": g.channels, "kept": len(gp.keep) if gp else g.channels, "threshold": threshold}
             )
+        budget = self.budget.report(self.plan)  # target_macs is None unless MACs were budgeted
         return PruneResult(
             method=self.method,
             plan=self.plan,
-            # with a latency budget the MACs fall where that budget puts them: there is no MACs target
-            target_macs=self.config.target_macs if self.latency is None else None,
+            target_macs=budget.pop("target_macs"),
             dense=self.dense,
             deploy=self.deploy,
             layers=layers,
-            extra={**self.reconstruction.report(), **self.report_extra()},
+            extra={**budget, **self.reconstruction.report(), **self.report_extra()},
         )

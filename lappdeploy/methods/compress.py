@@ -19,8 +19,9 @@ from torch import nn
 
 from lappdeploy.config import TrainConfig
 from lappdeploy.hooks import Hook
-from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig, method_section, spec_for
+from lappdeploy.methods.base import PruneConfig, method_section, spec_for
 from lappdeploy.methods.common import PruneResult, PruningHookBase
+from lappdeploy.methods.options import ROUND_TO_AUTO
 from lappdeploy.models import count_macs
 from lappdeploy.surgery import fold_bypass_, has_bypass
 from lappdeploy.train import DistContext, run_training

@@ -159,7 +159,10 @@ COMPRESS = [
             ["--method", "uniform", "INIT", "--prune-epochs", "0", "--reconstruct", "ls", "--calib-images", "8"],
             "the least-squares system would be under-determined",
         ),
-        (["--method", "lapp", "--reconstruct", "ls"], "--reconstruct does not apply to lapp"),
+        (
+            ["--method", "lapp", "--reconstruct", "ls"],
+            "--reconstruct is an option of method global, laasp, ldrf, pcp, uniform, not of lapp",
+        ),
         (["--method", "uniform", "--reconstruct", "ldrf", "--bypass", "rep"], "use --bypass none"),
     ],
 )

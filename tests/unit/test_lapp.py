@@ -15,6 +15,7 @@ from torch import nn
 from lappdeploy.config import TrainConfig
 from lappdeploy.errors import ConfigError, UnknownNameError
 from lappdeploy.methods import METHODS, LappConfig, method_config
+from lappdeploy.methods.budgets import MacsBudget
 from lappdeploy.methods.common import LANDING_WINDOW, plan_within_budget
 from lappdeploy.methods.lapp import ThresholdMask, cubic_budget, prepare_
 from lappdeploy.models import count_macs, create_model
@@ -50,6 +51,10 @@ def _example() -> torch.Tensor:
 def _model(name: str = "tiny_resnet") -> nn.Module:
     torch.manual_seed(0)
     return create_model(name, num_classes=4)
+
+
+def _macs(groups, target: float, round_to) -> MacsBudget:
+    return MacsBudget(groups, target, round_to=round_to, flag=f"--target-macs {target}")
 
 
 def _config(method: str = "lapp", **changes):
@@ -267,9 +272,11 @@ def test_final_macs_within_budget_for_every_reachable_target(target, round_to):
     floor = plan_cost(groups, minimum_plan(groups, mask, channel_scores(groups, "bn"))).macs
     if floor > limit:  # unreachable: a clear error, never a plan over budget
         with pytest.raises(SurgeryError, match="minimum widths"):
-            plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
+            plan_within_budget(groups, mask, normalised, thresholds, limit, budget=_macs(groups, target, round_to))
         return
-    plan, offset = plan_within_budget(groups, mask, normalised, thresholds, limit, round_to=round_to)
+    plan, offset = plan_within_budget(
+        groups, mask, normalised, thresholds, limit, budget=_macs(groups, target, round_to)
+    )
     macs = plan_cost(groups, plan).macs
     assert macs <= limit
     assert offset >= 0
@@ -405,7 +412,9 @@ def test_global_ranking_differs_from_uniform():
     from lappdeploy.surgery import channel_scores
 
     l2, group_l2 = channel_scores(groups, "l2").detach(), channel_scores(groups, "group_l2")
-    uniform, glob = uniform_budget_plan(groups, config, limit, l2), global_plan(groups, config, limit, group_l2)
+    budget = _macs(groups, 0.5, config.round_to)
+    uniform = uniform_budget_plan(groups, config, budget, limit, l2)
+    glob = global_plan(groups, config, budget, limit, group_l2)
     ratio = lambda plan, g: len(plan.groups[g].keep) / plan.groups[g].channels if g in plan.groups else 1.0  # noqa: E731
     # uniform: the same fraction everywhere, up to the units that landing it on the budget moves (here 1)
     same_fraction = uniform_plan(groups, 0.5, scores=l2)
@@ -429,7 +438,7 @@ def test_uniform_meets_its_budget_where_per_group_multiples_leave_narrow_groups_
     assert 0 < sum(m != 4 for m in multiples.values()) < len(multiples), "some groups fixed, some free"
     limit = 0.5 * plan_cost(groups, ChannelPlan()).macs
     scores = channel_scores(groups, "l2").detach()
-    plan = uniform_budget_plan(groups, _config(), limit, scores, round_to=multiples)
+    plan = uniform_budget_plan(groups, _config(), _macs(groups, 0.5, multiples), limit, scores)
     assert plan_cost(groups, plan).macs <= limit
     for g in groups.prunable:
         kept = len(plan.groups[g.id].keep) if g.id in plan.groups else g.channels
@@ -449,7 +458,11 @@ def test_baselines_land_within_half_a_percent_under_the_target_on_resnet20(targe
     config = LappConfig(target_macs=target, round_to=8)
     l2, group_l2 = channel_scores(groups, "l2").detach(), channel_scores(groups, "group_l2").detach()
     limit = target * dense
-    for plan in (uniform_budget_plan(groups, config, limit, l2), global_plan(groups, config, limit, group_l2)):
+    budget = _macs(groups, target, 8)
+    for plan in (
+        uniform_budget_plan(groups, config, budget, limit, l2),
+        global_plan(groups, config, budget, limit, group_l2),
+    ):
         ratio = plan_cost(groups, plan).macs / dense
         assert (1 - LANDING_WINDOW) * target <= ratio <= target, ratio
 

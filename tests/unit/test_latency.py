@@ -32,6 +32,7 @@ from lappdeploy.latency.profile import (
     profile_model,
     speed_drift,
 )
+from lappdeploy.methods.budgets import LatencyBudget
 from lappdeploy.methods.common import LANDING_WINDOW, GroupThresholds, plan_within_budget
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, channel_scores, random_plan, random_widths_plan, uniform_plan
@@ -121,9 +122,9 @@ def test_the_budget_guarantee_holds_on_the_latency_model(tiny, table, fraction):
     thresholds = GroupThresholds(groups)
     normalised = thresholds.normalise(channel_scores(groups, "l2"))
     budget = fraction * latency.dense_ms
-    plan, _ = plan_within_budget(
-        groups, thresholds, normalised, torch.zeros(len(thresholds.ids)), budget, measure=latency.plan_ms, unit="ms"
-    )
+    ms_budget = LatencyBudget(groups, latency, table, source="t.json", target_ms=budget, round_to=1, flag="--t")
+    plan, _ = plan_within_budget(groups, thresholds, normalised, torch.zeros(len(thresholds.ids)), budget,
+                                 budget=ms_budget)  # fmt: skip
     assert latency.plan_ms(plan) <= budget
     assert latency.plan_ms(plan) >= (1 - LANDING_WINDOW) * budget, "lands within the window under the budget"
 
@@ -327,7 +328,7 @@ def test_latency_target_errors_are_one_line_and_write_nothing(cli, tmp_path, tab
         (["--target-latency", "0.6", "--latency-table", corrupt], "malformed"),
         (["--target-latency-ms", str(dense_ms * 1.01), "--latency-table", table_file], "at or above the dense"),
         (["--target-latency", "0.001", "--latency-table", table_file], "unreachable"),
-        (["--target-latency", "0.5", "--target-latency-ms", "1", "--latency-table", table_file], "not both"),
+        (["--target-latency", "0.5", "--target-latency-ms", "1", "--latency-table", table_file], "set two budgets"),
         (["--latency-table", table_file], "need --target-latency"),
     ]
     for index, (args, expected) in enumerate(cases):
@@ -379,7 +380,7 @@ def test_a_resumed_run_refuses_another_table_or_target(tmp_path, tiny, table_fil
         return spec_for(config).prepare(model, torch.zeros((2, *SHAPE)), config)
 
     state = hook(str(table_file), 0.6).state_dict()
-    assert state["latency"]["table"] == LatencyTable.load(table_file).digest()
+    assert state["budget"]["table"] == LatencyTable.load(table_file).digest()
     hook(str(table_file), 0.6).load_state_dict(state, None)  # the same table and target resume
     other = tmp_path / "other.json"
     synthetic_table(tiny[0], SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=300.0).save(other)

@@ -35,8 +35,8 @@ def tiny():
 def _budget(groups, table, fraction: float | None, target_ms: float | None = None, dense=None) -> LatencyBudget:
     model = LatencyModel(groups, table)
     target = target_ms if target_ms is not None else fraction * table.dense_ms
-    return LatencyBudget(model=model, table=table, source="t.json", target_ms=target, round_to=1, fraction=fraction,
-                         dense_model=dense, measured_landing=True)  # fmt: skip
+    return LatencyBudget(groups, model, table, source="t.json", target_ms=target, round_to=1, flag="--target-latency",
+                         fraction=fraction, dense_model=dense, measured_landing=True)  # fmt: skip
 
 
 def _lapp_landing(groups):
@@ -46,7 +46,7 @@ def _lapp_landing(groups):
 
     def land(budget: LatencyBudget):
         return lambda limit: plan_within_budget(
-            groups, thresholds, normalised, torch.zeros(len(thresholds.ids)), limit, measure=budget.measure, unit="ms"
+            groups, thresholds, normalised, torch.zeros(len(thresholds.ids)), limit, budget=budget
         )
 
     return land
@@ -63,17 +63,17 @@ def test_a_biased_prediction_is_corrected_to_within_the_tolerance_of_a_ms_target
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, bias))
+    plan, _ = budget.land(_lapp_landing(groups)(budget), timer=_biased_timer(budget, bias))
     first, last = budget.landing[0], budget.landing[-1]
-    assert first["measured_vs_target"] == pytest.approx(bias * first["predicted_ms"] / budget.target_ms, rel=1e-3)
+    assert first["measured_vs_target"] == pytest.approx(bias * first["predicted_ms"] / budget.target, rel=1e-3)
     assert abs(first["measured_vs_target"] - 1) > MEASURED_TOLERANCE, "the uncorrected landing misses"
     measured = bias * budget.model.plan_ms(plan)
-    assert abs(measured / budget.target_ms - 1) <= MEASURED_TOLERANCE, budget.landing
-    kept = measured / budget.target_ms
+    assert abs(measured / budget.target - 1) <= MEASURED_TOLERANCE, budget.landing
+    kept = measured / budget.target
     assert last["measured_vs_target"] == pytest.approx(kept, rel=1e-3), "the kept plan is the last timed"
     assert 2 <= len(budget.landing) <= MEASURED_ATTEMPTS
     assert [a.get("kept", False) for a in budget.landing] == [False] * (len(budget.landing) - 1) + [True]
-    assert budget.limit_ms == pytest.approx(max(budget.target_ms, budget.model.plan_ms(plan)))
+    assert budget.limit == pytest.approx(max(budget.target, budget.model.plan_ms(plan)))
 
 
 def test_a_fraction_target_is_read_against_the_dense_model_timed_alongside(tiny):
@@ -84,19 +84,19 @@ def test_a_fraction_target_is_read_against_the_dense_model_timed_alongside(tiny)
     budget = _budget(groups, table, 0.6)
     scale = table.dense_ms / budget.model.dense_ms  # the table's measured dense vs its prediction
     timer = _biased_timer(budget, 1.3 * scale, 1.3 * table.dense_ms)
-    budget.land_measured(_lapp_landing(groups)(budget), timer=timer)
+    budget.land(_lapp_landing(groups)(budget), timer=timer)
     assert len(budget.landing) == 1 and abs(budget.landing[0]["measured_vs_target"] - 1) <= LANDING_WINDOW + 1e-3
-    assert budget.limit_ms == budget.target_ms
+    assert budget.limit == budget.target
 
 
 def test_an_unreachable_correction_keeps_the_fastest_plan_timed(tiny):
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 10.0))
+    plan, _ = budget.land(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 10.0))
     ratios = [attempt["measured_vs_target"] for attempt in budget.landing]
     assert min(ratios) > 1 + MEASURED_TOLERANCE, "10x slower than predicted: no plan reaches the target"
-    kept = 10.0 * budget.model.plan_ms(plan) / budget.target_ms
+    kept = 10.0 * budget.model.plan_ms(plan) / budget.target
     assert kept == pytest.approx(min(ratios), rel=1e-3)
     assert [a.get("kept", False) for a in budget.landing].count(True) == 1
     assert next(a for a in budget.landing if a.get("kept"))["measured_vs_target"] == min(ratios)
@@ -109,7 +109,7 @@ def test_a_plan_measured_far_below_the_target_never_steps_back_to_the_dense_netw
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.6 * table.dense_ms)
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 0.3))
+    plan, _ = budget.land(_lapp_landing(groups)(budget), timer=_biased_timer(budget, 0.3))
     assert len(budget.landing) >= 2, "0.3x is outside the tolerance: the limit is corrected"
     assert all(attempt["predicted_ms"] < budget.model.dense_ms for attempt in budget.landing), budget.landing
     assert not plan.is_empty and budget.model.plan_ms(plan) < budget.model.dense_ms
@@ -119,14 +119,14 @@ def test_the_uniform_baseline_lands_by_measurement_too(tiny):
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, None, target_ms=0.7 * table.dense_ms)
-    config = LappConfig(target_latency_ms=budget.target_ms, round_to=1)
+    config = LappConfig(target_latency_ms=budget.target, round_to=1)
     scores = channel_scores(groups, "l2")
 
     def land(limit: float):
-        return uniform_budget_plan(groups, config, limit, scores, measure=budget.measure, round_to=1), None
+        return uniform_budget_plan(groups, config, budget, limit, scores), None
 
-    plan, _ = budget.land_measured(land, timer=_biased_timer(budget, 1.15))
-    assert abs(1.15 * budget.model.plan_ms(plan) / budget.target_ms - 1) <= MEASURED_TOLERANCE, budget.landing
+    plan, _ = budget.land(land, timer=_biased_timer(budget, 1.15))
+    assert abs(1.15 * budget.model.plan_ms(plan) / budget.target - 1) <= MEASURED_TOLERANCE, budget.landing
 
 
 def test_a_modelled_table_is_not_landed_by_measurement(tiny):
@@ -134,8 +134,8 @@ def test_a_modelled_table_is_not_landed_by_measurement(tiny):
     model, groups = tiny
     table = synthetic_table(model, SHAPE, model_name="tiny_resnet", step=1, points=6, ms_per_gmac=200.0)
     budget = _budget(groups, table, 0.6, dense=copy.deepcopy(model).eval())
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget))
-    assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target_ms
+    plan, _ = budget.land(_lapp_landing(groups)(budget))
+    assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target
 
 
 def _measured_budget(model, groups) -> tuple[LatencyBudget, float]:
@@ -153,7 +153,7 @@ def test_a_table_measured_here_is_landed_by_timing_the_deploy_model_on_onnx_runt
     model, groups = tiny
     budget, fraction = _measured_budget(model, groups)
     landed = _lapp_landing(groups)(budget)
-    plan, _ = budget.land_measured(landed)
+    plan, _ = budget.land(landed)
     assert 1 <= len(budget.landing) <= MEASURED_ATTEMPTS
     for attempt in budget.landing:
         assert attempt["measured_ms"] > 0 and attempt["dense_ms"] > 0
@@ -161,7 +161,7 @@ def test_a_table_measured_here_is_landed_by_timing_the_deploy_model_on_onnx_runt
             attempt["measured_ms"] / (fraction * attempt["dense_ms"]), rel=1e-2
         )
     assert budget.model.plan_ms(plan) < budget.model.dense_ms
-    assert json.loads(json.dumps(budget.report(plan)))["measured_landing"] == budget.landing
+    assert json.loads(json.dumps(budget.report(plan)))["latency"]["measured_landing"] == budget.landing
     # the report reads the final model against the dense model timed with it, as the landing did
     section = budget.deploy_report(plan, remove_channels_(copy.deepcopy(model), plan, torch.zeros((2, *SHAPE))))
     latency = section["latency"]
@@ -179,5 +179,5 @@ def test_no_measured_landing_keeps_the_predicted_landing(tiny):
     model, groups = tiny
     budget, _ = _measured_budget(model, groups)
     budget.measured_landing = False
-    plan, _ = budget.land_measured(_lapp_landing(groups)(budget))
-    assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target_ms
+    plan, _ = budget.land(_lapp_landing(groups)(budget))
+    assert budget.landing == [] and budget.model.plan_ms(plan) <= budget.target

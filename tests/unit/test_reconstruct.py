@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lappdeploy.methods import LdrfConfig
+from lappdeploy.methods.budgets import MacsBudget
 from lappdeploy.methods.common import frozen_copy
 from lappdeploy.methods.ldrf.hook import capacity_plan
 from lappdeploy.methods.oneshot import uniform_budget_plan
@@ -269,13 +270,15 @@ def test_capacity_widths_keep_every_group_at_its_valid_capacity_unless_the_targe
     scores = channel_scores(groups, "l2").detach()
     dense = plan_cost(groups, ChannelPlan()).macs
     config = LdrfConfig(target_macs=0.6, round_to=1, ldrf_widths="capacity", ldrf_energy=1.0)
-    plan = capacity_plan(groups, config, 0.6 * dense, scores, valid_capacity(groups, 1.0))
+    budget = MacsBudget(groups, 0.6, round_to=1, flag="--target-macs 0.6")
+    plan = capacity_plan(groups, config, budget, 0.6 * dense, scores, valid_capacity(groups, 1.0))
     assert "features.3" not in plan.groups, "kept whole: its capacity is its width"
     assert len(plan.groups["features.0"].keep) >= 2 and plan_cost(groups, plan).macs <= 0.6 * dense
-    assert len(uniform_budget_plan(groups, config, 0.6 * dense, scores).groups["features.3"].keep) < 16
+    assert len(uniform_budget_plan(groups, config, budget, 0.6 * dense, scores).groups["features.3"].keep) < 16
     with caplog.at_level("WARNING", logger="lappdeploy"):
-        forced = capacity_plan(groups, config.replace(target_macs=0.2), 0.2 * dense, scores, {"features.0": 2,
-                               "features.3": 16})  # fmt: skip
+        forced = capacity_plan(groups, config.replace(target_macs=0.2),
+                               MacsBudget(groups, 0.2, round_to=1, flag="--target-macs 0.2"), 0.2 * dense, scores,
+                               {"features.0": 2, "features.3": 16})  # fmt: skip
     assert plan_cost(groups, forced).macs <= 0.2 * dense and len(forced.groups["features.3"].keep) < 16
     assert any("valid capacities" in r.getMessage() for r in caplog.records)
 

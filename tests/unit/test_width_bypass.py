@@ -220,7 +220,7 @@ def test_lapp_learns_one_threshold_per_layer_and_freezes_within_budget():
     ("options", "message"),
     [
         ({"target_latency": 0.7}, "--bypass width deploys two convs"),
-        ({"reconstruct": "ls"}, "cannot refit layers trained with --bypass width"),
+        ({"name": "uniform", "reconstruct": "ls"}, "cannot refit layers trained with --bypass width"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused(options, message):

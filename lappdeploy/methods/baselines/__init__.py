@@ -7,28 +7,22 @@ This module holds their configs and registrations and imports no torch; `oneshot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from lappdeploy.config import option
 from lappdeploy.methods.base import PruneConfig, register_method
+from lappdeploy.methods.options import CriterionOptions, ReconstructionOptions
 
 __all__ = ["GlobalConfig", "UniformConfig"]
 
 
 @dataclass(frozen=True)
-class UniformConfig(PruneConfig):
+class UniformConfig(CriterionOptions, ReconstructionOptions, PruneConfig):
     """`uniform`: the same keep ratio for every group, a criterion picks the channels."""
-
-    supports_latency: ClassVar[bool] = True
-
-    criterion: str = option("l2", "The criterion that ranks channels (`lappdeploy list criteria`).")
 
 
 @dataclass(frozen=True)
-class GlobalConfig(PruneConfig):
+class GlobalConfig(CriterionOptions, ReconstructionOptions, PruneConfig):
     """`global`: all channels of all groups ranked together by a criterion, mean-normalised per group."""
-
-    supports_latency: ClassVar[bool] = True
 
     criterion: str = option("group_l2", "The criterion that ranks channels (`lappdeploy list criteria`).")
 

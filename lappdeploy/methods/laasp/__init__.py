@@ -13,22 +13,27 @@ from dataclasses import dataclass
 from lappdeploy.config import in_range, option
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.base import AttemptConfig, register_method
+from lappdeploy.methods.options import ReconstructionOptions
 
 __all__ = ["LaaspConfig"]
 
 
 @dataclass(frozen=True)
-class LaaspConfig(AttemptConfig):
+class LaaspConfig(ReconstructionOptions, AttemptConfig):
     criteria: tuple[str, ...] = option(
         ("l1", "l2", "fpgm", "cos"),
         "LAASP: the pool of criteria tried at every removal step (`lappdeploy list criteria`).",
         cli_type="str_list",
     )
-    step_macs: float = option(0.1, "LAASP: each removal step cuts about this fraction of the dense MACs, in (0, 1].")
+    step_macs: float = option(
+        0.1,
+        "LAASP: each removal step cuts about this fraction of the dense MACs (of the dense parameters or latency "
+        "under those budgets), in (0, 1].",
+    )
     cap: float = option(0.75, "LAASP: the largest fraction of a group's dense channels it may lose, in (0, 1].")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_options(self) -> None:
+        super().check_options()
         if not self.criteria:
             raise ConfigError("criteria must name at least one criterion (`lappdeploy list criteria`)")
         in_range(self, "step_macs", 0.0, 1.0, lo_open=True)

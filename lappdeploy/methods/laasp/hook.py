@@ -1,4 +1,4 @@
-"""LAASP's removal step: the (group, criterion) pair of lowest held-out loss loses ~step_macs of the MACs."""
+"""LAASP's removal step: the (group, criterion) pair of lowest held-out loss loses ~step_macs of the cost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from lappdeploy.errors import SurgeryError
 from lappdeploy.methods.attempts import Attempts, IterativePruning
-from lappdeploy.methods.common import prepare_groups_
 from lappdeploy.methods.laasp import LaaspConfig
+from lappdeploy.methods.prepare import prepare_pruning_
 from lappdeploy.surgery import CRITERIA
 
 __all__ = ["LaaspPruning", "prepare_laasp_"]
@@ -30,17 +30,17 @@ class LaaspPruning(IterativePruning):
         capped = min(dense, math.ceil((1 - self.config.cap) * dense / unit) * unit)
         return max(super().lowest_width(gid), capped)
 
-    def step_size(self, gid: str, counts: list[int], current_macs: float) -> int:
-        """The channels of `gid` whose removal cuts ~step_macs of the dense MACs (an available count),
-        fewer when fewer bring the model within the budget."""
-        per_channel = max(current_macs - self.macs_without({gid: 1}), 1e-9)  # MACs per image per channel
-        count = self.first_count(counts, self.config.step_macs * self.dense.macs / per_channel)
+    def step_size(self, gid: str, counts: list[int], current: float) -> int:
+        """The channels of `gid` whose removal cuts ~step_macs of the dense cost (an available count), fewer when
+        fewer bring the model within the budget; `current` is the model's cost now, in the budget's unit."""
+        per_channel = max(current - self.cost_without({gid: 1}), 1e-12 * self.budget.dense)  # cost of one channel
+        count = self.first_count(counts, self.config.step_macs * self.budget.dense / per_channel)
         reaching = self.to_target(gid, counts)
         return min(count, reaching) if reaching is not None else count
 
     def select(self, loop, attempts: Attempts) -> tuple[dict[str, list[int]], dict[str, Any]]:
         scores = self.prepare_scores(loop, self.config.criteria)
-        current = self.macs_without({})
+        current = self.cost_without({})
         best = None
         for g in self.current.prunable:
             counts = self.counts(g.id)
@@ -53,7 +53,7 @@ class LaaspPruning(IterativePruning):
                 if best is None or outcome.loss < best[0].loss:
                     best = (outcome, g.id, criterion, keep, count)
         if best is None:
-            raise SurgeryError("laasp: every group reached its --cap or minimum width before the MACs target")
+            raise SurgeryError(f"laasp: every group reached its --cap or minimum width before {self.budget.flag}")
         outcome, gid, criterion, keep, count = best
         self.used[criterion] = self.used.get(criterion, 0) + 1
         record = {"group": gid, "criterion": criterion, "removed": count, "loss": outcome.loss, "top1": outcome.top1}
@@ -63,4 +63,5 @@ class LaaspPruning(IterativePruning):
 def prepare_laasp_(model: nn.Module, example_inputs: torch.Tensor, config: LaaspConfig) -> LaaspPruning:
     for name in config.criteria:
         CRITERIA.get(name)  # an unknown criterion stops here, before anything is written
-    return LaaspPruning(model, prepare_groups_(model, example_inputs, config), config)
+    groups, budget = prepare_pruning_(model, example_inputs, config)
+    return LaaspPruning(model, groups, config, budget)

@@ -7,9 +7,8 @@ This module holds the method's config and registration and imports no torch; the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from lappdeploy.config import check_choices, option
+from lappdeploy.config import option
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.base import PruneConfig, register_method
 from lappdeploy.optional import lazy_exports
@@ -20,18 +19,18 @@ __all__ = ["LappConfig", "LappController", "ThresholdMask", "cubic_budget", "pre
 @dataclass(frozen=True)
 class LappConfig(PruneConfig):
     """LAPP's options. The defaults (tau 0.1, penalty 2, threshold learning rate 0.01) were measured on
-    ResNet-20 / Fashion-MNIST (docs/lapp.md#objective-and-budget-schedule). LAPP can budget measured latency
-    (--target-latency, docs/latency.md)."""
-
-    supports_latency: ClassVar[bool] = True
+    ResNet-20 / Fashion-MNIST (docs/lapp.md#objective-and-budget-schedule), with MACs as the budget; the
+    penalty reads any budget's cost the same way (docs/budgets.md)."""
 
     score: str = option("bn", "Channel importance: bn (|gamma|) or l2 (weight norm).", choices=("bn", "l2"))
     tau: float = option(0.1, "Temperature of the straight-through sigmoid surrogate.")
-    penalty: float = option(2.0, "Weight lambda of the MACs penalty (log(MACs / budget))^2.")
+    penalty: float = option(
+        2.0, "Weight lambda of the budget penalty (log(cost / budget))^2, cost in the budget's unit."
+    )
     threshold_lr: float = option(0.01, "Adam learning rate of the per-group thresholds.")
     project: bool = option(
         False,
-        "Hold the masked MACs at the annealed budget at every training step by shifting all thresholds by one "
+        "Hold the masked cost at the annealed budget at every training step by shifting all thresholds by one "
         "common offset (exact tracking; the allocation then follows the task gradient alone).",
     )
     snap: float = option(
@@ -40,8 +39,8 @@ class LappConfig(PruneConfig):
         "training sees the deployed widths before the channels are removed; 0 fixes them at the very end.",
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_options(self) -> None:
+        super().check_options()
         if self.prune_epochs < 1:
             raise ConfigError("prune_epochs must be >= 1: LAPP learns its thresholds while it trains (got 0)")
         for name in ("tau", "threshold_lr"):
@@ -51,13 +50,6 @@ class LappConfig(PruneConfig):
             raise ConfigError(f"penalty must be >= 0 (got {self.penalty})")
         if not 0 <= self.snap < 1:
             raise ConfigError(f"snap must be in [0, 1) (got {self.snap})")
-        if self.reconstruct != "none":
-            raise ConfigError(
-                "--reconstruct does not apply to lapp: it trains with the channels it removes already masked, so "
-                "their removal changes nothing the model computes; use a one-shot or iterative method (uniform, "
-                "global, laasp, pcp, ldrf) or --reconstruct none"
-            )
-        check_choices(self)
 
 
 register_method(

@@ -4,8 +4,9 @@
     trainer = Trainer(model, ..., hooks=[controller])   # our loop; or call the hooks from your own
 
 During the pruning phase every forward pass masks each prunable group by its learned threshold
-(masks.py); after every backward pass the controller adds the MACs penalty's gradient to the thresholds
-and steps their own Adam optimizer; at the end of the phase it freezes the masks, guarantees the budget,
+(masks.py); after every backward pass the controller adds the budget penalty's gradient to the thresholds
+(the run's budget: MACs, parameters or predicted latency, `methods.budgets`) and steps their own Adam
+optimizer; at the end of the phase it freezes the masks, guarantees the budget,
 rounds widths and physically removes the masked channels (`methods.common`); training then continues on
 the compact model. State (thresholds, their optimizer, the plan once applied) is in `state_dict`, so a run
 resumes at any epoch of the schedule.
@@ -23,17 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lappdeploy.methods.budgets import latency_budget
-from lappdeploy.methods.common import (
-    PruningHookBase,
-    log_to,
-    plan_within_budget,
-    prepare_groups_,
-    smallest_offset,
-)
+from lappdeploy.methods.budgets import Budget
+from lappdeploy.methods.common import PruningHookBase, log_to, plan_within_budget, smallest_offset
 from lappdeploy.methods.lapp import LappConfig
 from lappdeploy.methods.lapp.budget import cubic_budget
 from lappdeploy.methods.lapp.masks import ThresholdMask
+from lappdeploy.methods.prepare import prepare_pruning_
 from lappdeploy.surgery import (
     ChannelGroups,
     ChannelMasker,
@@ -49,7 +45,7 @@ __all__ = ["LappController", "prepare_"]
 log = logging.getLogger(__name__)
 
 _INIT_MARGIN = 0.01  # initial threshold below a group's lowest normalised score (scores average 1)
-PROJECTION_TOLERANCE = 0.01  # masked MACs may exceed the next step's budget by this fraction before projection
+PROJECTION_TOLERANCE = 0.01  # the masked cost may exceed the next step's budget by this fraction before projection
 PROJECTION_BAND = 0.05  # ... and fall below it by this fraction
 _PROJECTION_STEPS = 20  # bisection halvings: ~1e-6 of the score range, a few ms per projected step
 
@@ -57,27 +53,22 @@ _PROJECTION_STEPS = 20  # bisection halvings: ~1e-6 of the score range, a few ms
 def prepare_(model: nn.Module, example_inputs: torch.Tensor, config: LappConfig | None = None) -> LappController:
     """Set `model` up for LAPP (in place): add the bypass blocks (`config.bypass`), find the
     channel groups, create one threshold per prunable group and install the masks. Returns the
-    controller whose hooks the training loop calls. Raises ConfigError when the MACs target cannot be
-    reached even with every group at its minimum width."""
+    controller whose hooks the training loop calls. Raises ConfigError when the target cannot be reached
+    even with every group at its minimum width."""
     config = config or LappConfig()
-    return LappController(model, prepare_groups_(model, example_inputs, config), config)
+    groups, budget = prepare_pruning_(model, example_inputs, config)
+    return LappController(model, groups, config, budget)
 
 
 class LappController(PruningHookBase):
-    """Learned per-group thresholds under a progressive MACs budget; see the module docstring."""
+    """Learned per-group thresholds under a progressive budget; see the module docstring."""
 
     method = "lapp"
 
-    def __init__(self, model: nn.Module, groups: ChannelGroups, config: LappConfig) -> None:
-        super().__init__(model, groups, config)
-        # what the budget counts: deploy MACs per image, or with --target-latency the latency model's ms per batch
-        self.latency = latency_budget(groups, config) if config.budgets_latency else None
+    def __init__(self, model: nn.Module, groups: ChannelGroups, config: LappConfig, budget: Budget) -> None:
+        super().__init__(model, groups, config, budget)
         self.mask = ThresholdMask(groups, tau=config.tau, min_channels=config.min_channels, round_to=self.round_to)
-        self.cost = cost_model(groups)
-        if self.latency is not None:
-            self.dense_cost, self.target_cost = self.latency.model.dense_ms, self.latency.target_ms
-        else:
-            self.dense_cost, self.target_cost = float(self.dense.macs), self.target_macs
+        self.macs_model = cost_model(groups)  # deploy MACs of a mask, for logs whatever the budget counts
         device = next(model.parameters()).device
         # t_g, one per prunable group in `mask.ids` order, with its own Adam optimizer; it starts just below
         # the group's lowest normalised score: every mask is all ones, and the first update already prunes
@@ -89,8 +80,9 @@ class LappController(PruningHookBase):
         self._masker: ChannelMasker | None = ChannelMasker(groups)
         self._pre_hook = model.register_forward_pre_hook(self._set_masks)
         self._normalised: torch.Tensor | None = None  # this step's normalised scores (detached)
-        self._last: dict[str, torch.Tensor | float] = {}  # this step's MACs, budget, penalty (for logs)
-        self._budget: float | None = None  # MACs budget of the next training step (set by the loop's hooks)
+        # this step's soft cost, the schedule's limit and the penalty (for logs), in the budget's unit
+        self._last: dict[str, torch.Tensor | float] = {}
+        self._step_limit: float | None = None  # the schedule's limit for the next training step (set by the hooks)
 
     def __deepcopy__(self, memo: dict) -> LappController:
         # A deep copy of the prepared model (EMA, snapshots) copies its forward pre-hook, a bound method of
@@ -106,16 +98,10 @@ class LappController(PruningHookBase):
         return lowest - _INIT_MARGIN
 
     # ------------------------------------------------------------------ state of the schedule
-    def budget_macs(self, step: int, steps_per_epoch: int) -> float:
-        """F_T at `step` optimizer steps (fractional epochs), in the budget's unit: MACs per image, or with a
-        latency target the latency model's ms per batch."""
-        return cubic_budget(step / steps_per_epoch, self.config.prune_epochs, self.dense_cost, self.target_cost)
-
-    def budgeted_cost(self, keep_mask: torch.Tensor) -> torch.Tensor:
-        """What the budget counts of a (soft) mask, differentiable: deploy MACs or predicted latency (ms)."""
-        if self.latency is not None:
-            return self.latency.model(keep_mask)
-        return self.cost(keep_mask)[0]
+    def scheduled_limit(self, step: int, steps_per_epoch: int) -> float:
+        """F_T at `step` optimizer steps (fractional epochs), in the budget's unit (MACs per image, parameters,
+        or predicted ms per batch)."""
+        return cubic_budget(step / steps_per_epoch, self.config.prune_epochs, self.budget.dense, self.budget.target)
 
     def normalised_scores(self) -> torch.Tensor:
         return self.mask.normalise(channel_scores(self.groups, self.config.score))
@@ -131,14 +117,12 @@ class LappController(PruningHookBase):
         return round((1 - self.config.snap) * self.phase_steps(loop))
 
     def current_cost(self) -> float:
-        """What the budget counts of the model as masked now (MACs per image, or predicted ms)."""
-        if self.latency is None:
-            return self.current_macs()
+        """What the budget counts of the model as masked now, in its unit."""
         plan = self.plan or self.snapped
         if plan is not None:
-            return self.latency.model.plan_ms(plan)
+            return self.budget.cost(plan)
         with torch.no_grad():
-            return float(self.latency.model(self.current_mask()))
+            return float(self.budget.soft(self.current_mask()))
 
     def current_macs(self) -> float:
         """Deploy MACs per image of the model as masked now (after the freeze: of the pruned model)."""
@@ -147,7 +131,7 @@ class LappController(PruningHookBase):
         if self.snapped is not None:
             return float(plan_cost(self.groups, self.snapped).macs)
         with torch.no_grad():
-            return float(self.cost(self.current_mask())[0])
+            return float(self.macs_model(self.current_mask())[0])
 
     # ------------------------------------------------------------------ hooks
     def _set_masks(self, module: nn.Module, _inputs: Any) -> None:
@@ -159,8 +143,8 @@ class LappController(PruningHookBase):
             return
         if module.training and torch.is_grad_enabled():
             scores = self.normalised_scores()
-            if self.config.project and self._budget is not None:
-                self._project(scores.detach(), self._budget)
+            if self.config.project and self._step_limit is not None:
+                self._project(scores.detach(), self._step_limit)
             self._masker.set(self.mask(scores, self.thresholds))
         else:  # evaluation: hard masks, no graph
             with torch.no_grad():
@@ -178,7 +162,7 @@ class LappController(PruningHookBase):
 
     def on_train_start(self, loop) -> None:
         self._move_to(getattr(loop, "device", self.thresholds.device))
-        self._budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
+        self._step_limit = self.scheduled_limit(loop.state.step, loop.steps_per_epoch)
 
     def _task_gradient(self, loop) -> torch.Tensor:
         """The thresholds' gradient from the task loss (through the masks), unscaled and rank-averaged."""
@@ -195,39 +179,39 @@ class LappController(PruningHookBase):
         return grad
 
     def after_backward(self, loop) -> None:
-        """Thresholds' update: task-loss gradient (through the masks) + MACs penalty gradient, then Adam."""
+        """Thresholds' update: task-loss gradient (through the masks) + budget penalty gradient, then Adam."""
         if self.frozen or self.snapped is not None or self._normalised is None:
             return
         task_grad = self._task_gradient(loop)
         # The penalty moves thresholds only: the scores are detached here, so it never acts on weights.
-        macs = self.budgeted_cost(self.mask(self._normalised, self.thresholds))
-        budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
-        penalty = self.config.penalty * torch.log(macs / budget) ** 2
+        cost = self.budget.soft(self.mask(self._normalised, self.thresholds))
+        limit = self.scheduled_limit(loop.state.step, loop.steps_per_epoch)
+        penalty = self.config.penalty * torch.log(cost / limit) ** 2
         self.thresholds.grad = None
         penalty.backward()
         self.thresholds.grad += task_grad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._last = {"macs": macs.detach(), "budget": budget, "penalty": penalty.detach()}
+        self._last = {"cost": cost.detach(), "limit": limit, "penalty": penalty.detach()}
 
     @torch.no_grad()
-    def _project(self, normalised: torch.Tensor, budget: float) -> None:
-        """Hold the masked MACs of this training forward at the step's budget: when the hard masks are outside
-        [1 - PROJECTION_BAND, 1 + PROJECTION_TOLERANCE] x budget, shift every threshold by the one common
+    def _project(self, normalised: torch.Tensor, limit: float) -> None:
+        """Hold the masked cost of this training forward at the step's limit: when the hard masks are outside
+        [1 - PROJECTION_BAND, 1 + PROJECTION_TOLERANCE] x limit, shift every threshold by the one common
         offset (up or down) that brings them just under it. What the thresholds learned is how the groups
         differ, which a common shift keeps; the penalty still drives that."""
         thresholds = self.thresholds.detach()
 
-        def macs(offset: float) -> float:
-            return float(self.budgeted_cost(self.mask.hard(normalised, thresholds, offset)))
+        def cost(offset: float) -> float:
+            return float(self.budget.soft(self.mask.hard(normalised, thresholds, offset)))
 
-        now = macs(0.0)
-        if (1 - PROJECTION_BAND) * budget <= now <= (1 + PROJECTION_TOLERANCE) * budget:
+        now = cost(0.0)
+        if (1 - PROJECTION_BAND) * limit <= now <= (1 + PROJECTION_TOLERANCE) * limit:
             return
         span = float(normalised.max() - normalised.min()) + 1.0  # from all kept to all at minimum
         low = -span - float(thresholds.max() - thresholds.min())
         offset = smallest_offset(
-            lambda o: macs(low + o) <= budget,
+            lambda o: cost(low + o) <= limit,
             2 * span + float(thresholds.max() - thresholds.min()),
             steps=_PROJECTION_STEPS,
         )
@@ -237,7 +221,7 @@ class LappController(PruningHookBase):
         if self.frozen:
             return
         step = loop.state.step
-        self._budget = self.budget_macs(step, loop.steps_per_epoch)  # the next step's
+        self._step_limit = self.scheduled_limit(step, loop.steps_per_epoch)  # the next step's
         if self.snapped is None:
             snap = step >= self.snap_step(loop)
             if self._last and (step % self.config.log_every == 0 or snap):
@@ -248,22 +232,18 @@ class LappController(PruningHookBase):
             self.remove_(loop)
 
     def step_record(self, step: int, steps_per_epoch: int) -> dict[str, Any]:
-        """Budget, MACs (as fractions of dense), penalty, every threshold and kept width, at `step`; with a
-        latency target `budget` and `latency` are fractions of the dense model's predicted latency."""
+        """At `step`: the schedule's limit (`budget`) and the soft masks' cost (under the budget's kind: macs,
+        params or latency) as fractions of dense, the hard masks' MACs, the penalty, every threshold and kept
+        width."""
         mask = self.current_mask().cpu()
         thresholds = self.thresholds.detach().cpu().tolist()
-        latency = {}
-        if self.latency is not None:
-            latency = {"latency": float(self._last["macs"]) / self.dense_cost}
         return {
             "type": "lapp",
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
-            "budget": self._last["budget"] / self.dense_cost,
-            "macs": self.current_macs() / self.dense.macs
-            if self.latency is not None
-            else float(self._last["macs"]) / self.dense.macs,
-            **latency,
+            "budget": self.budget.fraction(self._last["limit"]),
+            "macs": self.current_macs() / self.dense.macs,
+            self.budget.kind: self.budget.fraction(float(self._last["cost"])),
             "penalty": float(self._last["penalty"]),
             "thresholds": {gid: round(t, 5) for gid, t in zip(self.mask.ids, thresholds, strict=True)},
             "kept": {g.id: int(mask[g.offset : g.offset + g.channels].sum()) for g in self.groups.prunable},
@@ -271,30 +251,22 @@ class LappController(PruningHookBase):
 
     def on_epoch_end(self, loop, metrics: dict[str, Any]) -> None:
         super().on_epoch_end(loop, metrics)
-        budget = self.budget_macs(loop.state.step, loop.steps_per_epoch)
-        metrics["budget_ratio"] = round(budget / self.dense_cost, 5)
-        if self.latency is not None:
-            metrics["latency_ratio"] = round(self.current_cost() / self.dense_cost, 5)
+        limit = self.scheduled_limit(loop.state.step, loop.steps_per_epoch)
+        metrics["budget_ratio"] = round(self.budget.fraction(limit), 5)
+        metrics[f"{self.budget.kind}_ratio"] = round(self.budget.fraction(self.current_cost()), 5)
 
     def freeze_(self, loop) -> ChannelPlan:
         """Fix the masks: meet the budget, round the widths, and train exactly this plan, masked, until the
         phase ends; then `remove_` takes the channels out, which changes nothing the model computes."""
         with torch.no_grad():
             normalised = self.normalised_scores()
-        measure = self.latency.measure if self.latency is not None else None
 
         def land(limit: float) -> tuple[ChannelPlan, float]:
-            return plan_within_budget(
-                self.groups, self.mask, normalised, self.thresholds, limit, round_to=self.round_to,
-                measure=measure, unit="ms (predicted latency)" if measure else "MACs",
-            )  # fmt: skip
+            return plan_within_budget(self.groups, self.mask, normalised, self.thresholds, limit, budget=self.budget)
 
-        if self.latency is None:
-            plan, offset = land(self.budget_limit())
-        else:  # landed on the latency model, then checked (and corrected) by timing the deploy model
-            plan, offset = self.latency.land_measured(land)
+        plan, offset = self.budget.land(land)  # a latency budget may time the plan and land again
         if offset > 0:
-            log.info("raised every threshold by %.4f to meet the %s budget", offset, "latency" if measure else "MACs")
+            log.info("raised every threshold by %.4f to meet the %s budget", offset, self.budget.kind)
         self.threshold_offset, self.snapped = offset, plan
         self._snapped_mask = plan.keep_mask(self.groups).float().to(self.thresholds.device)
         self.thresholds.grad = None
@@ -303,12 +275,11 @@ class LappController(PruningHookBase):
             "type": "lapp_freeze",
             "step": loop.state.step,
             "epoch": round(loop.state.step / loop.steps_per_epoch, 4),
+            "macs": macs,
+            **self.budget.record(plan),
+            **self.budget.landing_fields(),
         }
-        if self.latency is not None:
-            record["latency"] = self.latency.model.plan_ms(plan) / self.dense_cost
-            if self.latency.landing:
-                record["measured_vs_target"] = [attempt["measured_vs_target"] for attempt in self.latency.landing]
-        log_to(loop, {**record, "macs": macs, "threshold_offset": offset})
+        log_to(loop, {**record, "threshold_offset": offset})
         return plan
 
     def remove_(self, loop) -> None:
@@ -320,9 +291,9 @@ class LappController(PruningHookBase):
             "pruning phase over: removed %d channels; deploy MACs %.3f of dense; %s %.3f of dense (target %.3f)",
             sum(len(gp.dropped) for gp in self.snapped.groups.values()),
             self.deploy.macs / self.dense.macs,
-            "predicted latency" if self.latency is not None else "MACs",
-            self.current_cost() / self.dense_cost,
-            self.target_cost / self.dense_cost,
+            self.budget.unit,
+            self.budget.fraction(self.current_cost()),
+            self.budget.fraction(self.budget.target),
         )
 
     def apply_(self, loop, plan: ChannelPlan, *, recalibrate: bool = True, reconstruct: bool = True) -> None:
@@ -342,10 +313,7 @@ class LappController(PruningHookBase):
         return {gid: float(t) for gid, t in zip(self.mask.ids, values, strict=True)}
 
     def report_extra(self) -> dict[str, Any]:
-        extra = {"score": self.config.score, "threshold_offset": self.threshold_offset}
-        if self.latency is not None:
-            extra["latency"] = self.latency.report(self.plan or self.snapped)
-        return extra
+        return {"score": self.config.score, "threshold_offset": self.threshold_offset}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

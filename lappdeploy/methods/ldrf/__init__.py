@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from lappdeploy.config import TrainConfig, option
 from lappdeploy.errors import ConfigError
-from lappdeploy.methods.base import RECONSTRUCT_MODES, PruneConfig, register_method
+from lappdeploy.methods.base import PruneConfig, register_method
+from lappdeploy.methods.options import RECONSTRUCT_MODES, CriterionOptions, ReconstructionOptions
 
 __all__ = ["LdrfConfig"]
 
@@ -21,7 +22,7 @@ WIDTHS = ("uniform", "capacity")
 
 
 @dataclass(frozen=True)
-class LdrfConfig(PruneConfig):
+class LdrfConfig(CriterionOptions, ReconstructionOptions, PruneConfig):
     """LDRF's options; --prune-epochs and --reconstruct default to what the method is (post-training, ldrf)."""
 
     prune_epochs: int = option(0, "Dense epochs before pruning (ldrf prunes the --init-from model at once by default).")
@@ -31,7 +32,6 @@ class LdrfConfig(PruneConfig):
         "output) or none; docs/ldrf.md#reconstruction.",
         choices=RECONSTRUCT_MODES,
     )
-    criterion: str = option("l2", "LDRF: the criterion that picks the channels each group keeps.")
     ldrf_widths: str = option(
         "uniform",
         "LDRF: kept widths: uniform (the same fraction in every group) or capacity (no group below its valid "

@@ -13,20 +13,21 @@ from dataclasses import dataclass
 
 from lappdeploy.config import at_least, in_range, option
 from lappdeploy.methods.base import AttemptConfig, register_method
+from lappdeploy.methods.options import CriterionOptions, ReconstructionOptions
 
 __all__ = ["PcpConfig"]
 
 
 @dataclass(frozen=True)
-class PcpConfig(AttemptConfig):
+class PcpConfig(CriterionOptions, ReconstructionOptions, AttemptConfig):
     criterion: str = option("l1", "PCP: the base criterion that picks the channels of each attempt.")
     attempt_fraction: float = option(
         0.1, "PCP: each attempt removes this fraction of a group's current channels (at least --round-to)."
     )
     groups_per_step: int = option(2, "PCP: groups pruned per removal step (those losing least per MAC saved).")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_options(self) -> None:
+        super().check_options()
         in_range(self, "attempt_fraction", 0.0, 1.0, lo_open=True)
         at_least(self, "groups_per_step", 1)
 

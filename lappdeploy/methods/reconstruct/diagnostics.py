@@ -10,7 +10,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from lappdeploy.methods.base import DIAGNOSTIC_IMAGES
+from lappdeploy.methods.options import DIAGNOSTIC_IMAGES
 from lappdeploy.methods.reconstruct.calibration import evaluating
 from lappdeploy.methods.reconstruct.layers import Consumer
 from lappdeploy.surgery.graph import resolve_module

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lappdeploy.methods.base import RECONSTRUCT_MODES as MODES
+from lappdeploy.methods.options import RECONSTRUCT_MODES as MODES
 
 __all__ = ["MODES", "ReconstructionSettings"]
 

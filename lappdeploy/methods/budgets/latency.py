@@ -1,14 +1,13 @@
-"""Budgets in measured latency (docs/latency.md#a-latency-budget), shared by the methods that support one
-(lapp, uniform, global): the latency table of the run's model (given, or profiled and cached), the
-differentiable latency model built from it, and the target in ms per batch, checked before training starts."""
+"""The budget in measured latency (docs/latency.md#a-latency-budget): the latency table of the run's model
+(given, or profiled and cached), the differentiable latency model built from it, the target in ms per batch,
+and the measured landing that times landed plans (docs/latency.md#the-measured-landing)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,10 +16,11 @@ from lappdeploy.errors import ConfigError, SurgeryError
 from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint, device_fingerprint
 from lappdeploy.latency.profile import cached_profile, measure_models_ms
 from lappdeploy.latency.steps import group_multiples
-from lappdeploy.methods.base import ROUND_TO_AUTO, PruneConfig
-from lappdeploy.methods.common import GroupThresholds, minimum_plan
+from lappdeploy.methods.base import PruneConfig
+from lappdeploy.methods.budgets.base import Budget, Landed
+from lappdeploy.methods.options import ROUND_TO_AUTO
 from lappdeploy.models import unwrap
-from lappdeploy.surgery import ChannelGroups, ChannelPlan, channel_scores, remove_channels_
+from lappdeploy.surgery import ChannelGroups, ChannelPlan, remove_channels_
 from lappdeploy.surgery.plan import RoundTo
 
 __all__ = ["MEASURED_ATTEMPTS", "MEASURED_TOLERANCE", "LatencyBudget", "latency_budget"]
@@ -34,39 +34,55 @@ MEASURED_TOLERANCE = 0.03
 MEASURED_ATTEMPTS = 4
 MEASURED_SECONDS = 2.0
 
-Landed = TypeVar("Landed")  # what a landing function returns besides its plan (LAPP: the threshold offset)
 
+class LatencyBudget(Budget):
+    """--target-latency / --target-latency-ms: predicted ms per batch (the table's batch size) on the latency
+    table's runtime, from the differentiable latency model; with --measured-landing, a landed plan is also timed."""
 
-@dataclass
-class LatencyBudget:
-    model: LatencyModel
-    table: LatencyTable
-    source: str  # the table's path
-    target_ms: float  # ms per batch (the table's batch size) on the table's runtime
-    profiled: bool = False  # profiled by this run (not given, not taken from the cache)
-    round_to: RoundTo = 8  # --round-to, or with --round-to auto the multiple per group id the table shows
-    fraction: float | None = None  # --target-latency (a fraction of dense); None: --target-latency-ms
-    measured_landing: bool = False  # --measured-landing: time landed plans and correct the limit
-    landing: list[dict[str, float]] = field(default_factory=list)  # the measured landing's attempts
-    limit_ms: float = 0.0  # predicted ms the final plan may cost: target_ms, or what the measured landing chose
-    # a hookless CPU copy of the dense network, timed next to every plan and the final model (tables measured here)
-    dense_model: nn.Module | None = None
+    kind, unit = "latency", "ms (predicted latency)"
 
-    def __post_init__(self) -> None:
-        self.limit_ms = self.limit_ms or self.target_ms
+    def __init__(
+        self, groups: ChannelGroups, model: LatencyModel, table: LatencyTable, *, source: str, target_ms: float,
+        round_to: RoundTo, flag: str, profiled: bool = False, fraction: float | None = None,
+        measured_landing: bool = False, dense_model: nn.Module | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(groups, dense=model.dense_ms, target=target_ms, round_to=round_to, flag=flag)
+        self.model, self.table, self.source = model, table, source  # source: the table's path
+        self.profiled = profiled  # profiled by this run (not given, not taken from the cache)
+        self.fraction_of_dense = fraction  # --target-latency; None: --target-latency-ms
+        self.measured_landing = measured_landing  # --measured-landing: time landed plans and correct the limit
+        self.landing: list[dict[str, float]] = []  # the measured landing's attempts
+        # a hookless CPU copy of the dense network, timed next to every plan and the final model (tables measured here)
+        self.dense_model = dense_model
+        self._current: tuple[ChannelGroups, LatencyModel] | None = None  # the model of the last other analysis
 
-    @property
-    def measure(self):
-        """The predicted latency (ms) of a plan: the cost the landing and rounding helpers compare."""
-        return self.model.plan_ms
+    def _model_for(self, groups: ChannelGroups | None) -> LatencyModel:
+        """The latency model of an analysis: the dense one's, or of the model as an iterative method pruned it
+        (layer names do not change with removal, so the same table reads it)."""
+        if groups is None or groups is self.groups:
+            return self.model
+        if self._current is None or self._current[0] is not groups:
+            self._current = (groups, LatencyModel(groups, self.table, source=f"latency table {self.source}"))
+        return self._current[1]
+
+    def soft(self, keep_mask: torch.Tensor, groups: ChannelGroups | None = None) -> torch.Tensor:
+        return self._model_for(groups)(keep_mask)
+
+    def cost(self, plan: ChannelPlan, groups: ChannelGroups | None = None) -> float:
+        return self._model_for(groups).plan_ms(plan)
+
+    def where(self) -> str:
+        return f" on {self.table.describe()}"
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must budget again: the same table and target (kept in its checkpoint)."""
-        return {"table": self.table.digest(), "target_ms": round(self.target_ms, 6), "source": self.source}
+        return {"kind": self.kind, "table": self.table.digest(), "target_ms": round(self.target, 6),
+                "source": self.source}  # fmt: skip
 
     def check_resumed(self, saved: dict[str, Any] | None) -> None:
         """ConfigError when a resumed run would budget another table or target than it started with."""
-        if not saved:
+        if not saved or saved.get("kind", self.kind) != self.kind:
+            super().check_resumed(saved)
             return
         now = self.identity()
         if (saved["table"], saved["target_ms"]) != (now["table"], now["target_ms"]):
@@ -77,13 +93,13 @@ class LatencyBudget:
             )
 
     def report(self, plan: ChannelPlan | None) -> dict[str, Any]:
-        """report.json's `latency` section before the deploy model is timed."""
-        section = {**self.describe(), "predicted_ms": round(self.model.plan_ms(plan), 5) if plan is not None else None}
+        """The budget fields and the `latency` section before the deploy model is timed."""
+        section = {**self.describe(), "predicted_ms": round(self.cost(plan), 5) if plan is not None else None}
         if self.landing:
             section["measured_landing"] = self.landing
-        return section
+        return {**super().report(plan), "latency": section}
 
-    def land_measured(
+    def land(
         self,
         land: Callable[[float], tuple[ChannelPlan, Landed]],
         timer: Callable[[ChannelPlan], tuple[float, float]] | None = None,
@@ -96,22 +112,22 @@ class LatencyBudget:
 
         `timer(plan)` -> (plan ms, dense ms), timed together; default: deploy copies of the dense network, one
         pruned by the plan, interleaved on the table's runtime."""
-        landed = land(self.target_ms)
+        landed = land(self.target)
         modelled = bool(self.table.provenance.get("synthetic"))  # nothing measured to correct toward
         if timer is None and not (self.measured_landing and self.dense_model is not None and not modelled):
             return landed
         timer = timer or self._time_plan
-        limit, tried = self.target_ms, []
+        limit, tried = self.target, []
         for _ in range(MEASURED_ATTEMPTS):
             plan_ms, dense_ms = timer(landed[0])
             target = self.target_now(dense_ms)
             tried.append((landed, plan_ms / target))
-            self.landing.append({"limit_ms": round(limit, 5), "predicted_ms": round(self.model.plan_ms(landed[0]), 5),
+            self.landing.append({"limit_ms": round(limit, 5), "predicted_ms": round(self.cost(landed[0]), 5),
                                  "measured_ms": round(plan_ms, 5), "dense_ms": round(dense_ms, 5),
                                  "measured_vs_target": round(plan_ms / target, 4)})  # fmt: skip
             if abs(plan_ms / target - 1) <= MEASURED_TOLERANCE:
                 break
-            limit = _corrected_limit(limit, target / plan_ms, self.model.dense_ms)
+            limit = _corrected_limit(limit, target / plan_ms, self.dense)
             try:
                 candidate = land(limit)
             except SurgeryError:  # the corrected limit is below the narrowest widths
@@ -122,9 +138,13 @@ class LatencyBudget:
         kept = _best_timed([ratio for _, ratio in tried])
         self.landing[kept]["kept"] = True
         best = tried[kept][0]
-        self.limit_ms = max(self.target_ms, self.model.plan_ms(best[0]))  # what the kept plan was landed under
+        self.limit = max(self.target, self.cost(best[0]))  # what the kept plan was landed under
         log.info("measured landing: %s", ", ".join(f"{a['measured_vs_target']:.3f}" for a in self.landing))
         return best
+
+    def landing_fields(self) -> dict[str, Any]:
+        """The measured landing's ratios, for the log record of a landing."""
+        return {"measured_vs_target": [a["measured_vs_target"] for a in self.landing]} if self.landing else {}
 
     def _time_plan(self, plan: ChannelPlan) -> tuple[float, float]:
         """(ms of the dense network pruned by `plan`, ms of the dense network), timed interleaved."""
@@ -146,12 +166,12 @@ class LatencyBudget:
     def target_now(self, dense_ms: float) -> float:
         """The target in ms against a dense latency timed now: a --target-latency fraction is read against the
         dense model timed alongside (drift since profiling cancels); --target-latency-ms is absolute."""
-        return self.fraction * dense_ms if self.fraction is not None else self.target_ms
+        return self.fraction_of_dense * dense_ms if self.fraction_of_dense is not None else self.target
 
     def deploy_report(self, plan: ChannelPlan | None, deploy_model: torch.nn.Module) -> dict[str, Any]:
         """The `latency` section with the final model's latency measured on the table's runtime (when the
         table was measured on this machine)."""
-        section = self.report(plan)
+        section = self.report(plan)["latency"]
         section.update(measured_ms=None, dense_measured_now_ms=None, measured_vs_target=None, measured_vs_dense=None)
         if self.dense_model is not None:
             measured, dense_now = self.time_with_dense(deploy_model)
@@ -170,7 +190,7 @@ class LatencyBudget:
             "processor": self.table.fingerprint.get("processor"),
             "batch": self.table.batch,
             "threads": self.table.threads,
-            "target_ms": round(self.target_ms, 5),
+            "target_ms": round(self.target, 5),
             "dense_measured_ms": self.table.dense_ms,
             "dense_predicted_ms": round(self.model.dense_ms, 5),
             "round_to": dict(self.round_to) if isinstance(self.round_to, dict) else self.round_to,
@@ -204,8 +224,9 @@ def _table_for(groups: ChannelGroups, config: PruneConfig) -> tuple[LatencyTable
 
 
 def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
-    """The latency budget of a LAPP run; ConfigError (before any training) when the target is not below the
-    dense model's latency or below what the narrowest allowed widths reach."""
+    """The latency budget of a run: its table (given, or profiled and cached), the latency model built from it,
+    the target in ms and --round-to auto resolved to the table's per-group width steps; ConfigError (before any
+    training) when the target is not below the dense model's latency."""
     table, source, profiled = _table_for(groups, config)
     model = LatencyModel(groups, table, source=f"latency table {source}")
     target = config.target_latency_ms or config.target_latency * table.dense_ms
@@ -217,20 +238,13 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
             f"{flag} is at or above the dense model's latency (measured {table.dense_ms:.4g} ms, predicted "
             f"{model.dense_ms:.4g} ms; {table.describe()}): nothing to prune; lower the target"
         )
-    round_to = group_multiples(groups, table, source=source) if config.round_to == ROUND_TO_AUTO else config.round_to
-    thresholds = GroupThresholds(groups, min_channels=config.min_channels, round_to=round_to)
-    floor = model.plan_ms(minimum_plan(groups, thresholds, channel_scores(groups, "l2").detach()))
-    if floor > target:
-        raise ConfigError(
-            f"{flag} ({target:.4g} ms) is unreachable: with every group at its minimum width the latency model "
-            f"predicts {floor:.4g} ms ({floor / table.dense_ms:.3f} of dense) on {table.describe()}; raise the target "
-            "or lower --min-channels/--round-to"
-        )
-    if config.round_to == ROUND_TO_AUTO:
+    round_to = config.round_to
+    if round_to == ROUND_TO_AUTO:
+        round_to = group_multiples(groups, table, source=source)
         log.info("--round-to auto: per-group multiples %s (from the width steps of %s)", round_to, source)
     return LatencyBudget(
-        model=model, table=table, source=source, target_ms=float(target), profiled=profiled, round_to=round_to,
-        fraction=config.target_latency or None, measured_landing=config.measured_landing,
+        groups, model, table, source=source, target_ms=float(target), round_to=round_to, flag=flag,
+        profiled=profiled, fraction=config.target_latency or None, measured_landing=config.measured_landing,
         dense_model=_hookless_copy(groups.model) if _measurable(table) else None,
     )  # fmt: skip
 
