@@ -27,7 +27,7 @@ from lappdeploy.config import (
 )
 from lappdeploy.errors import ConfigError
 from lappdeploy.hooks import Hook
-from lappdeploy.methods.options import ROUND_TO_AUTO, BudgetOptions
+from lappdeploy.methods.options import ROUND_TO_AUTO, BudgetOptions, group_fields, option_groups
 from lappdeploy.registry import Registry
 
 if TYPE_CHECKING:
@@ -254,8 +254,10 @@ def option_owners(name: str) -> list[str]:
 def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneConfig:
     """The typed config of a `method:` section ({"name": method, **options}; name defaults to lapp).
 
-    An option that belongs to another method is an error naming both. With `legacy` (flat config files
-    of earlier versions, which saved every method's options) such options are dropped instead.
+    An option that belongs to another method is an error naming both, unless it has those methods' default
+    value (config.yaml of runs from versions where more methods had it: LAPP's reconstruction options). With
+    `legacy` (flat config files of earlier versions, which saved every method's options) such options are
+    dropped whatever their value.
     """
     options = {str(k).replace("-", "_"): v for k, v in section.items()}
     name = str(options.pop("name", options.pop("method", DEFAULT_METHOD)))
@@ -263,8 +265,8 @@ def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneC
     own = field_names(spec.config)
     for key in [k for k in options if k not in own]:
         owners = option_owners(key)
-        if legacy and owners:
-            del options[key]
+        if owners and (legacy or _default_of(owners, key) == options[key]):
+            del options[key]  # a config saved before the option moved to other methods (at their default)
         elif owners:
             raise ConfigError(
                 f"--{key.replace('_', '-')} is an option of method {', '.join(owners)}, not of {name}; "
@@ -275,6 +277,16 @@ def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneC
             hint = f"did you mean {', '.join(close)}?" if close else f"{name}'s options: {', '.join(own)}"
             raise ConfigError(f"unknown option {key!r} for method {name}; {hint}")
     return spec.config(**options)
+
+
+def _default_of(methods: list[str], name: str) -> Any:
+    """The default of option `name` in the option group that declares it (a method may give it another, e.g.
+    ldrf's --reconstruct ldrf), else a value no option has."""
+    for group in option_groups(METHODS.get(methods[0]).config):
+        if name in group_fields(group):
+            default = group.__dataclass_fields__[name].default
+            return list(default) if isinstance(default, tuple) else default  # as config.yaml writes it
+    return object()
 
 
 def method_section(config: PruneConfig) -> dict[str, Any]:

@@ -143,3 +143,15 @@ def test_configs_carry_the_budget_group_and_only_their_own_groups():
     assert "reconstruct" not in METHODS.get("lapp").config.__dataclass_fields__
     assert spec_for(PcpConfig(target_params=0.5)).name == "pcp"
     assert PcpConfig(target_params=0.5).budget_kind() == "params"
+
+
+def test_a_config_saved_when_lapp_had_the_reconstruction_options_still_loads():
+    """Runs of earlier versions saved LAPP's (unused) reconstruction options at their defaults: those load;
+    a value that would do something is still refused, naming the methods that have the option."""
+    from lappdeploy.errors import ConfigError
+    from lappdeploy.methods import LappConfig, method_config
+
+    saved = {"name": "lapp", "target_macs": 0.5, "reconstruct": "none", "calib_images": 512, "ldrf_energy": 0.9}
+    assert method_config(saved) == LappConfig(target_macs=0.5)
+    with pytest.raises(ConfigError, match=r"--reconstruct is an option of method .*ldrf.*not of lapp"):
+        method_config({**saved, "reconstruct": "ls"})
