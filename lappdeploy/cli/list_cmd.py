@@ -7,6 +7,7 @@ import click
 from lappdeploy.cli.common import stdout_console
 from lappdeploy.config import config_to_dict
 from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
+from lappdeploy.methods.options import BudgetOptions, group_fields, option_groups
 
 __all__ = ["list_command"]
 
@@ -72,23 +73,35 @@ def list_command(what: str, family: str | None, timm_models: bool) -> None:
 
 
 def _methods_table(table) -> None:
-    """Each method, what it does, and its own options with their defaults (the common ones once, and again
-    where a method has its own default for one)."""
+    """Each method, what it does, the option groups it declares (`methods.options`; their options in
+    `compress --help`) and its own options with their defaults (and those it gives another default than
+    its group's); the options every method has, once."""
     from rich.markup import escape
 
-    def options(config, common=None) -> str:
-        values = config_to_dict(config())
-        shown = {k: v for k, v in values.items() if common is None or k not in common or common[k] != v}
-        return ", ".join(f"--{k.replace('_', '-')} {escape(str(v))}" for k, v in shown.items())
+    def flags(values: dict) -> str:
+        return ", ".join(f"--{k.replace('_', '-')} {escape(str(v))}" for k, v in values.items())
 
-    for column in ("method", "description", "options (defaults)"):
+    def options(config) -> str:
+        groups = [g for g in option_groups(config) if g is not BudgetOptions]
+        inherited = config_to_dict(PruneConfig())
+        for group in groups:
+            inherited.update({n: _yaml_default(group, n) for n in group_fields(group)})
+        own = {k: v for k, v in config_to_dict(config()).items() if k not in inherited or inherited[k] != v}
+        titles = ", ".join(g.title.lower() for g in groups)
+        return "; ".join(part for part in (f"groups: {titles}" if titles else "", flags(own)) if part)
+
+    for column in ("method", "description", "option groups and own options (defaults)"):
         table.add_column(column)
-    common = config_to_dict(PruneConfig())
     for name in METHODS.names():
         spec = METHODS.get(name)
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
-        table.add_row(label, spec.summary, options(spec.config, common) or "-")
-    table.add_row("every method", "", options(PruneConfig))
+        table.add_row(label, spec.summary, options(spec.config) or "-")
+    table.add_row("every method", "", flags(config_to_dict(PruneConfig())))
+
+
+def _yaml_default(group: type, name: str):
+    default = group.__dataclass_fields__[name].default
+    return list(default) if isinstance(default, tuple) else default
 
 
 def _timm_table(table) -> None:

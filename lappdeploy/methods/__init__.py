@@ -6,9 +6,10 @@ applied mid-training; everything downstream (surgery, export, bench) is shared.
     Trainer(model, ..., hooks=[hook]).fit(); result = hook.result()
 
 Built in: `lapp` (docs/lapp.md), `uniform` and `global` (docs/baselines.md), `laasp` (docs/laasp.md),
-`pcp` (docs/pcp.md) and `ldrf` (docs/ldrf.md). A new method is one package
-registered with `register_method(name, ConfigClass, handler="module:function", summary=...)` (README,
-"Adding a pruning method"). Importing this package does not import torch.
+`pcp` (docs/pcp.md) and `ldrf` (docs/ldrf.md). A new method is one package registered with
+`register_method(name, ConfigClass, handler="module:function", summary=...)` and declared in the
+`lappdeploy.methods` entry-point group, where the built-in ones are declared too (README, "Adding a
+pruning method"). Importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from lappdeploy.methods import baselines, laasp, lapp, ldrf, pcp
 from lappdeploy.methods.base import (
     DEFAULT_METHOD,
+    ENTRY_POINT_GROUP,
     METHODS,
     AttemptConfig,
     MethodSpec,
@@ -39,6 +41,7 @@ from lappdeploy.optional import lazy_exports
 
 __all__ = [
     "DEFAULT_METHOD",
+    "ENTRY_POINT_GROUP",
     "METHODS",
     "AttemptConfig",
     "CompressConfig",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_METHOD",
+    "ENTRY_POINT_GROUP",
     "METHODS",
     "AttemptConfig",
     "MethodSpec",
@@ -46,6 +48,8 @@ __all__ = [
     "register_method",
     "spec_for",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "lapp"
 C = TypeVar("C", bound="PruneConfig")
@@ -225,6 +229,29 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
+# Every method, built in or installed, is declared in this entry-point group: name = the module whose import
+# registers it (its config module: no torch). The built-in ones are imported by lappdeploy.methods anyway.
+ENTRY_POINT_GROUP = "lappdeploy.methods"
+
+
+def _load_installed_methods(registry: Registry[MethodSpec]) -> None:
+    """Import the method modules installed in ENTRY_POINT_GROUP that are not registered yet. A plug-in that
+    fails to import is left out with a warning naming it, so one broken package does not break the CLI."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in registry.names():
+            continue
+        try:
+            entry.load()
+        except Exception as error:  # any error of a third-party import: report it and go on
+            log.warning("method plug-in %r (%s) failed to import, left out: %s", entry.name, entry.value, error)
+            continue
+        if entry.name not in registry.names():
+            log.warning("method plug-in %r (%s) registered no method of that name", entry.name, entry.value)
+
+
+METHODS.add_loader(_load_installed_methods)
 
 
 def register_method(name: str, config: type[PruneConfig], *, handler: str, summary: str) -> MethodSpec:

@@ -44,3 +44,15 @@ def test_loader_runs_once_on_first_query():
     assert reg.get("lazy") == 7
     assert "lazy" in reg and len(reg) == 1
     assert calls == [1]
+
+
+def test_every_built_in_method_is_declared_in_the_entry_point_group():
+    """Built-in and installed methods are found the same way (setup.cfg declares the built-in ones; after an
+    edit there, `make install` refreshes the installed metadata)."""
+    from importlib.metadata import entry_points
+
+    from lappdeploy.methods import ENTRY_POINT_GROUP, METHODS
+
+    declared = {entry.name: entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    for name in ("lapp", "uniform", "global", "laasp", "pcp", "ldrf"):
+        assert name in METHODS.names() and declared.get(name, "").startswith("lappdeploy.methods."), declared

@@ -44,5 +44,5 @@ register_method(
     "laasp",
     LaaspConfig,
     handler="lappdeploy.methods.laasp.hook:prepare_laasp_",
-    summary="after dense epochs, repeatedly remove ~step_macs from the one group and criterion of lowest held-out loss",
+    summary="after dense epochs, repeatedly cut ~step_macs of the cost: the group and criterion of least held-out loss",
 )

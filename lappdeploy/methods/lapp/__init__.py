@@ -56,7 +56,7 @@ register_method(
     "lapp",
     LappConfig,
     handler="lappdeploy.methods.lapp.controller:prepare_",
-    summary="learned per-group thresholds under a progressive MACs budget, while training from scratch",
+    summary="learned per-group thresholds under a progressive budget, while training from scratch",
 )
 
 # implementation names, imported on first use (they import torch)

@@ -36,5 +36,5 @@ register_method(
     "pcp",
     PcpConfig,
     handler="lappdeploy.methods.pcp.hook:prepare_pcp_",
-    summary="repeatedly attempt a small cut in every group, prune the K groups of least held-out accuracy drop per MAC",
+    summary="repeatedly attempt a small cut in every group, prune the K of least held-out accuracy drop per cost",
 )
