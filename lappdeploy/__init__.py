@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from lappdeploy.optional import lazy_exports
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS = {
     "LappDeployError": "lappdeploy.errors",
     "TrainConfig": "lappdeploy.config",
-    "CompressConfig": "lappdeploy.methods",  # deprecated (0.2): a function returning the method's config
     "PruneConfig": "lappdeploy.methods",
     "LappConfig": "lappdeploy.methods",
     "UniformConfig": "lappdeploy.methods",
     "GlobalConfig": "lappdeploy.methods",
+    "LaaspConfig": "lappdeploy.methods",
+    "PcpConfig": "lappdeploy.methods",
+    "LdrfConfig": "lappdeploy.methods",
     "ExportConfig": "lappdeploy.config",
     "BenchConfig": "lappdeploy.config",
     "create_model": "lappdeploy.models",

@@ -58,17 +58,6 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CompressConfig":  # moved in 0.2: each pruning method owns its config class
-        # ImportError, not AttributeError: `from lappdeploy.config import CompressConfig` shows this text
-        raise ImportError(
-            "lappdeploy.config.CompressConfig was split into one config class per pruning method: use "
-            "lappdeploy.methods.LappConfig / UniformConfig / GlobalConfig (lappdeploy.CompressConfig is a "
-            "deprecated alias)"
-        )
-    raise AttributeError(f"module 'lappdeploy.config' has no attribute {name!r}")
-
-
 def parse_int_list(text: str | list | tuple) -> list:
     """'1, 2,3' or [1, 2, 3] -> the items, to be converted (separators: commas, 'x', spaces)."""
     if isinstance(text, (list, tuple)):

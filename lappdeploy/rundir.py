@@ -200,7 +200,7 @@ class RunConfig:
 
     train: TrainConfig
     method: dict[str, Any] | None = None
-    legacy_flat: bool = False  # read from a flat file written before config.yaml had sections
+    flat: bool = False  # a flat config.yaml, written by lappdeploy 0.1 (its training options still read)
 
 
 def config_yaml(train: TrainConfig, method: dict[str, Any] | None = None) -> str:
@@ -217,8 +217,8 @@ def write_run_config(run: RunDir, train: TrainConfig, method: dict[str, Any] | N
 
 
 def read_run_config(run: RunDir) -> RunConfig:
-    train, method, legacy = split_sections(load_yaml_mapping(run.config))
-    return RunConfig(TrainConfig.from_dict(train), method, legacy)
+    train, method, flat = split_sections(load_yaml_mapping(run.config))
+    return RunConfig(TrainConfig.from_dict(train), method, flat)
 
 
 def run_method(root: str | os.PathLike[str]) -> str | None:

@@ -108,7 +108,12 @@ def resolve_compress(ctx: click.Context, out: str | None, resume: bool, fields: 
     saved = _saved_run(out)
     if saved.method is None:
         raise ConfigError(f"--resume: {out} is a training run, not a compress run; resume it with `lappdeploy train`")
-    method = method_config(saved.method, legacy=saved.legacy_flat)
+    if saved.flat:
+        raise ConfigError(
+            f"--resume: {out} was written by lappdeploy 0.1 (a flat config.yaml); 0.3 resumes runs of 0.2 and "
+            "later: finish it with lappdeploy 0.2, or start a new run"
+        )
+    method = method_config(saved.method)
     name = method_section(method)["name"]
     if given_options(ctx, ["method"]) and fields["method"] != name:
         raise ConfigError(f"--resume: {out} was compressed with --method {name}; drop --method {fields['method']}")

@@ -14,9 +14,6 @@ pruning method"). Importing this package does not import torch.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from lappdeploy.methods import baselines, laasp, lapp, ldrf, pcp
 from lappdeploy.methods.base import (
     DEFAULT_METHOD,
@@ -44,7 +41,6 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "METHODS",
     "AttemptConfig",
-    "CompressConfig",
     "GlobalConfig",
     "LaaspConfig",
     "LappConfig",
@@ -69,17 +65,6 @@ __all__ = [
 ]
 
 _LAZY = {"PruneResult": "lappdeploy.methods.common", "run_compress": "lappdeploy.methods.compress"}
-
-
-def CompressConfig(**options: Any) -> PruneConfig:
-    """Deprecated: the config of `options["method"]` (default lapp); use that method's config class."""
-    warnings.warn(
-        "CompressConfig is deprecated and will be removed in 0.3: use the method's own config class "
-        "(LappConfig, UniformConfig, GlobalConfig) or method_config({'name': method, ...})",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return method_config(options)
 
 
 __getattr__ = lazy_exports(globals(), __name__, _LAZY)

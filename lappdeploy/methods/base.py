@@ -278,13 +278,11 @@ def option_owners(name: str) -> list[str]:
     return [m for m in METHODS.names() if name in field_names(METHODS.get(m).config)]
 
 
-def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneConfig:
+def method_config(section: Mapping[str, Any]) -> PruneConfig:
     """The typed config of a `method:` section ({"name": method, **options}; name defaults to lapp).
 
-    An option that belongs to another method is an error naming both, unless it has those methods' default
-    value (config.yaml of runs from versions where more methods had it: LAPP's reconstruction options). With
-    `legacy` (flat config files of earlier versions, which saved every method's options) such options are
-    dropped whatever their value.
+    An option that belongs to another method is an error naming both, unless it has its option group's
+    default value (config.yaml of 0.2 runs, when LAPP had the reconstruction options too).
     """
     options = {str(k).replace("-", "_"): v for k, v in section.items()}
     name = str(options.pop("name", options.pop("method", DEFAULT_METHOD)))
@@ -292,7 +290,7 @@ def method_config(section: Mapping[str, Any], *, legacy: bool = False) -> PruneC
     own = field_names(spec.config)
     for key in [k for k in options if k not in own]:
         owners = option_owners(key)
-        if owners and (legacy or _default_of(owners, key) == options[key]):
+        if owners and _default_of(owners, key) == options[key]:
             del options[key]  # a config saved before the option moved to other methods (at their default)
         elif owners:
             raise ConfigError(

@@ -49,7 +49,7 @@ from lappdeploy.surgery.graph import resolve_module
 from lappdeploy.surgery.plan import RoundTo, width_unit
 
 if TYPE_CHECKING:
-    from lappdeploy.methods.budgets import Budget
+    from lappdeploy.methods.budgets.base import Budget
 
 __all__ = [
     "LANDING_WINDOW",

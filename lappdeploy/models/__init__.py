@@ -41,26 +41,6 @@ __all__ = [
     "unwrap",
 ]
 
-# Moved to lappdeploy.surgery.portable in 0.2 (rebuilding a pruned model replays surgery, which this
-# package must not import); `lappdeploy.load_model` / `lappdeploy.save_model` are the stable names.
-_MOVED = {"load_model", "save_model", "LoadedModel"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module 'lappdeploy.models' has no attribute {name!r}")
-    import importlib
-    import warnings
-
-    warnings.warn(
-        f"lappdeploy.models.{name} is deprecated and will be removed in 0.3: use lappdeploy.{name} "
-        f"(or lappdeploy.surgery.{name})",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module("lappdeploy.surgery.portable"), name)
-
-
 MODELS: Registry[ModelSpec] = Registry("model")
 
 

@@ -491,22 +491,17 @@ def test_each_method_has_its_own_config_type_and_handler():
         method_config({"name": "uniform", "tau": 0.2})
     with pytest.raises(ConfigError, match="needs a LappConfig, got a UniformConfig"):
         METHODS.get("lapp").prepare(_model(), _example(), UniformConfig())
-    legacy = method_config({"name": "uniform", "tau": 0.1, "score": "bn"}, legacy=True)  # flat files of 0.1
-    assert legacy == UniformConfig()
 
 
-def test_deprecated_aliases_warn_and_still_work():
-    import lappdeploy
-
-    with pytest.warns(DeprecationWarning, match="CompressConfig is deprecated"):
-        config = lappdeploy.CompressConfig(method="uniform", target_macs=0.4)
-    assert config == lappdeploy.UniformConfig(target_macs=0.4)
+def test_the_aliases_deprecated_in_0_2_are_gone_in_0_3():
     import importlib
-    import sys
 
-    sys.modules.pop("lappdeploy.lapp", None)
-    with pytest.warns(DeprecationWarning, match="lappdeploy.lapp is deprecated"):
-        old = importlib.import_module("lappdeploy.lapp")
-    assert old.prepare_ is prepare_
-    with pytest.raises(ImportError, match="split into one config class per pruning method"):
-        from lappdeploy.config import CompressConfig  # noqa: F401
+    import lappdeploy
+    import lappdeploy.models
+    import lappdeploy.train
+
+    assert not hasattr(lappdeploy, "CompressConfig") and not hasattr(lappdeploy.models, "load_model")
+    assert not hasattr(lappdeploy.train, "RunDir"), "moved to lappdeploy.rundir in 0.2"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lappdeploy.lapp")
+    assert lappdeploy.load_model.__module__ == "lappdeploy.surgery.portable", "the stable name stays"

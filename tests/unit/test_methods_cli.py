@@ -103,7 +103,7 @@ def test_resume_refuses_a_value_that_differs_from_the_saved_one(lapp_run, cli, t
     assert sorted(p.name for p in partial.iterdir()) == ["config.yaml"], "nothing written"
 
 
-def test_flat_config_files_of_earlier_versions_still_resume(cli, tmp_path):
+def test_a_flat_run_config_of_0_1_is_refused_on_resume_naming_the_version(cli, tmp_path):
     partial = tmp_path / "flat"
     partial.mkdir()
     flat = {flag.lstrip("-").replace("-", "_"): value for flag, value in zip(TINY[::2], TINY[1::2], strict=True)}
@@ -111,5 +111,5 @@ def test_flat_config_files_of_earlier_versions_still_resume(cli, tmp_path):
     flat.update(method="uniform", target_macs=0.5, tau=0.1, penalty=2.0, threshold_lr=0.01, score="bn")
     (partial / "config.yaml").write_text(yaml.safe_dump(flat))
     result = cli("compress", "--out", partial, "--resume")
-    assert result.code == 0, result.err
-    assert read_json(partial / "report.json")["method"] == "uniform"
+    assert result.code == 2 and "written by lappdeploy 0.1" in result.err, result.err
+    assert not (partial / "report.json").exists()
