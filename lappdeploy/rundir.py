@@ -27,9 +27,9 @@ import numpy as np
 import yaml
 
 from lappdeploy import __version__
-from lappdeploy.config import TrainConfig, load_yaml_mapping, split_sections
+from lappdeploy.config import RESUMABLE_CHANGES, TrainConfig, field_names, load_yaml_mapping, split_sections
 from lappdeploy.data import DataRequest, DeviceLoader, create_dataset, fixed_subset
-from lappdeploy.errors import ExportError, RunDirError
+from lappdeploy.errors import ConfigError, ExportError, RunDirError
 from lappdeploy.io import atomic_write_text, can_create_in, nearest_existing, read_json
 
 __all__ = [
@@ -47,11 +47,13 @@ __all__ = [
     "check_appendable",
     "check_new_output",
     "check_resumable",
+    "check_resumed_config",
     "check_writable",
     "config_yaml",
     "create_output",
     "data_request",
     "read_run_config",
+    "resumable_config",
     "run_method",
     "write_run_config",
 ]
@@ -219,6 +221,67 @@ def write_run_config(run: RunDir, train: TrainConfig, method: dict[str, Any] | N
 def read_run_config(run: RunDir) -> RunConfig:
     train, method, flat = split_sections(load_yaml_mapping(run.config))
     return RunConfig(TrainConfig.from_dict(train), method, flat)
+
+
+# options a run resolves where they are unset (from the named weights): unset on resume, they resolve alike
+RESOLVED_BY_RUN = frozenset({"mean", "std", "image_size"})
+
+
+def resumable_config(run: RunDir) -> RunConfig:
+    """The saved config of a run to resume; a flat config.yaml of 0.1 is refused naming the version."""
+    saved = read_run_config(run)
+    if saved.flat:
+        raise ConfigError(
+            f"--resume: {run.root} was written by lappdeploy 0.1 (a flat config.yaml); 0.3 resumes runs of 0.2 "
+            "and later: finish it with lappdeploy 0.2, or start a new run"
+        )
+    return saved
+
+
+def check_resumed_config(run: RunDir, train: TrainConfig, method: dict[str, Any] | None) -> None:
+    """The resume contract, for the CLI and the Python API alike: a resumed run continues with the config it
+    was started with (`train` resolved as a new run would be; `method` its `method:` section, None for a
+    training run). Only where the data lives and how it is loaded may change (RESUMABLE_CHANGES); any other
+    difference from config.yaml is a ConfigError naming each option with the given and the saved value."""
+    saved = resumable_config(run)
+    if saved.method is None and method is not None:
+        raise ConfigError(
+            f"--resume: {run.root} is a training run, not a compress run; resume it with `lappdeploy train`"
+        )
+    if saved.method is not None and method is None:
+        raise ConfigError(f"--resume: {run.root} is a compress run; resume it with `lappdeploy compress --resume`")
+    if method is not None and method.get("name") != saved.method.get("name"):
+        raise ConfigError(
+            f"--resume: {run.root} was compressed with --method {saved.method.get('name')}; drop --method "
+            f"{method.get('name')}"
+        )
+    _refuse_differences(run, _differences(train, saved.train, method, saved.method))
+
+
+def _differences(train, saved_train, method, saved_method) -> list[tuple[str, Any, Any]]:
+    """(option, given, saved) of every option that may not change on resume and did. Method options the saved
+    section lacks (added by a later version, at their defaults) are not compared."""
+    differing = [
+        (name, getattr(train, name), getattr(saved_train, name))
+        for name in field_names(TrainConfig)
+        if name not in RESUMABLE_CHANGES
+        and not (name in RESOLVED_BY_RUN and getattr(train, name) is None)
+        and getattr(train, name) != getattr(saved_train, name)
+    ]
+    for name, value in (method or {}).items():
+        if name != "name" and name in saved_method and value != saved_method[name]:
+            differing.append((name, value, saved_method[name]))
+    return differing
+
+
+def _refuse_differences(run: RunDir, differing: list[tuple[str, Any, Any]]) -> None:
+    if differing:
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        shown = ", ".join(f"{flag(n)} {given!r} (saved: {saved!r})" for n, given, saved in differing)
+        raise ConfigError(
+            f"--resume continues {run.root} with its saved config.yaml, and {shown} differ from it; drop "
+            f"{', '.join(flag(n) for n, _, _ in differing)} (or start a new run)"
+        )
 
 
 def run_method(root: str | os.PathLike[str]) -> str | None:

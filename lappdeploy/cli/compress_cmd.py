@@ -113,8 +113,6 @@ def compress_command(ctx: click.Context, out: str | None, force: bool, resume: b
     from lappdeploy.methods.compress import run_compress
 
     config, method, out = resolve_compress(ctx, out, resume, fields)
-    config = method.resolve_train(config)
-    method.check_against(config)
     if int(os.environ.get("RANK", "0")) != 0:
         run_compress(config, method, out, force=force, resume=resume)
         return

@@ -45,6 +45,7 @@ from lappdeploy.rundir import (
     RunDir,
     check_new_output,
     check_resumable,
+    check_resumed_config,
     create_output,
     data_request,
     write_run_config,
@@ -144,7 +145,8 @@ def run_training(
     own_dist = dist is None
     dist = dist or init_distributed(config.device)
     try:
-        run, info, config = _resolve(config, out, force=force, resume=resume, dist=dist)
+        method = extension.config_dict() if extension is not None else None
+        run, info, config = _resolve(config, out, force=force, resume=resume, dist=dist, method=method)
         input_shape = _input_shape(config, info)
         model, card, init_report = _model_and_card(config, info, input_shape)
         distillation = load_teacher(config, card, model) if config.distill is not None else None
@@ -182,11 +184,14 @@ def run_training(
 
 
 def _resolve(
-    config: TrainConfig, out, *, force: bool, resume: bool, dist: DistContext
+    config: TrainConfig, out, *, force: bool, resume: bool, dist: DistContext, method: dict[str, Any] | None
 ) -> tuple[RunDir, DatasetInfo, TrainConfig]:
-    """Check everything (no writes): the run directory, the model, the device, the dataset's files; returns
-    them with the config resolved (input normalisation and size from named pretrained weights)."""
+    """Check everything (no writes): the run directory (resumed: what may change, the run-directory contract),
+    the model, the device, the dataset's files; returns them with the config resolved (input normalisation and
+    size from named pretrained weights). `method`: the compress run's method section (None: a training run)."""
     run = check_resumable(out) if resume else RunDir(check_new_output(out, RUN, force=force))
+    if resume:
+        check_resumed_config(run, config, method)
     model_spec(config.model)
     check_device_support(config, dist.device)
     if config.tensorboard:

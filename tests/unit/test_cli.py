@@ -66,7 +66,7 @@ def test_yaml_config_supplies_defaults_and_flags_win(cli, tmp_path):
 
 def _bad_inputs(tmp_path):
     (tmp_path / "existing").mkdir()
-    (tmp_path / "existing" / "config.yaml").write_text("model: resnet20\n")
+    (tmp_path / "existing" / "config.yaml").write_text("train:\n  model: resnet20\n")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "malformed.yaml").write_text("lr: [0.1\n")
     (tmp_path / "unknown_key.yaml").write_text("learning_rate: 0.1\n")

@@ -118,7 +118,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_resume_refuses_a_changed_configuration(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny(epochs=2), tmp_path / "run", hooks=[_StopAfterFirstCheckpoint()])
-    with pytest.raises(LappDeployError, match="different lr"):
+    with pytest.raises(LappDeployError, match=r"--lr 0.01 \(saved: 0.05\) differ from it; drop --lr"):
         run_training(tiny(epochs=2, lr=0.01), tmp_path / "run", resume=True)
 
 

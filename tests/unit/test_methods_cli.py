@@ -113,3 +113,24 @@ def test_a_flat_run_config_of_0_1_is_refused_on_resume_naming_the_version(cli, t
     result = cli("compress", "--out", partial, "--resume")
     assert result.code == 2 and "written by lappdeploy 0.1" in result.err, result.err
     assert not (partial / "report.json").exists()
+
+
+def test_the_python_api_resumes_under_the_same_contract(lapp_run, tmp_path):
+    """run_compress(resume=True) checks what the CLI checks (rundir.check_resumed_config): the run's own config
+    resumes, another value of a method or training option is refused naming it, nothing written."""
+    from lappdeploy.errors import ConfigError
+    from lappdeploy.methods import method_config, run_compress
+    from lappdeploy.rundir import RunDir, read_run_config
+
+    saved = read_run_config(RunDir(lapp_run))
+    method = method_config(saved.method)
+    for train, changed, flag in (
+        (saved.train, method.replace(tau=0.3), "--tau 0.3 (saved: 0.2)"),
+        (saved.train.replace(lr=0.5), method, "--lr 0.5"),
+    ):
+        partial = _partial_copy(lapp_run, tmp_path, name=flag.split()[0].strip("-"))
+        with pytest.raises(ConfigError, match=flag.replace("(", r"\(").replace(")", r"\)")):
+            run_compress(train, changed, partial, resume=True)
+        assert sorted(p.name for p in partial.iterdir()) == ["config.yaml"], "nothing written"
+    partial = _partial_copy(lapp_run, tmp_path, name="same")
+    assert run_compress(saved.train, method, partial, resume=True)["method"] == "lapp"
