@@ -71,6 +71,8 @@ def _skip_reason(argv: list[str]) -> str | None:
         ("--runtime trt", "needs TensorRT and a GPU"),
         ("--runtime trtexec", "needs trtexec results from a device"),
         ("--ingest", "needs a directory timed on a device"),
+        ("jetson-bench", "reads bench results timed on a Jetson"),
+        ("--precision int8", "a tiny untrained run's INT8 graph is refused by the export's parity check"),
         ("--device cuda", "needs a GPU"),
         ("cifar10", "CIFAR-10 is not on this machine"),
         ("--resume", "nothing to resume: the run finished"),
