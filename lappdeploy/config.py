@@ -80,8 +80,8 @@ def parse_shape(text: str | list | tuple) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-DISTILL_ALPHA = 0.7  # chosen on held-out images (docs/distillation.md#defaults)
-DISTILL_TEMPERATURE = 4.0
+DISTILL_ALPHA = 0.3  # chosen on held-out images (docs/distillation.md#defaults)
+DISTILL_TEMPERATURE = 2.0
 SCRATCH_LR = 0.1  # SGD peak learning rate from random weights
 FINE_TUNE_LR = 0.03  # from --init-from: fine-tuning a trained model (docs/own-model.md#fine-tuning-defaults)
 
