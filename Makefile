@@ -48,7 +48,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'torch>=2.1' 'torchvision>=0.16'
-	$(BIN)/python -m pip install --quiet -e '.[onnx,ort,modelopt,report,timm,safetensors,tensorboard,docs,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[onnx,ort,modelopt,report,timm,safetensors,tensorboard,openvino,docs,dev]'
 	touch $@
 
 # Real Fashion-MNIST from Debian's package when we can install it; otherwise `lappdeploy train --download`

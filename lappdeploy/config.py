@@ -390,8 +390,16 @@ def _no_torch_options(cfg: BenchConfig) -> None:
         raise ConfigError("--channels-last and --compile apply to --runtime torch only")
 
 
+def _no_bf16(cfg: BenchConfig) -> None:
+    if cfg.precision == "bf16":
+        raise ConfigError(
+            f"--precision bf16 is timed on OpenVINO's CPU kernels (--runtime openvino), not {cfg.runtime}"
+        )
+
+
 def _check_torch_bench(cfg: BenchConfig) -> None:
     _no_ort_options(cfg)
+    _no_bf16(cfg)
     if cfg.precision == "int8":
         raise ConfigError("torch eager has no int8 path here; use --runtime trt or ort with an int8 export")
     if cfg.precision == "fp16" and cfg.device == "cpu":
@@ -400,18 +408,36 @@ def _check_torch_bench(cfg: BenchConfig) -> None:
 
 def _check_tensorrt_bench(cfg: BenchConfig) -> None:
     _no_ort_options(cfg)
+    _no_bf16(cfg)
     if cfg.device == "cpu":
         raise ConfigError(f"--runtime {cfg.runtime} runs TensorRT engines on a GPU; drop --device cpu")
     _no_torch_options(cfg)
+
+
+def _check_ort_bench(cfg: BenchConfig) -> None:
+    _no_torch_options(cfg)
+    _no_bf16(cfg)
+
+
+def _check_openvino_bench(cfg: BenchConfig) -> None:
+    _no_ort_options(cfg)
+    _no_torch_options(cfg)
+    if cfg.device == "cuda":
+        raise ConfigError("--runtime openvino times OpenVINO's CPU plugin; drop --device cuda")
+    if cfg.precision == "fp16":
+        raise ConfigError("OpenVINO on the CPU runs fp32, bf16 or int8: use one of those with --runtime openvino")
+    if cfg.tf32:
+        raise ConfigError("--tf32 is a GPU setting; it does not apply to --runtime openvino")
 
 
 # each benchmark runtime's own checks of a BenchConfig; the keys are the names --runtime accepts, and
 # lappdeploy.bench.runtimes registers how each one runs (it checks that it covers exactly these)
 _BENCH_RUNTIME_CHECKS = {
     "torch": _check_torch_bench,
-    "ort": _no_torch_options,
+    "ort": _check_ort_bench,
     "trt": _check_tensorrt_bench,
     "trtexec": _check_tensorrt_bench,
+    "openvino": _check_openvino_bench,
 }
 RUNTIMES = tuple(_BENCH_RUNTIME_CHECKS)
 
@@ -426,8 +452,8 @@ class BenchConfig:
 
     runtime: str = option(
         "ort",
-        "torch (eager, optionally compiled), ort (ONNX Runtime), trt (a TensorRT engine) or trtexec "
-        "(read the JSON trtexec wrote on the target).",
+        "torch (eager, optionally compiled), ort (ONNX Runtime), trt (a TensorRT engine), trtexec "
+        "(read the JSON trtexec wrote on the target) or openvino (OpenVINO's CPU plugin).",
         choices=RUNTIMES,
     )
     device: str = option(
@@ -443,9 +469,10 @@ class BenchConfig:
     )
     precision: str = option(
         "fp32",
-        "fp32; fp16 (CUDA for torch; an FP16 graph for ort; the engine for trt); int8 (trt/trtexec engines, "
-        "or the Q/DQ ONNX of `lappdeploy export --precision int8` for ort).",
-        choices=("fp32", "fp16", "int8"),
+        "fp32; fp16 (CUDA for torch; an FP16 graph for ort; the engine for trt); bf16 (openvino, on a CPU with "
+        "AMX or AVX-512 BF16; refused elsewhere); int8 (trt/trtexec engines, or the Q/DQ ONNX of `lappdeploy "
+        "export --trt --precision int8` for ort and openvino).",
+        choices=("fp32", "fp16", "bf16", "int8"),
     )
     batch: tuple[int, ...] = option((1, 8), "Batch sizes to sweep.", cli_type="int_list")
     min_seconds: float = option(10.0, "Measure each model for at least this long per batch size (s).")

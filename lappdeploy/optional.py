@@ -23,6 +23,7 @@ _EXTRA_FOR = {
     "timm": "timm",
     "safetensors": "safetensors",
     "tensorboard": "tensorboard",
+    "openvino": "openvino",
 }
 
 

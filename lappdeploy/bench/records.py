@@ -36,7 +36,7 @@ class BenchRecord:
     macs: int  # conv + linear MACs per image of the deploy model
     params: int
     # how
-    runtime: str  # torch | ort | trt | trtexec
+    runtime: str  # torch | ort | trt | trtexec | openvino
     provider: str  # what actually ran: "CPUExecutionProvider", "torch-eager", "tensorrt-10.3.0" ...
     device: str  # cpu | cuda
     device_name: str
@@ -59,6 +59,7 @@ class BenchRecord:
     warmup_calls: int = 0
     tf32: bool | None = None  # GPU fp32 math allowed TF32 (torch, ORT CUDA, the TensorRT engine); None on CPU
     cuda_graph: bool | None = None  # trt / trtexec: inferences launched as a CUDA graph; None elsewhere
+    cpu_features: list[str] | None = None  # openvino: the CPU's matrix features (AMX, AVX-512 BF16 / VNNI)
     energy_mj_per_image: float | None = None  # Jetson: tegrastats total power integrated over the run
     power_w: float | None = None
     power_rail: str | None = None

@@ -107,6 +107,7 @@ def _record(
         warmup_calls=timing.warmup_calls,
         tf32=getattr(ran, "tf32", None),
         cuda_graph=getattr(ran, "cuda_graph", None),
+        cpu_features=getattr(ran, "cpu_features", None),
         order=order,
         **(energy or {}),
         **common,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lappdeploy.bench.openvino_session import OpenVinoSession
 from lappdeploy.bench.protocol import Session, Timing
 from lappdeploy.bench.sessions import OrtSession, TensorRTSession, TorchSession, check_ort_provider, ort_provider_name
 from lappdeploy.bench.targets import BenchTarget
@@ -168,6 +169,20 @@ def _open_ort(target: BenchTarget, config: BenchConfig, device: str, threads: in
 
 
 # --------------------------------------------------------------------------------------------------
+# openvino
+
+
+def _cpu() -> str:
+    return "cpu"
+
+
+def _open_openvino(target: BenchTarget, config: BenchConfig, device: str, threads: int, workdir: Path) -> Session:
+    # bf16 is a compile-time hint on the fp32 graph; int8 is the Q/DQ graph of the export
+    onnx = _onnx_for(target, "int8" if config.precision == "int8" else "fp32", workdir)
+    return OpenVinoSession(onnx, precision=config.precision, threads=threads, seed=config.seed)
+
+
+# --------------------------------------------------------------------------------------------------
 # trt and trtexec
 
 
@@ -258,6 +273,13 @@ for _spec in (
         open_session=_open_ort,
     ),
     RuntimeSpec("trt", "a serialized TensorRT engine", "tensorrt + CUDA", gpu_only=True, open_session=_open_trt),
+    RuntimeSpec(
+        "openvino",
+        "OpenVINO's CPU plugin: fp32, bf16 (AMX / AVX-512 BF16), int8 (Q/DQ graph)",
+        "lappdeploy[onnx,openvino]",
+        auto_device=_cpu,
+        open_session=_open_openvino,
+    ),
     RuntimeSpec(
         "trtexec",
         "results of trtexec --exportTimes run on the target",

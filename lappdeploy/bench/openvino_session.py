@@ -1,0 +1,83 @@
+"""OpenVINO on the CPU as a benchmark runtime: an ONNX graph compiled for fp32, bf16 (the inference precision
+hint: Intel's AMX tiles or AVX-512 BF16 where the CPU has them) or int8 (the Q/DQ graph `lappdeploy export`
+writes, run by OpenVINO's low-precision kernels: VNNI / AMX-INT8 where present).
+
+A precision the CPU cannot run natively is refused, never timed as something else: OpenVINO would run a bf16
+hint as f32 on a CPU without bf16 support. The CPU's matrix features are recorded with every record.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lappdeploy.bench.cuda_timing import back_to_back
+from lappdeploy.errors import BenchError
+from lappdeploy.optional import require
+
+__all__ = ["MATRIX_FEATURES", "OpenVinoSession", "cpu_matrix_features"]
+
+# /proc/cpuinfo flags of the CPU's matrix and dot-product units (what bf16 and int8 inference run on)
+MATRIX_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f")
+_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 comes from the graph's Q/DQ nodes, not a hint
+
+
+def cpu_matrix_features(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The MATRIX_FEATURES this CPU has (empty where /proc/cpuinfo is not readable)."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return []
+    return [name for name in MATRIX_FEATURES if name in flags]
+
+
+def _import_openvino():
+    return require("openvino", purpose="--runtime openvino")
+
+
+class OpenVinoSession:
+    """An ONNX graph compiled by OpenVINO for the CPU at one precision, latency hint, one stream; latency by
+    the host clock around a synchronous inference."""
+
+    def __init__(self, onnx_path: str | Path, *, precision: str = "fp32", threads: int | None = None, seed: int = 0):
+        ov = _import_openvino()
+        core = ov.Core()
+        capabilities = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        self.cpu_features = cpu_matrix_features()
+        if precision == "bf16" and "BF16" not in capabilities:
+            raise BenchError(
+                f"this CPU has no native bf16 (OpenVINO's CPU capabilities: {', '.join(sorted(capabilities))}; "
+                f"matrix features: {', '.join(self.cpu_features) or 'none'}): OpenVINO would run bf16 as fp32; "
+                "bench fp32 or int8 here, or bf16 on a CPU with AMX or AVX-512 BF16"
+            )
+        config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
+        effective = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if precision == "bf16" and "bf16" not in effective:
+            raise BenchError(f"OpenVINO compiled the model at {effective}, not bf16, on this CPU: refused")
+        self.request = self.compiled.create_infer_request()
+        self.input_shape = tuple(int(d) for d in self.compiled.input(0).get_partial_shape()[1:].to_shape())
+        self.provider = f"openvino-{ov.__version__.split('-')[0]}-cpu-{precision}"
+        self.timing = "host-clock"
+        self.threads = threads
+        self.rng = np.random.default_rng(seed)
+        self.x: np.ndarray | None = None
+
+    def set_batch(self, batch: int) -> None:
+        self.x = self.rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
+
+    def _run(self) -> None:
+        self.request.infer({0: self.x})
+
+    def infer(self) -> tuple[float, float]:
+        start = time.perf_counter()
+        self._run()
+        ms = (time.perf_counter() - start) * 1e3
+        return ms, ms
+
+    def run_back_to_back(self, calls: int) -> float:
+        return back_to_back(None, self._run, calls)

@@ -1,0 +1,85 @@
+"""`bench --runtime openvino` on the CPU this test runs on (OpenVINO installs on any x86-64 CPU): the records
+are complete and say what ran; bf16 runs where the CPU has native bf16 and is refused where it has not (never
+timed as fp32 under another name); precisions and options that do not apply are one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lappdeploy.bench.openvino_session import MATRIX_FEATURES, OpenVinoSession, cpu_matrix_features
+from lappdeploy.bench.run import bench_runs
+from lappdeploy.config import BenchConfig
+from lappdeploy.errors import BenchError, ConfigError
+from lappdeploy.export.onnx_export import to_onnx
+from lappdeploy.models import create_model
+from lappdeploy.testing import write_tiny_run
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
+QUICK = {"min_seconds": 0.2, "min_samples": 5, "warmup_seconds": 0.05, "batch": (1, 4)}
+NATIVE_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", num_classes=10).eval()
+    path = tmp_path_factory.mktemp("ov") / "tiny.onnx"
+    to_onnx(model, torch.randn(2, 3, 16, 16), path, dynamic_batch=True)
+    return model, path
+
+
+def test_fp32_computes_what_pytorch_computes(onnx_file):
+    """The session runs the graph it was given: fp32 logits within 1e-4 of PyTorch's (float32 reassociation
+    only), for a batch size other than the export's."""
+    model, path = onnx_file
+    session = OpenVinoSession(path, precision="fp32", threads=1)
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    got = session.compiled({0: x})[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+def test_bench_records_say_what_ran_and_on_which_cpu(tmp_path):
+    run = write_tiny_run(tmp_path / "run", keep_ratio=0.5)  # a pruned run: timed with its dense twin
+    records, _ = bench_runs([run], BenchConfig(runtime="openvino", threads=1, vs_dense=True, **QUICK))
+    assert len(records) == 4, "2 models x 2 batch sizes"
+    for record in records:
+        assert record.runtime == "openvino" and record.device == "cpu" and record.precision == "fp32"
+        assert record.provider.startswith("openvino-") and record.provider.endswith("-cpu-fp32")
+        assert record.cpu_features == cpu_matrix_features() and set(record.cpu_features) <= set(MATRIX_FEATURES)
+        assert record.latency_median_ms > 0 and record.samples >= 5 and record.threads == 1
+
+
+def test_bf16_runs_only_where_the_cpu_has_it(onnx_file):
+    _, path = onnx_file
+    if NATIVE_BF16:
+        session = OpenVinoSession(path, precision="bf16", threads=1)
+        assert session.provider.endswith("-cpu-bf16")
+        assert "bf16" in str(session.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    else:
+        with pytest.raises(BenchError, match="this CPU has no native bf16"):
+            OpenVinoSession(path, precision="bf16", threads=1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"runtime": "openvino", "precision": "fp16"}, "runs fp32, bf16 or int8"),
+        ({"runtime": "openvino", "device": "cuda"}, "drop --device cuda"),
+        ({"runtime": "ort", "precision": "bf16"}, "--runtime openvino"),
+        ({"runtime": "torch", "precision": "bf16"}, "--runtime openvino"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig(**options)
+
+
+def test_matrix_features_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8\n")
+    assert cpu_matrix_features(cpuinfo) == ["amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512f"]
+    assert cpu_matrix_features(tmp_path / "missing") == []
