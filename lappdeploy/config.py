@@ -305,6 +305,11 @@ class ExportConfig:
         False, "Build a TensorRT engine too; without the tensorrt package, write trtexec.sh and exit with code 3."
     )
     precision: str = option("fp32", "TensorRT precision.", choices=("fp32", "fp16", "int8"))
+    openvino: bool = option(
+        False,
+        "Also write OpenVINO IR (model.xml + model.bin) from the ONNX, parity-checked against PyTorch on "
+        "OpenVINO's CPU plugin at fp32 (the openvino extra).",
+    )
     batch: tuple[int, ...] = option(
         (1, 8, 32),
         "Batch sizes min,opt,max of the dynamic batch dimension (TensorRT profile; ONNX parity runs at min and max).",

@@ -6,6 +6,7 @@
     OUT/model_<p>.engine      with --trt and TensorRT installed: the engine (+ layers_<p>.json, and the
                               Q/DQ ONNX of INT8 / the FP16 ONNX of 11.x it was built from)
     OUT/trtexec.sh            with --trt and no TensorRT: the command to build on the target (exit code 3)
+    OUT/model.xml, model.bin  with --openvino: OpenVINO IR, parity-checked on its CPU plugin at fp32
 
 Everything that can be wrong with the input is checked before anything is written; the files are
 produced in a hidden staging directory next to OUT and moved into place only when every check passed.
@@ -35,7 +36,8 @@ from lappdeploy.errors import (
     RunDirError,
     TensorRTUnavailableError,
 )
-from lappdeploy.export.onnx_export import check_onnx, to_onnx
+from lappdeploy.export.onnx_export import _parity_batches, check_onnx, to_onnx
+from lappdeploy.export.openvino_ir import write_openvino_ir
 from lappdeploy.export.precision import write_precision_onnx
 from lappdeploy.export.tensorrt import (
     build_engine,
@@ -49,6 +51,7 @@ from lappdeploy.export.trt_recipes import FAMILIES, FP32_ONNX, TrtRecipe, trt_re
 from lappdeploy.export.trtexec import AUTO, DEFAULT_FAMILY, trtexec_args, trtexec_script
 from lappdeploy.io import atomic_write_json, atomic_write_text, can_create_in, give_default_permissions, read_json
 from lappdeploy.models import checkpoint_in
+from lappdeploy.optional import require
 from lappdeploy.rundir import EXPORT, EXPORT_FILE, calibration_images, check_new_output, check_writable, run_method
 from lappdeploy.surgery import LoadedModel, load_model, save_model
 from lappdeploy.surgery.history import recorded_plans
@@ -172,6 +175,8 @@ def _resolve(target: Path, config: ExportConfig, out: str | os.PathLike[str] | N
         reuse_onnx=not config.onnx,
     )
     loaded = load_model(checkpoint)
+    if config.openvino:
+        require("openvino", purpose="export --openvino")
     trt, recipe = _resolve_tensorrt(config) if config.trt else (None, None)
     calibration = None
     if recipe is not None and recipe.needs_calibration:
@@ -186,6 +191,8 @@ def _resolve_model(name: str, loaded: LoadedModel, config: ExportConfig, out, *,
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     out = _check_out(Path(out).expanduser() if out is not None else Path("exports") / slug, force=force,
                      reuse_onnx=not config.onnx)  # fmt: skip
+    if config.openvino:
+        require("openvino", purpose="export --openvino")
     trt, recipe = _resolve_tensorrt(config) if config.trt else (None, None)
     calibration = None
     if recipe is not None and recipe.needs_calibration:
@@ -210,12 +217,14 @@ def _staging_dir(out: Path) -> Path:
 def _stage(export: _Export, staging: Path) -> dict[str, Any]:
     """Write the ONNX, the engine or trtexec.sh, and export.json into `staging`; returns the report."""
     onnx_section, onnx_path = _stage_onnx(export, staging)
+    openvino_section = _stage_openvino(export, staging, onnx_path) if export.config.openvino else None
     trt_section = None
     if export.recipe is not None and export.trt is not None:
         trt_section = _stage_engine(export, staging, onnx_path)
     elif export.recipe is not None:
         trt_section = _stage_trtexec_script(export, staging, onnx_path)
     report = _report(export, onnx_section, trt_section)
+    report["openvino"] = openvino_section
     if export.checkpoint is None:  # a model given in memory: the export carries its portable checkpoint
         save_model(export.loaded.model, staging / "model.pt", export.loaded.card)
     atomic_write_json(staging / EXPORT_FILE, report)
@@ -244,6 +253,12 @@ def _stage_onnx(export: _Export, staging: Path) -> tuple[dict[str, Any], Path]:
         seed=config.seed,
     )
     return {**record.to_dict(), "path": FP32_ONNX}, staging / FP32_ONNX
+
+
+def _stage_openvino(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:
+    """OpenVINO IR converted from the fp32 ONNX and parity-checked on the ONNX check's batch sizes."""
+    batches = _parity_batches(2, True, export.config.batch)
+    return write_openvino_ir(onnx_path, staging, export.loaded.model, export.input_shape, batches, export.config.seed)
 
 
 def _stage_engine(export: _Export, staging: Path, onnx_path: Path) -> dict[str, Any]:

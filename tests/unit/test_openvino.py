@@ -83,3 +83,22 @@ def test_matrix_features_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8\n")
     assert cpu_matrix_features(cpuinfo) == ["amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512f"]
     assert cpu_matrix_features(tmp_path / "missing") == []
+
+
+def test_export_writes_openvino_ir_that_computes_what_pytorch_computes(tmp_path, cli):
+    import json
+
+    run = write_tiny_run(tmp_path / "run", keep_ratio=0.5)
+    result = cli("export", run, "--openvino", "--batch", "1,4,8", "--out", tmp_path / "export")
+    assert result.code == 0, result.err
+    section = json.loads((tmp_path / "export" / "export.json").read_text())["openvino"]
+    assert (tmp_path / "export" / "model.xml").is_file() and (tmp_path / "export" / "model.bin").is_file()
+    assert [row["batch"] for row in section["parity"]] == [1, 8]
+    assert all(row["relative_error"] <= section["parity_tolerance"] for row in section["parity"])
+    # the IR reloaded on its own: the same logits as the ONNX Runtime graph of the same export
+    import onnxruntime
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ir = ov.Core().compile_model(str(tmp_path / "export" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ort = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.allclose(ir({0: x})[0], ort.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
