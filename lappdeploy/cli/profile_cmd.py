@@ -16,8 +16,9 @@ __all__ = ["profile_command"]
 
 @click.command("profile")
 @click.argument("model_name", metavar="MODEL")
-@click.option("--runtime", type=click.Choice(["ort", "torch", "trtexec"]), default="ort", show_default=True,
-              help="ONNX Runtime or PyTorch here; trtexec: graphs and a script to time on the device.")  # fmt: skip
+@click.option("--runtime", type=click.Choice(["ort", "torch", "openvino", "trtexec"]), default="ort",
+              show_default=True, help="ONNX Runtime, PyTorch or OpenVINO (CPU, fp32) here; trtexec: graphs and a "
+              "script to time on the device.")  # fmt: skip
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="--runtime trtexec: the engines' precision.")  # fmt: skip
 @click.option("--ingest", type=click.Path(file_okay=False, exists=True), default=None,

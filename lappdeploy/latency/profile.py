@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lappdeploy.bench.openvino_session import OpenVinoSession
 from lappdeploy.bench.protocol import LatencyStats, TimingPolicy, measure_batch
 from lappdeploy.bench.sessions import OrtSession, TorchSession
 from lappdeploy.environment import versions
@@ -186,6 +187,12 @@ def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -
     onnx.save(model, path)
 
 
+# runtimes a table can be profiled on here (trtexec tables are timed on the device: latency.trtexec_profile);
+# the ONNX ones time each layer as a one-layer ONNX graph (OpenVINO: its CPU plugin at fp32, per call)
+PROFILED_RUNTIMES = ("ort", "torch", "openvino")
+ONNX_RUNTIMES = ("ort", "openvino")
+
+
 def kernel_timed(runtime: str, device: str) -> bool:
     """Whether a layer's latency is its kernels' time from ONNX Runtime's profiler (ORT on the CPU) rather
     than the wall time of a call. A layer alone pays what it does not pay inside a model: the call's overhead
@@ -198,9 +205,11 @@ def kernel_timed(runtime: str, device: str) -> bool:
 
 
 def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path):
-    if runtime == "ort":
+    if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
+        if runtime == "openvino":
+            return OpenVinoSession(path, threads=threads)
         return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_timed(runtime, device))
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
@@ -260,10 +269,11 @@ def measure_models_ms(
     with tempfile.TemporaryDirectory(prefix="lappdeploy-latency-") as scratch:
         sessions = []
         for index, model in enumerate(models):
-            if runtime == "ort":
+            if runtime in ONNX_RUNTIMES:
                 path = Path(scratch) / f"model{index}.onnx"
                 to_onnx(model, example, path, dynamic_batch=True)
-                sessions.append(OrtSession(path, provider=device, threads=threads))
+                opened = OpenVinoSession(path, threads=threads) if runtime == "openvino" else None
+                sessions.append(opened or OrtSession(path, provider=device, threads=threads))
             else:
                 torch.set_num_threads(threads)
                 sessions.append(TorchSession(deploy_copy(model, example), input_shape, device=device))
@@ -289,8 +299,12 @@ def profile_model(
     """Time every conv / linear layer of `model` over its width grid, then (`probe_steps`) one producer per
     prunable group at every width of a window below its full width (`latency.steps`), then whole models;
     the latency table of this model on this runtime, device, batch and thread count."""
-    if runtime not in ("ort", "torch"):
-        raise ConfigError(f"--runtime {runtime}: profiling runs ort or torch here (trtexec: see --runtime trtexec)")
+    if runtime not in PROFILED_RUNTIMES:
+        raise ConfigError(
+            f"--runtime {runtime}: profiling runs {', '.join(PROFILED_RUNTIMES)} here (trtexec: see --runtime trtexec)"
+        )
+    if runtime == "openvino" and device != "cpu":
+        raise ConfigError("--runtime openvino profiles OpenVINO's CPU plugin: use --device cpu")
     start, timing = time.perf_counter(), timing or PointTiming()
     where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads}
     dense_before = measure_model_ms(model, input_shape, seconds=dense_seconds, **where)  # vs the end: drift
@@ -341,7 +355,7 @@ def profile_model(
         dense_ms=dense_after, **fit.table_fields(), profile_s=round(time.perf_counter() - start, 1), points=points,
         step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
-                    "layer_graph": "conv + bias + relu (BN folded)" if runtime == "ort" else "torch conv + relu",
+                    "layer_graph": "torch conv + relu" if runtime == "torch" else "conv + bias + relu (BN folded)",
                     "layer_timing": "kernels (profiler)" if kernel_timed(runtime, device) else "calls (wall clock)"},
     )  # fmt: skip
 

@@ -33,7 +33,7 @@ __all__ = [
 TABLE_FORMAT = "lappdeploy.latency_table"
 TABLE_VERSION = 2  # 2 added kind_scales
 READABLE_VERSIONS = (1, 2)
-RUNTIMES = ("ort", "torch", "trtexec")
+RUNTIMES = ("ort", "torch", "openvino", "trtexec")
 
 
 class LatencyTableError(LappDeployError):
@@ -170,8 +170,8 @@ def device_fingerprint(runtime: str, device: str) -> dict[str, Any]:
     else:
         processor = cpu_name()
     version = {"ort": package_version("onnxruntime") or package_version("onnxruntime-gpu")}.get(runtime)
-    if runtime == "torch":
-        version = package_version("torch")
+    if runtime in ("torch", "openvino"):
+        version = package_version(runtime)
     return {
         "runtime": runtime,
         "runtime_version": version,

@@ -102,3 +102,39 @@ def test_export_writes_openvino_ir_that_computes_what_pytorch_computes(tmp_path,
     ir = ov.Core().compile_model(str(tmp_path / "export" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     ort = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.allclose(ir({0: x})[0], ort.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timing
+def test_a_table_profiled_on_openvino_orders_plans_of_very_different_sizes():
+    """Profiled for real on OpenVINO's CPU plugin (fp32, one thread, a small grid): plans spanning a wide range
+    of latency, measured interleaved, are predicted in the same order wherever they measure > 15% apart."""
+    import copy
+
+    from torch import nn
+
+    from lappdeploy.latency import LatencyModel
+    from lappdeploy.latency.profile import PointTiming, measure_models_ms, profile_model
+    from lappdeploy.surgery import analyze, remove_channels_, round_plan, uniform_plan
+
+    torch.manual_seed(0)
+    layers, channels = [], 3
+    for width in (32, 64, 64, 128):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(channels, 10)).eval()
+    shape = (3, 16, 16)
+    timing = PointTiming(warmup_calls=3, warmup_seconds=0.0, calls=15, seconds=0.0, max_seconds=0.05, min_calls=8)
+    table = profile_model(model, shape, model_name="chain", runtime="openvino", batch=8, threads=1, points=4,
+                          timing=timing, dense_seconds=0.2, probe_steps=False)  # fmt: skip
+    assert table.runtime == "openvino" and table.fingerprint["runtime_version"]
+    groups = analyze(model, torch.zeros((2, *shape)))
+    latency = LatencyModel(groups, table)
+    plans = [round_plan(uniform_plan(groups, macs), groups, 8) for macs in (0.05, 0.2, 0.5)]
+    pruned = [remove_channels_(copy.deepcopy(model), plan, torch.zeros((2, *shape))) for plan in plans]
+    measured = measure_models_ms([model, *pruned], shape, runtime="openvino", batch=8, threads=1, seconds=0.3)
+    predicted = [latency.dense_ms, *(latency.plan_ms(plan) for plan in plans)]
+    assert max(measured) / min(measured) > 3, measured
+    for i in range(len(measured)):
+        for j in range(len(measured)):
+            if measured[i] > 1.15 * measured[j]:
+                assert predicted[i] > predicted[j], (predicted, measured)

@@ -14,7 +14,7 @@ from torch import nn
 
 from lappdeploy.errors import ConfigError, SurgeryError
 from lappdeploy.latency import LatencyModel, LatencyTable, LatencyTableError, check_fingerprint, device_fingerprint
-from lappdeploy.latency.profile import cached_profile, measure_models_ms
+from lappdeploy.latency.profile import PROFILED_RUNTIMES, cached_profile, measure_models_ms
 from lappdeploy.latency.steps import group_multiples
 from lappdeploy.methods.base import PruneConfig
 from lappdeploy.methods.budgets.base import Budget, Landed
@@ -251,7 +251,7 @@ def latency_budget(groups: ChannelGroups, config: PruneConfig) -> LatencyBudget:
 
 def _measurable(table: LatencyTable) -> bool:
     """Whether models can be timed on the table's runtime here (the table was measured on this machine)."""
-    timeable = table.runtime in ("ort", "torch")
+    timeable = table.runtime in PROFILED_RUNTIMES
     return timeable and device_fingerprint(table.runtime, table.device) == table.fingerprint
 
 
