@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["logits_in_fresh_process"]
+__all__ = ["logits_in_fresh_process", "reload_errors_in_fresh_process"]
 
 _SCRIPT = (
     "import sys, torch; from lappdeploy import load_model;"
@@ -25,3 +27,27 @@ def logits_in_fresh_process(model_path: str | Path, images: torch.Tensor, workdi
     paths = [str(model_path), str(workdir / "images.pt"), str(workdir / "outputs.pt")]
     subprocess.run([sys.executable, "-c", _SCRIPT, *paths], check=True, timeout=120)
     return torch.load(workdir / "outputs.pt")
+
+
+_RELOAD_SCRIPT = (
+    "import json, sys, torch\n"
+    "from lappdeploy import load_model\n"
+    "d = sys.argv[1]; worst = {}\n"
+    "for name in sys.argv[2:]:\n"
+    "    expected = torch.load(f'{d}/{name}.expected', weights_only=True)\n"
+    "    model = load_model(f'{d}/{name}.pt').model\n"
+    "    with torch.no_grad():\n"
+    "        worst[name] = (model(expected['inputs']) - expected['logits']).abs().max().item()\n"
+    "print(json.dumps(worst))\n"
+)
+
+
+def reload_errors_in_fresh_process(saved_dir: str | Path, names: list[str]) -> dict[str, float]:
+    """{name: max |logits - expected|} of each DIR/NAME.pt rebuilt by `load_model` in one new Python process,
+    against DIR/NAME.expected ({"inputs", "logits"}), run with this process's thread count (bit-equality
+    needs the same reduction order)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _RELOAD_SCRIPT, str(saved_dir), *names], capture_output=True, text=True, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -6,10 +6,6 @@ channel shuffle is a barrier the surgery keeps whole (lappdeploy.models.shuffle)
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +21,7 @@ from lappdeploy.surgery import (
     remove_channels_,
     save_model,
 )
-from lappdeploy.testing import randomize_norms_
+from lappdeploy.testing import randomize_norms_, reload_errors_in_fresh_process
 
 # The default suite: every CIFAR and testing model, and one torchvision model per family (the smallest, or the
 # one with a distinct structure: VGG with and without BatchNorm, ResNet's basic and bottleneck blocks, RegNet X
@@ -92,26 +88,6 @@ def test_pruned_checkpoints_load_in_a_fresh_process(saved_dir):
     names = sorted(p.stem for p in saved_dir.glob("*.pt"))
     if not names:
         pytest.skip("no pruned model was saved (the per-model tests were deselected)")
-    script = (
-        "import json, sys, torch\n"
-        "from lappdeploy import load_model\n"
-        "d = sys.argv[1]; worst = {}\n"
-        "for name in sys.argv[2:]:\n"
-        "    expected = torch.load(f'{d}/{name}.expected', weights_only=True)\n"
-        "    model = load_model(f'{d}/{name}.pt').model\n"
-        "    with torch.no_grad():\n"
-        "        worst[name] = (model(expected['inputs']) - expected['logits']).abs().max().item()\n"
-        "print(json.dumps(worst))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(saved_dir), *names],
-        capture_output=True,
-        text=True,
-        check=True,
-        # the same thread count as the process that computed the expected logits: bit-equality needs the
-        # same reduction order
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-    )
-    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    worst = reload_errors_in_fresh_process(saved_dir, names)
     assert set(worst) == set(names)
     assert all(value == 0.0 for value in worst.values()), worst

@@ -8,10 +8,7 @@ with identical logits; a few families also export to ONNX with ONNX Runtime pari
 from __future__ import annotations
 
 import copy
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -30,7 +27,7 @@ from lappdeploy.surgery import (  # noqa: E402
     remove_channels_,
     save_model,
 )
-from lappdeploy.testing import randomize_norms_  # noqa: E402
+from lappdeploy.testing import randomize_norms_, reload_errors_in_fresh_process  # noqa: E402
 
 SIZE = {"inception_v3": 96, "inception_v4": 96, "inception_resnet_v2": 96}  # px; 64 for the others
 ONNX_DEFAULT = {"resnet", "efficientnet", "regnet", "hgnet"}  # the rest export under -m slow
@@ -113,20 +110,5 @@ def test_pruned_timm_models_load_in_a_fresh_process(saved_dir):
     names = sorted(p.stem for p in saved_dir.glob("*.pt"))
     if not names:
         pytest.skip("no pruned model was saved (the per-family tests were deselected)")
-    script = (
-        "import json, sys, torch\n"
-        "from lappdeploy import load_model\n"
-        "d = sys.argv[1]; worst = {}\n"
-        "for name in sys.argv[2:]:\n"
-        "    expected = torch.load(f'{d}/{name}.expected', weights_only=True)\n"
-        "    model = load_model(f'{d}/{name}.pt').model\n"
-        "    with torch.no_grad():\n"
-        "        worst[name] = (model(expected['inputs']) - expected['logits']).abs().max().item()\n"
-        "print(json.dumps(worst))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(saved_dir), *names], capture_output=True, text=True, check=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
-    )  # fmt: skip
-    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    worst = reload_errors_in_fresh_process(saved_dir, names)
     assert set(worst) == set(names) and all(value == 0.0 for value in worst.values()), worst
