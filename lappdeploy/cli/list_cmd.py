@@ -7,7 +7,7 @@ import click
 from lappdeploy.cli.common import stdout_console
 from lappdeploy.config import config_to_dict
 from lappdeploy.methods import DEFAULT_METHOD, METHODS, PruneConfig
-from lappdeploy.methods.options import BudgetOptions, group_fields, option_groups
+from lappdeploy.methods.options import BudgetOptions, group_defaults, option_groups
 
 __all__ = ["list_command"]
 
@@ -85,7 +85,7 @@ def _methods_table(table) -> None:
         groups = [g for g in option_groups(config) if g is not BudgetOptions]
         inherited = config_to_dict(PruneConfig())
         for group in groups:
-            inherited.update({n: _yaml_default(group, n) for n in group_fields(group)})
+            inherited.update(group_defaults(group))
         own = {k: v for k, v in config_to_dict(config()).items() if k not in inherited or inherited[k] != v}
         titles = ", ".join(g.title.lower() for g in groups)
         return "; ".join(part for part in (f"groups: {titles}" if titles else "", flags(own)) if part)
@@ -97,11 +97,6 @@ def _methods_table(table) -> None:
         label = f"{name} (default)" if name == DEFAULT_METHOD else name
         table.add_row(label, spec.summary, options(spec.config) or "-")
     table.add_row("every method", "", flags(config_to_dict(PruneConfig())))
-
-
-def _yaml_default(group: type, name: str):
-    default = group.__dataclass_fields__[name].default
-    return list(default) if isinstance(default, tuple) else default
 
 
 def _timm_table(table) -> None:

@@ -28,7 +28,7 @@ from lappdeploy.config import (
 )
 from lappdeploy.errors import ConfigError
 from lappdeploy.hooks import Hook
-from lappdeploy.methods.options import ROUND_TO_AUTO, BudgetOptions, group_fields, option_groups
+from lappdeploy.methods.options import ROUND_TO_AUTO, BudgetOptions, group_defaults, option_groups
 from lappdeploy.registry import Registry
 
 if TYPE_CHECKING:
@@ -308,9 +308,9 @@ def _default_of(methods: list[str], name: str) -> Any:
     """The default of option `name` in the option group that declares it (a method may give it another, e.g.
     ldrf's --reconstruct ldrf), else a value no option has."""
     for group in option_groups(METHODS.get(methods[0]).config):
-        if name in group_fields(group):
-            default = group.__dataclass_fields__[name].default
-            return list(default) if isinstance(default, tuple) else default  # as config.yaml writes it
+        defaults = group_defaults(group)
+        if name in defaults:
+            return defaults[name]
     return object()
 
 

@@ -15,9 +15,9 @@ held-out images it reads (`holdout_needed`); the three are cooperative, so a con
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from lappdeploy.config import at_least, in_range, option
+from lappdeploy.config import at_least, field_default, in_range, option
 from lappdeploy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "CriterionOptions",
     "OptionGroup",
     "ReconstructionOptions",
+    "group_defaults",
     "group_fields",
     "option_groups",
 ]
@@ -66,6 +67,13 @@ class OptionGroup:
 def option_groups(config_class: type) -> list[type[OptionGroup]]:
     """The titled option groups a method's config class declares, in its MRO order."""
     return [c for c in config_class.__mro__ if issubclass(c, OptionGroup) and vars(c).get("title")]
+
+
+def group_defaults(group: type) -> dict[str, Any]:
+    """The defaults of the options `group` itself declares, as config.yaml writes them (tuples as lists)."""
+    by_name = {f.name: field_default(f) for f in fields(group)}
+    return {name: list(by_name[name]) if isinstance(by_name[name], tuple) else by_name[name]
+            for name in group_fields(group)}  # fmt: skip
 
 
 def group_fields(group: type) -> list[str]:
