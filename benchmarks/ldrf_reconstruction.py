@@ -28,6 +28,7 @@ seeds with the paired per-seed difference against plain removal, writes JSON and
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import warnings
 from pathlib import Path
@@ -117,6 +118,13 @@ def _output_error(report: dict) -> float | None:
     return statistics.mean(errors) if errors else None
 
 
+def _holdout_top1(run_dir: Path) -> float | None:
+    """Top-1 on the held-out training images (calibration's own images included: they were no test image) at
+    the run's last evaluation: what the default mode is chosen by, the test split giving only the number."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]).get("holdout_top1") if lines else None
+
+
 def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) -> dict:
     """Prune (and refit) with no training step, then fine-tune that model: one row."""
     bn = "" if args.recalibrate_bn is None else f"-bn{args.recalibrate_bn}"
@@ -138,6 +146,7 @@ def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) 
     return {
         "dense": dense.name, "model": pruned["model"], "plan": plan, "reconstruct": mode, "target": target,
         "seed": seed, "top1_before_ft": pruned["top1"], "top1_after_ft": tuned["top1"] if tuned else None,
+        "holdout_before_ft": _holdout_top1(pruned_dir), "holdout_after_ft": _holdout_top1(tuned_dir) if tuned else None,
         "macs_ratio": pruned["macs_ratio"], "deploy_macs": pruned["deploy_macs"], "params": pruned["params"],
         "reconstruct_s": pruned.get("reconstruct_s"), "reconstruct_peak_rss_mb": pruned.get("reconstruct_peak_rss_mb"),
         "refitted": len(pruned.get("reconstructed", [])), "skipped": len(pruned.get("reconstruct_skipped", [])),
@@ -174,6 +183,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"dense": dense, "target": target, "plan": plan, "reconstruct": mode, "seeds": len(group)}
         for stage in ("before_ft", "after_ft"):
             entry[f"top1_{stage}"] = _mean_std([r[f"top1_{stage}"] for r in group if r[f"top1_{stage}"] is not None])
+            entry[f"holdout_{stage}"] = _mean_std([r[f"holdout_{stage}"] for r in group if r.get(f"holdout_{stage}")])
             diffs = _paired_differences(group, plain, f"top1_{stage}") if mode != "none" else []
             entry[f"diff_{stage}"] = _mean_std(diffs)
         seconds = [r["reconstruct_s"] for r in group if r["reconstruct_s"] is not None]
@@ -195,16 +205,16 @@ def _pct(value: tuple[float, float] | None, signed: bool = False) -> str:
 
 def markdown(summary: list[dict], finetune_epochs: int) -> str:
     lines = [
-        "| dense run | target | plan | reconstruct | seeds | top-1 % before FT | vs plain (pts) | "
-        f"top-1 % after {finetune_epochs} epoch(s) | vs plain (pts) | layer output error (held-out) | "
-        "deploy MACs / dense | refit s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dense run | target | plan | reconstruct | seeds | held-out top-1 % before FT | top-1 % before FT | "
+        f"vs plain (pts) | held-out after {finetune_epochs} epoch(s) | top-1 % after | vs plain (pts) | "
+        "layer output error (held-out) | deploy MACs / dense | refit s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         cells = [
             s["dense"], f"{s['target']:g}", s["plan"], s["reconstruct"], str(s["seeds"]),
-            _pct(s["top1_before_ft"]), _pct(s["diff_before_ft"], signed=True),
-            _pct(s["top1_after_ft"]), _pct(s["diff_after_ft"], signed=True),
+            _pct(s["holdout_before_ft"]), _pct(s["top1_before_ft"]), _pct(s["diff_before_ft"], signed=True),
+            _pct(s["holdout_after_ft"]), _pct(s["top1_after_ft"]), _pct(s["diff_after_ft"], signed=True),
             f"{s['output_error'][0]:.4f} +- {s['output_error'][1]:.4f}" if s["output_error"] else "",
             f"{s['macs_ratio']:.3f}",
             f"{s['reconstruct_s']:.1f}" if s["reconstruct_s"] is not None else "",

@@ -346,6 +346,7 @@ def _report(config: TrainConfig, trainer: Trainer, bundle: DataBundle, history, 
         "top1": final.get("val_top1"),
         "top5": final.get("val_top5"),
         "val_loss": final.get("val_loss"),
+        "holdout_top1": final.get("holdout_top1"),  # None without --holdout: the number to choose knobs by
         "macs": macs.macs,
         "params": macs.params,
         "epochs": config.epochs,

@@ -240,6 +240,8 @@ def test_interrupted_mid_pruning_then_resumed_gives_identical_weights(laasp_runs
     prune_steps = [r for r in steps if r.get("type") == "prune_step"]
     assert len(prune_steps) == straight["prune_steps"] and all("criterion" in r for r in prune_steps)
     assert all("holdout_top1" in r for r in steps if "type" not in r), "held-out top-1 logged per epoch"
+    epochs = [r for r in steps if "type" not in r]
+    assert straight["holdout_top1"] == epochs[-1]["holdout_top1"], "report.json carries the last held-out top-1"
 
 
 def read_json_line(line: str) -> dict:
