@@ -1,4 +1,4 @@
-"""Wall time and peak memory of `--reconstruct ls|ldrf` on full-size networks (docs/ldrf.md#cost).
+"""Wall time and peak memory of `--reconstruct MODE` (every mode) on full-size networks (docs/ldrf.md#cost).
 
 A network at its input size (random weights; BatchNorm statistics re-estimated on the calibration images so
 activations have a trained network's scale), a uniform plan at --target of the dense MACs, the channels
@@ -45,7 +45,10 @@ def measure(spec: str, mode: str, args) -> dict:
     example = images[:1]
     groups = analyze(model, example)
     plan = uniform_plan(groups, args.target)
-    settings = ReconstructionSettings(mode=mode, positions=args.calib_positions)
+    # NAME+relu: the fit after the BatchNorm and ReLU that follow a layer (--reconstruct-relu)
+    settings = ReconstructionSettings(
+        mode=mode.removesuffix("+relu"), positions=args.calib_positions, relu=mode.endswith("+relu")
+    )
     meter = ResourceMeter()
     teacher = frozen_copy(model)
     remove_channels_(model, plan, example, groups=groups)
@@ -64,7 +67,7 @@ def measure(spec: str, mode: str, args) -> dict:
         "peak_rss_scope": record.peak_rss_scope,
     }
     print(
-        f"{name:12s} {'x'.join(map(str, shape)):>9s} {mode:5s} refitted {row['refitted']:3d} "
+        f"{name:12s} {'x'.join(map(str, shape)):>9s} {mode:15s} refitted {row['refitted']:3d} "
         f"skipped {row['skipped']:3d}  {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_mb']:8.0f} MB",
         flush=True,
     )
@@ -74,7 +77,9 @@ def measure(spec: str, mode: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet50:3x224", help="name:CxS, comma-separated")
-    parser.add_argument("--modes", default="ls,ldrf", help="of ls, ldrf")
+    parser.add_argument(
+        "--modes", default="ls,ldrf", help="of ls, ldrf, ldrf-patch, ldrf-joint; NAME+relu: --reconstruct-relu"
+    )
     parser.add_argument("--target", type=float, default=0.5, help="uniform plan's MACs, fraction of dense")
     parser.add_argument("--calib-images", type=int, default=512)
     parser.add_argument("--calib-positions", type=int, default=10)
