@@ -169,14 +169,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def reference_label(label: str, reference: str) -> str:
+    """The run `label` is paired with: `reference`, or with --reference base the variant's own method
+    (uniform[distill=dense] against uniform)."""
+    return label.split("[", 1)[0] if reference == "base" else reference
+
+
 def summarise(rows: list[dict], reference: str) -> list[dict]:
-    """Mean +- std per (label, target) and the paired per-seed difference against `reference`."""
+    """Mean +- std per (label, target) and the paired per-seed difference against `reference` (by seed)."""
     dense_wall = {r["seed"]: r["wall_s"] for r in rows if r["method"] == "dense"}
     out = []
     for label, target in sorted({(r["label"], r["target"]) for r in rows}, key=lambda k: (-k[1], k[0])):
-        group = [r for r in rows if (r["label"], r["target"]) == (label, target)]
-        ref = {r["seed"]: r["top1"] for r in rows if (r["label"], r["target"]) == (reference, target)}
-        diffs = [r["top1"] - ref[r["seed"]] for r in group if r["seed"] in ref and label != reference]
+        group = sorted((r for r in rows if (r["label"], r["target"]) == (label, target)), key=lambda r: r["seed"])
+        paired_with = reference_label(label, reference)
+        ref = {r["seed"]: r["top1"] for r in rows if (r["label"], r["target"]) == (paired_with, target)}
+        diffs = [r["top1"] - ref[r["seed"]] for r in group if r["seed"] in ref and label != paired_with]
         top1, top1_std = _mean_std([r["top1"] for r in group])
         ratios = [r["macs_ratio"] for r in group]
         decisions = [r["decision_s"] / r["wall_s"] for r in group if r["decision_s"] is not None]
@@ -188,6 +195,9 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
                 "top1_mean": top1,
                 "top1_std": top1_std,
                 "holdout_top1_mean": statistics.mean(r["holdout_top1"] for r in group)
+                if group[0]["holdout_top1"]
+                else None,
+                "holdout_top1_std": _mean_std([r["holdout_top1"] for r in group])[1]
                 if group[0]["holdout_top1"]
                 else None,
                 "macs_ratio_min": min(ratios),
@@ -205,14 +215,28 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
                 "decision_share": statistics.mean(decisions) if decisions else None,
                 "ort_ms": _mean_std(timed) if (timed := [r["ort_ms"] for r in group if r.get("ort_ms")]) else None,
                 "diff_vs_reference": _mean_std(diffs) if diffs else None,
+                "diff_per_seed": diffs,
             }
         )
     return out
 
 
+def _against(reference: str) -> str:
+    return "the same method without the variant's options" if reference == "base" else reference
+
+
+def _paired(diff: tuple[float, float] | None, per_seed: list[float]) -> str:
+    """Mean +- std of the paired differences, then each seed's, in points."""
+    if not diff:
+        return ""
+    seeds = ", ".join(f"{100 * d:+.2f}" for d in per_seed)
+    return f"{100 * diff[0]:+.2f} +- {100 * diff[1]:.2f} ({seeds})"
+
+
 def markdown(summary: list[dict], reference: str) -> str:
     lines = [
-        f"| method | target | seeds | top-1 % (mean +- std) | paired diff vs {reference} (pts) | held-out top-1 % | "
+        f"| method | target | seeds | top-1 % (mean +- std) | paired diff vs {_against(reference)} (pts; per seed) | "
+        "held-out top-1 % | "
         "deploy MACs / dense | params | ORT CPU ms per batch | wall time vs dense | wall min (incl. dense) | "
         "teacher / train time | decisions / wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -227,8 +251,10 @@ def markdown(summary: list[dict], reference: str) -> str:
                     f"{s['target']:g}",
                     str(s["seeds"]),
                     f"{100 * s['top1_mean']:.2f} +- {100 * s['top1_std']:.2f}",
-                    f"{100 * diff[0]:+.2f} +- {100 * diff[1]:.2f}" if diff else "",
-                    f"{100 * s['holdout_top1_mean']:.2f}" if s["holdout_top1_mean"] is not None else "",
+                    _paired(diff, s["diff_per_seed"]),
+                    f"{100 * s['holdout_top1_mean']:.2f} +- {100 * s['holdout_top1_std']:.2f}"
+                    if s["holdout_top1_mean"] is not None
+                    else "",
                     f"{s['macs_ratio_min']:.3f}-{s['macs_ratio_max']:.3f}",
                     f"{s['params_mean'] / 1e3:.1f}K",
                     f"{s['ort_ms'][0]:.3f} +- {s['ort_ms'][1]:.3f}" if s["ort_ms"] else "",
@@ -321,7 +347,10 @@ def main() -> None:
     parser.add_argument("--runs", default="dense,lapp,uniform,global,laasp,pcp")
     parser.add_argument("--targets", default="0.5,0.3", help="deploy MACs targets (fractions of dense)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--reference", default="lapp", help="the run the paired differences are taken against")
+    parser.add_argument(
+        "--reference", default="lapp",
+        help="the run the paired differences are taken against; base: each NAME[...] against its NAME",
+    )  # fmt: skip
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--prune-epochs", type=int, default=3)
