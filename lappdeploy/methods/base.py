@@ -306,7 +306,7 @@ def method_config(section: Mapping[str, Any]) -> PruneConfig:
 
 def _default_of(methods: list[str], name: str) -> Any:
     """The default of option `name` in the option group that declares it (a method may give it another, e.g.
-    ldrf's --reconstruct ldrf), else a value no option has."""
+    ldrf's --reconstruct ldrf-joint), else a value no option has."""
     for group in option_groups(METHODS.get(methods[0]).config):
         defaults = group_defaults(group)
         if name in defaults:

@@ -175,7 +175,7 @@ class ReconstructionOptions(OptionGroup):
         "none",
         "After channels are removed, refit the layers that read them on held-out images: ls (least squares of "
         "each layer's output), ldrf (of its input's SVD embedding), ldrf-patch (of its output's), ldrf-joint "
-        "(ldrf with the producing layer's kept filters); docs/ldrf.md#reconstruction (default ldrf for ldrf).",
+        "(ldrf with the producing layer's kept filters); docs/ldrf.md#reconstruction (default ldrf-joint for ldrf).",
         choices=RECONSTRUCT_MODES,
     )
     reconstruct_relu: bool = option(

@@ -3,7 +3,8 @@
 Prune a trained model (--init-from) once to the MACs target, with uniform widths or widths that respect
 each group's valid capacity, and refit every layer that reads removed channels so that, through the
 already pruned upstream network, the kept channels reproduce the layer's SVD embedding (--reconstruct
-ldrf; ls and none are there for comparison); --epochs K fine-tunes afterwards, 0 evaluates only. This module
+ldrf-joint by default, which also refits the kept filters producing those channels; ldrf, ldrf-patch, ls and
+none are there for comparison); --epochs K fine-tunes afterwards, 0 evaluates only. This module
 holds the config and registration and imports no torch; `hook` is the implementation.
 """
 
@@ -23,13 +24,15 @@ WIDTHS = ("uniform", "capacity")
 
 @dataclass(frozen=True)
 class LdrfConfig(CriterionOptions, ReconstructionOptions, PruneConfig):
-    """LDRF's options; --prune-epochs and --reconstruct default to what the method is (post-training, ldrf)."""
+    """LDRF's options; --prune-epochs and --reconstruct default to what the method is (post-training,
+    ldrf-joint: the LDRF variant with the best held-out top-1, docs/ldrf.md#measurements)."""
 
     prune_epochs: int = option(0, "Dense epochs before pruning (ldrf prunes the --init-from model at once by default).")
     reconstruct: str = option(
-        "ldrf",
-        "After the channels are removed, refit the layers reading them: ldrf (their SVD embedding), ls (their "
-        "output) or none; docs/ldrf.md#reconstruction.",
+        "ldrf-joint",
+        "After the channels are removed, refit the layers reading them: ldrf-joint (their SVD embedding, "
+        "jointly with the kept filters producing their input), ldrf (the embedding alone), ldrf-patch (their "
+        "output's embedding), ls (their output) or none; docs/ldrf.md#reconstruction.",
         choices=RECONSTRUCT_MODES,
     )
     ldrf_widths: str = option(

@@ -72,7 +72,7 @@ def capacity_plan(
 
 class LdrfPruning(OneShotPruning):
     """Removes the ldrf plan once (at the start for --prune-epochs 0); the shared reconstruction step refits
-    the layers reading removed channels (--reconstruct, default ldrf)."""
+    the layers reading removed channels (--reconstruct, default ldrf-joint)."""
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, config: LdrfConfig, budget: Budget) -> None:
         super().__init__(model, groups, config, budget, self._plan, "ldrf")
