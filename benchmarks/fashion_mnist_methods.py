@@ -60,7 +60,9 @@ TRAIN_OPTIONS = ("distill", "distill_alpha", "distill_temperature", "lr")
 
 
 def _dense_run(args, seed: int) -> Path:
-    return (args.from_dense_runs or args.out / "runs") / f"dense-s{seed}"
+    """The dense run of `seed`, or of --from-dense-seed for every seed (one trained model, as a user has)."""
+    own = seed if args.from_dense_seed is None else args.from_dense_seed
+    return (args.from_dense_runs or args.out / "runs") / f"dense-s{own}"
 
 
 def _train_config(args, seed: int, holdout: int, options: dict | None = None, dense: bool = False) -> TrainConfig:
@@ -370,6 +372,11 @@ def main() -> None:
     parser.add_argument(
         "--from-dense-runs", type=Path, default=None, help="the runs/ folder holding dense-sSEED [default: OUT/runs]"
     )
+    parser.add_argument(
+        "--from-dense-seed", type=int, default=None, metavar="S",
+        help="post-training and [distill=dense]: every seed starts from (learns from) dense-sS, one trained model; "
+        "the seed then orders the data and augmentation only [default: the run's own seed]",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "fashion_mnist_methods")
