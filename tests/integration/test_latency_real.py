@@ -24,6 +24,7 @@ import torch
 
 from lappdeploy.latency import LatencyModel
 from lappdeploy.latency.profile import PointTiming, measure_models_ms, profile_model
+from lappdeploy.methods.budgets.latency import MEASURED_TOLERANCE
 from lappdeploy.surgery import analyze, random_widths_plan, remove_channels_, round_plan, uniform_plan
 
 SHAPE = (3, 16, 16)
@@ -118,7 +119,13 @@ def test_compress_under_a_latency_target_measures_close_to_it(cli, chain_module,
     result = cli("compress", *TRAIN, *flags, "--latency-table", table_file, "--out", tmp_path / "run")
     assert result.code == 0, result.err
     latency = _latency(tmp_path / "run")
-    assert latency["predicted_ms"] <= latency["target_ms"] * (1 + 1e-9), "a ceiling on the model"
+    if "--measured-landing" in flags:  # the ceiling is the measurement: the prediction may sit above the target
+        attempts = latency["measured_landing"]
+        kept = next(a for a in attempts if a.get("kept"))
+        fastest = min(a["measured_vs_target"] for a in attempts)
+        assert kept["measured_vs_target"] <= 1 + MEASURED_TOLERANCE or kept["measured_vs_target"] == fastest, attempts
+    else:
+        assert latency["predicted_ms"] <= latency["target_ms"] * (1 + 1e-9), "a ceiling on the model"
     # the final model timed interleaved with the dense one (not against the dense timing in the table, made minutes
     # earlier under another load): its share of dense against the asked fraction
     share = latency["measured_ms"] / latency["dense_measured_now_ms"]
