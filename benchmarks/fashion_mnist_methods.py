@@ -187,6 +187,7 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
         ref = {r["seed"]: r["top1"] for r in rows if (r["label"], r["target"]) == (paired_with, target)}
         diffs = [r["top1"] - ref[r["seed"]] for r in group if r["seed"] in ref and label != paired_with]
         top1, top1_std = _mean_std([r["top1"] for r in group])
+        held_out = _mean_std([r["holdout_top1"] for r in group]) if group[0]["holdout_top1"] else None
         ratios = [r["macs_ratio"] for r in group]
         decisions = [r["decision_s"] / r["wall_s"] for r in group if r["decision_s"] is not None]
         out.append(
@@ -196,12 +197,8 @@ def summarise(rows: list[dict], reference: str) -> list[dict]:
                 "seeds": len(group),
                 "top1_mean": top1,
                 "top1_std": top1_std,
-                "holdout_top1_mean": statistics.mean(r["holdout_top1"] for r in group)
-                if group[0]["holdout_top1"]
-                else None,
-                "holdout_top1_std": _mean_std([r["holdout_top1"] for r in group])[1]
-                if group[0]["holdout_top1"]
-                else None,
+                "holdout_top1_mean": held_out[0] if held_out else None,
+                "holdout_top1_std": held_out[1] if held_out else None,
                 "macs_ratio_min": min(ratios),
                 "macs_ratio_max": max(ratios),
                 "params_mean": statistics.mean(r["params"] for r in group),

@@ -28,7 +28,6 @@ seeds with the paired per-seed difference against plain removal, writes JSON and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import warnings
 from pathlib import Path
@@ -118,13 +117,6 @@ def _output_error(report: dict) -> float | None:
     return statistics.mean(errors) if errors else None
 
 
-def _holdout_top1(run_dir: Path) -> float | None:
-    """Top-1 on the held-out training images (calibration's own images included: they were no test image) at
-    the run's last evaluation: what the default mode is chosen by, the test split giving only the number."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1]).get("holdout_top1") if lines else None
-
-
 def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) -> dict:
     """Prune (and refit) with no training step, then fine-tune that model: one row."""
     bn = "" if args.recalibrate_bn is None else f"-bn{args.recalibrate_bn}"
@@ -146,7 +138,8 @@ def run_cell(args, dense: Path, plan: str, mode: str, target: float, seed: int) 
     return {
         "dense": dense.name, "model": pruned["model"], "plan": plan, "reconstruct": mode, "target": target,
         "seed": seed, "top1_before_ft": pruned["top1"], "top1_after_ft": tuned["top1"] if tuned else None,
-        "holdout_before_ft": _holdout_top1(pruned_dir), "holdout_after_ft": _holdout_top1(tuned_dir) if tuned else None,
+        # held-out top-1 (calibration's images among them, never a test image): what the default mode is chosen by
+        "holdout_before_ft": pruned.get("holdout_top1"), "holdout_after_ft": (tuned or {}).get("holdout_top1"),
         "macs_ratio": pruned["macs_ratio"], "deploy_macs": pruned["deploy_macs"], "params": pruned["params"],
         "reconstruct_s": pruned.get("reconstruct_s"), "reconstruct_peak_rss_mb": pruned.get("reconstruct_peak_rss_mb"),
         "refitted": len(pruned.get("reconstructed", [])), "skipped": len(pruned.get("reconstruct_skipped", [])),
