@@ -204,13 +204,19 @@ def kernel_timed(runtime: str, device: str) -> bool:
     return runtime == "ort" and device == "cpu"
 
 
+def _onnx_session(runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False):
+    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES."""
+    if runtime == "openvino":
+        return OpenVinoSession(path, threads=threads)
+    return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
+
+
 def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path):
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
-        if runtime == "openvino":
-            return OpenVinoSession(path, threads=threads)
-        return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_timed(runtime, device))
+        return _onnx_session(runtime, path, device=device, threads=threads,
+                             kernel_profile=kernel_timed(runtime, device))  # fmt: skip
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
 
@@ -272,8 +278,7 @@ def measure_models_ms(
             if runtime in ONNX_RUNTIMES:
                 path = Path(scratch) / f"model{index}.onnx"
                 to_onnx(model, example, path, dynamic_batch=True)
-                opened = OpenVinoSession(path, threads=threads) if runtime == "openvino" else None
-                sessions.append(opened or OrtSession(path, provider=device, threads=threads))
+                sessions.append(_onnx_session(runtime, path, device=device, threads=threads))
             else:
                 torch.set_num_threads(threads)
                 sessions.append(TorchSession(deploy_copy(model, example), input_shape, device=device))
