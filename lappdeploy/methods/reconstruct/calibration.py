@@ -9,14 +9,13 @@ layer's targets after its solve): images x positions x (outputs for `ls`, rank d
 refitted, 512 images x 10 positions: per bottleneck of width w (summing to 3776 over its 16 blocks) the 3x3
 conv has w outputs and the last 1x1 4w, and d is at most a layer's w inputs, so at most 5 x 3776 x 5120 x 4
 bytes ~ 390 MB for `ls` and 2 x 3776 x 5120 x 4 bytes ~ 155 MB for `ldrf`. The pruned network runs
-once per layer, stopped as soon as that layer has its input, and its samples go straight into Gram matrices
-(X^T X, X^T Y in float64): none of its activations outlives its batch.
+once per layer (passes.py: from the cached values at the cut where it traces), stopped as soon as that layer
+has its input, and its samples go straight into Gram matrices (X^T X, X^T Y in float64): none of its
+activations beyond the cut's outlives its batch.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +24,9 @@ from torch import nn
 
 from lappdeploy.data import epoch_seed
 from lappdeploy.errors import SurgeryError
+from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses, evaluating
 
-__all__ = ["Statistics", "Target", "evaluating", "sample_rows", "student_statistics", "teacher_targets"]
-
-
-class _StopForward(Exception):
-    """Ends a forward pass as soon as the layer being solved has its input."""
+__all__ = ["Statistics", "Target", "sample_rows", "student_statistics", "teacher_targets"]
 
 
 def _positions(available: int, images: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -82,18 +78,6 @@ class Target:
     patches: bool
     matrix: torch.Tensor  # (features, outputs), float64
     bias: torch.Tensor | None = None
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """`model` in eval mode without gradients, its training flag restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def teacher_targets(
@@ -149,15 +133,13 @@ class Statistics:
 
 
 def student_statistics(
-    model: nn.Module,
+    passes: StudentPasses,
     module: nn.Module,
     target: Target,
     batches: list[torch.Tensor],
-    images: torch.Tensor,
     *,
     count: int,
     seed: int,
-    batch_size: int,
     intercept: bool,
     keep: bool = False,
 ) -> Statistics:
@@ -180,16 +162,12 @@ def student_statistics(
         stats["samples"] += len(rows)
         if keep:
             kept.append((rows, wanted))
-        raise _StopForward
+        raise StopForward
 
     handle = module.register_forward_pre_hook(hook)
     try:
-        with evaluating(model):
-            for index, chunk in enumerate(images.split(batch_size)):
-                batch["index"] = index
-                with contextlib.suppress(_StopForward):
-                    model(chunk)
-                    raise SurgeryError(f"the pruned network never reached layer {target.name}")
+        if passes.run(lambda index: batch.update(index=index)):
+            raise SurgeryError(f"the pruned network never reached layer {target.name}")
     finally:
         handle.remove()
     rows, wanted = (torch.cat([r for r, _ in kept]), torch.cat([t for _, t in kept])) if keep else (None, None)

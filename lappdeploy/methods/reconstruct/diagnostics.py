@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from lappdeploy.methods.options import DIAGNOSTIC_IMAGES
-from lappdeploy.methods.reconstruct.calibration import evaluating
 from lappdeploy.methods.reconstruct.layers import Consumer
+from lappdeploy.methods.reconstruct.passes import evaluating
 from lappdeploy.surgery.graph import resolve_module
 
 __all__ = ["DIAGNOSTIC_IMAGES", "output_errors"]

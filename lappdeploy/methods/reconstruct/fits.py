@@ -36,6 +36,7 @@ from lappdeploy.methods.reconstruct.linalg import (
     relu_fit,
     ridge_solve,
 )
+from lappdeploy.methods.reconstruct.passes import StudentPasses
 from lappdeploy.surgery.graph import resolve_module
 
 __all__ = ["OUTPUT", "LayerFit", "bn_affine", "layer_fit"]
@@ -141,21 +142,22 @@ def _kept_columns(student: nn.Module, consumer: Consumer, weight: torch.Tensor) 
 # solving and writing
 
 
-def statistics(fit: LayerFit, target: Target, model, rows, images, settings, *, intercept: bool, keep=False):
+def statistics(fit: LayerFit, target: Target, passes: StudentPasses, rows, settings, *, intercept: bool, keep=False):
     return student_statistics(
-        model, fit.student, target, rows, images, count=settings.positions, seed=settings.seed,
-        batch_size=settings.batch_size, intercept=intercept, keep=keep,
+        passes, fit.student, target, rows, count=settings.positions, seed=settings.seed, intercept=intercept,
+        keep=keep,
     )  # fmt: skip
 
 
-def solve_(fit: LayerFit, model: nn.Module, rows: dict[str, list], images: torch.Tensor, settings) -> dict:
+def solve_(fit: LayerFit, passes: StudentPasses, rows: dict[str, list], settings) -> dict:
     """Fit `fit` on the calibration samples, write the weights (and output offset) into the pruned layer, and
     return the record of it. `rows`: the teacher's target rows per target name."""
+    model = passes.model
     main = fit.targets[0]
     if fit.mode == "ldrf-patch":
-        stats = _embedding_statistics(fit, model, rows[main.name], images, settings)
+        stats = _embedding_statistics(fit, passes, rows[main.name], settings)
     else:
-        stats = statistics(fit, main, model, rows[main.name], images, settings, intercept=_intercept(fit),
+        stats = statistics(fit, main, passes, rows[main.name], settings, intercept=_intercept(fit),
                            keep=fit.relu_after)  # fmt: skip
     prior = fit.prior.to(stats.gram.device)
     solution = ridge_solve(stats.gram, stats.cross, prior, settings.ridge)
@@ -165,7 +167,7 @@ def solve_(fit: LayerFit, model: nn.Module, rows: dict[str, list], images: torch
         weights = _after_relu(fit, model, stats, weights, settings)
     write_(fit, weights, model)
     if fit.mode in ("ldrf", "ldrf-joint") and fit.offset_in:
-        fit_offset_(fit, model, rows[fit.name + OUTPUT], images, settings)
+        fit_offset_(fit, passes, rows[fit.name + OUTPUT], settings)
     return _record(fit, stats, prior, weights, solution)
 
 
@@ -173,11 +175,11 @@ def _intercept(fit: LayerFit) -> bool:
     return fit.offset_in is not None and fit.mode in ("ls", "ldrf-patch")
 
 
-def _embedding_statistics(fit: LayerFit, model, rows, images, settings) -> Statistics:
+def _embedding_statistics(fit: LayerFit, passes: StudentPasses, rows, settings) -> Statistics:
     """ldrf-patch: the statistics of the output rows Y turned into those of the embedding targets E = (Y - b) P
     (P orthonormal: the embedding of the output without its bias). A layer with a bias always fits an intercept,
     so the ones column's sums give A^T 1."""
-    stats = statistics(fit, fit.targets[0], model, rows, images, settings, intercept=_intercept(fit),
+    stats = statistics(fit, fit.targets[0], passes, rows, settings, intercept=_intercept(fit),
                        keep=fit.relu_after)  # fmt: skip
     bias, p = fit.targets[0].bias, fit.basis.to(stats.cross)
     if bias is not None:
@@ -242,15 +244,15 @@ def add_offset_(module: nn.Module, offset_in: str | None, model: nn.Module, offs
         norm.running_mean.sub_(offset.to(norm.running_mean))
 
 
-def fit_offset_(fit: LayerFit, model: nn.Module, rows: list, images: torch.Tensor, settings) -> None:
+def fit_offset_(fit: LayerFit, passes: StudentPasses, rows: list, settings) -> None:
     """The output offset of the refitted weights, fitted on output patches (their true support at borders): the
     mean over the samples of the teacher's output minus the pruned layer's, per output."""
-    stats = statistics(fit, fit.output_target(OUTPUT), model, rows, images, settings, intercept=True)
+    stats = statistics(fit, fit.output_target(OUTPUT), passes, rows, settings, intercept=True)
     weight = fit.student.weight.detach().double().flatten(1).T.to(stats.gram)  # (unknowns, outputs)
     count = float(stats.gram[-1, -1])
     residual = (stats.cross[-1] - stats.gram[-1, :-1] @ weight) / max(count, 1.0)
     own = fit.student.bias.detach().double().to(residual) if fit.offset_in == "bias" else 0.0
-    add_offset_(fit.student, fit.offset_in, model, residual - own)
+    add_offset_(fit.student, fit.offset_in, passes.model, residual - own)
 
 
 def _record(fit: LayerFit, stats: Statistics, prior: torch.Tensor, weights: torch.Tensor, solution) -> dict:

@@ -17,16 +17,15 @@ a BatchNorm, read by nothing else, at the consumer's resolution; other layers ge
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from lappdeploy.data import epoch_seed
-from lappdeploy.methods.reconstruct.calibration import _conv_patches, _pixels, _StopForward, evaluating
+from lappdeploy.methods.reconstruct.calibration import _conv_patches, _pixels
 from lappdeploy.methods.reconstruct.fits import OUTPUT, LayerFit, add_offset_, bn_affine, fit_offset_, write_
 from lappdeploy.methods.reconstruct.layers import group_readers, unsupported
 from lappdeploy.methods.reconstruct.linalg import _relu_targets, relative_residual, ridge_solve
+from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses
 from lappdeploy.surgery import ChannelGroups
 from lappdeploy.surgery.graph import resolve_module
 
@@ -57,7 +56,7 @@ def joint_producer(groups: ChannelGroups, name: str) -> tuple[str, str] | str:
     return producers[0], bn
 
 
-def _samples(fit: LayerFit, producer: nn.Module, model: nn.Module, images: torch.Tensor, settings):
+def _samples(fit: LayerFit, producer: nn.Module, passes: StudentPasses, settings):
     """(X: the producer's input patches with a column of ones, H: the consumer's input pixels) at the same
     positions, from the pruned network; None where the two do not share a resolution."""
     rows: dict[str, list[torch.Tensor]] = {"x": [], "h": []}
@@ -72,15 +71,11 @@ def _samples(fit: LayerFit, producer: nn.Module, model: nn.Module, images: torch
 
     def on_consumer(_module, args) -> None:
         rows["h"].append(_pixels(fit.student, args[0], settings.positions, seed()).double())
-        raise _StopForward
+        raise StopForward
 
     handles = [producer.register_forward_pre_hook(on_producer), fit.student.register_forward_pre_hook(on_consumer)]
     try:
-        with evaluating(model):
-            for index, chunk in enumerate(images.split(settings.batch_size)):
-                batch["index"] = index
-                with contextlib.suppress(_StopForward):
-                    model(chunk)
+        passes.run(lambda index: batch.update(index=index))
     finally:
         for handle in handles:
             handle.remove()
@@ -121,11 +116,12 @@ def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple
 
 
 @torch.no_grad()
-def solve_joint_(fit: LayerFit, pair: tuple[str, str], model, rows, images, settings) -> dict | None:
+def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, rows, settings) -> dict | None:
     """Refit the producer's kept filters and the consumer's projection together; None where the two layers do not
     share a resolution (the caller fits the projection alone)."""
+    model = passes.model
     producer, bn = model.get_submodule(pair[0]), model.get_submodule(pair[1])
-    samples = _samples(fit, producer, model, images, settings)
+    samples = _samples(fit, producer, passes, settings)
     if samples is None:
         return None
     x, h = samples
@@ -139,7 +135,7 @@ def solve_joint_(fit: LayerFit, pair: tuple[str, str], model, rows, images, sett
     add_offset_(producer, "bias" if producer.bias is not None else pair[1], model, filters[-1] - own)
     write_(fit, q, model)
     if fit.offset_in:
-        fit_offset_(fit, model, rows[fit.name + OUTPUT], images, settings)
+        fit_offset_(fit, passes, rows[fit.name + OUTPUT], settings)
     gram, cross, energy = h.T @ h, h.T @ targets, float((targets**2).sum())
     return {
         "name": fit.name,

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lappdeploy.errors import ConfigError
-from lappdeploy.methods.reconstruct.calibration import evaluating
 from lappdeploy.methods.reconstruct.linalg import energy_rank
+from lappdeploy.methods.reconstruct.passes import evaluating
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
 from lappdeploy.surgery.graph import LayerChannels

@@ -18,6 +18,7 @@ from lappdeploy.methods.reconstruct.diagnostics import output_errors
 from lappdeploy.methods.reconstruct.fits import layer_fit, solve_
 from lappdeploy.methods.reconstruct.joint import joint_producer, solve_joint_
 from lappdeploy.methods.reconstruct.layers import Consumer, plan_consumers
+from lappdeploy.methods.reconstruct.passes import StudentPasses
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
 from lappdeploy.surgery.graph import is_norm_act, resolve_module
@@ -38,6 +39,9 @@ class ReconstructionRecord:
     # teacher's on held-out images the fits never saw, whatever the mode (plain removal's too)
     output_errors: dict[str, float] = field(default_factory=dict)
     evaluation_images: int = 0
+    # whether the pruned network's passes resumed from cached activations (it traces with torch.fx), or each ran
+    # from the input
+    resumed_passes: bool = False
     seconds: float = 0.0  # wall time (ResourceMeter)
     peak_rss_mb: float | None = None  # peak resident memory (ResourceMeter)
     peak_rss_scope: str | None = None  # "reconstruction" (peak reset at its start) or "process" (since start)
@@ -104,21 +108,32 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
     order = [name for name in order if name in fits]
     for name in [n for n in fits if n not in rows]:
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
-    for name in order:
-        record.fitted.append(_solve_one_(fits[name], groups, model, rows, images, settings))
+    passes = StudentPasses(model, images, settings.batch_size, settings.cache_bytes)
+    record.resumed_passes = passes.traced
+    for position, name in enumerate(order):
+        passes.advance([m for later in order[position:] for m in _written(fits[later], groups, settings)])
+        record.fitted.append(_solve_one_(fits[name], groups, passes, rows, settings))
         for target in fits[name].targets:
             rows.pop(target.name, None)
 
 
-def _solve_one_(fit, groups, model, rows, images, settings) -> dict:
+def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> list[str]:
+    """The modules solving `fit` may write: the layer, the BatchNorm taking its offset, and with ldrf-joint the
+    producer and its BatchNorm."""
+    names = [fit.name] + ([fit.offset_in] if fit.offset_in not in (None, "bias") else [])
+    pair = joint_producer(groups, fit.name) if settings.mode == "ldrf-joint" else None
+    return names + (list(pair) if isinstance(pair, tuple) else [])
+
+
+def _solve_one_(fit, groups, passes: StudentPasses, rows, settings) -> dict:
     if settings.mode == "ldrf-joint":
         pair = joint_producer(groups, fit.name)
-        done = solve_joint_(fit, pair, model, rows, images, settings) if isinstance(pair, tuple) else None
+        done = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else None
         if done is not None:
             return done
         reason = pair if isinstance(pair, str) else "the producer and the layer differ in resolution"
-        return {**solve_(fit, model, rows, images, settings), "joint": f"projection alone: {reason}"}
-    return solve_(fit, model, rows, images, settings)
+        return {**solve_(fit, passes, rows, settings), "joint": f"projection alone: {reason}"}
+    return solve_(fit, passes, rows, settings)
 
 
 class ResourceMeter:
@@ -171,9 +186,9 @@ class ReconstructionLog:
         if self.mode == "none":
             return
         log.info(
-            "reconstruct %s: %d layers refitted, %d left as plain removal, %.1f s, peak RSS %s MB (%s)",
+            "reconstruct %s: %d layers refitted, %d left as plain removal, %.1f s, peak RSS %s MB (%s), passes %s",
             self.mode, len(record.fitted), len(record.skipped), record.seconds, record.peak_rss_mb,
-            record.peak_rss_scope,
+            record.peak_rss_scope, "resumed from cached activations" if record.resumed_passes else "from the input",
         )  # fmt: skip
 
     def report(self) -> dict[str, Any]:
@@ -188,6 +203,7 @@ class ReconstructionLog:
             "reconstruct_s": round(sum(r.seconds for r in self.records), 2),
             "reconstruct_peak_rss_mb": max(peaks) if peaks else None,
             "reconstruct_peak_rss_scope": self.records[-1].peak_rss_scope if self.records else None,
+            "reconstruct_resumed_passes": bool(self.records) and all(r.resumed_passes for r in self.records),
             "calib_images": max((r.images for r in self.records), default=0),
             "reconstructed": [{**layer, "step": i} for i, r in enumerate(self.records) for layer in r.fitted],
             "reconstruct_skipped": [{**layer, "step": i} for i, r in enumerate(self.records) for layer in r.skipped],
