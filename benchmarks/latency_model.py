@@ -1,12 +1,13 @@
 """How well does a latency table predict whole-model latency? Per case (model, input size, batch): profile
-the model (`lappdeploy profile`'s code, ONNX Runtime CPU), then time >= 10 random pruned versions of it whole
-(bench protocol, interleaved with the dense model in one session) and compare with the latency model's
-prediction. The random plans draw each group's kept share uniformly from [0.15, 1] and round widths to the
-table's step (8), as `compress --round-to 8` does; they are drawn with seeds the profiling's own calibration
-plans do not use. Weights are random: latency does not depend on them.
+the model (`lappdeploy profile`'s code, ONNX Runtime CPU, or OpenVINO's CPU plugin with --runtime openvino),
+then time >= 10 random pruned versions of it whole (bench protocol, interleaved with the dense model in one
+session) and compare with the latency model's prediction. The random plans draw each group's kept share
+uniformly from [0.15, 1] and round widths to the table's step (8), as `compress --round-to 8` does; they are
+drawn with seeds the profiling's own calibration plans do not use. Weights are random: latency does not depend on them.
 
     python benchmarks/latency_model.py                                   # all cases
     python benchmarks/latency_model.py --cases resnet20:28:8 --plans 10
+    python benchmarks/latency_model.py --runtime openvino --layer-timing kernels --cases resnet20:28:8
 All eight cases took 75 minutes on a 2-core AMD EPYC, the two 224-px batch-8 ones with --points 8.
 Writes benchmarks/results/latency_model/{CASE.json, tables/CASE.json, latency_model.json, latency_model.md,
 predicted_vs_measured.png}; a case whose JSON exists is not re-run (delete it to re-measure).
@@ -53,7 +54,8 @@ def run_case(case: str, args, out: Path) -> dict:
     if table_path.is_file():
         table = LatencyTable.load(table_path)
     else:
-        table = profile_model(model, shape, model_name=name, batch=batch, threads=args.threads, points=args.points)
+        table = profile_model(model, shape, model_name=name, batch=batch, threads=args.threads, points=args.points,
+                              runtime=args.runtime, timed_by=args.layer_timing)  # fmt: skip
         table.save(table_path)
     example = torch.zeros((2, *shape))
     groups = analyze(model, example)
@@ -72,7 +74,7 @@ def run_case(case: str, args, out: Path) -> dict:
     # all plans and the dense model interleaved in one session: a drift of the machine's speed while they are
     # timed moves all of them alike, instead of corrupting the plans timed during a slow spell
     *timed, dense_now = measure_models_ms([*pruned, model], shape, batch=batch, threads=args.threads,
-                                          seconds=args.seconds)  # fmt: skip
+                                          seconds=args.seconds, runtime=args.runtime)  # fmt: skip
     rows = []
     for i, (plan, measured) in enumerate(zip(plans, timed, strict=True)):
         predicted, one_scale_ms = latency.plan_ms(plan), one_scale_latency.plan_ms(plan)
@@ -89,6 +91,7 @@ def run_case(case: str, args, out: Path) -> dict:
     one_scale_errors = np.abs([r["one_scale_error"] for r in rows])
     return {
         "case": case, "model": name, "image_size": size, "batch": batch, "threads": args.threads,
+        "runtime": args.runtime, "layer_timing": table.provenance.get("layer_timing"),
         "profile_s": table.profile_s, "measurements": table.measurements, "points": table.points,
         "dense_ms": table.dense_ms, "dense_ms_validation": round(dense_now, 5), "scale": table.scale,
         "kind_scales": table.kind_scales, "remainder_ms": table.remainder_ms,
@@ -175,6 +178,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--points", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per whole model")
+    parser.add_argument("--runtime", default="ort", choices=["ort", "openvino"], help="fp32 on the CPU")
+    parser.add_argument("--layer-timing", default=None, choices=["kernels", "calls"],
+                        help="how layers alone are timed (default: the runtime's)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/latency_model")
     args = parser.parse_args()
     out = Path(args.out)

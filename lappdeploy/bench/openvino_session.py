@@ -17,11 +17,14 @@ from lappdeploy.bench.cuda_timing import back_to_back
 from lappdeploy.errors import BenchError
 from lappdeploy.optional import require
 
-__all__ = ["MATRIX_FEATURES", "OpenVinoSession", "cpu_matrix_features"]
+__all__ = ["LAYOUT_NODES", "MATRIX_FEATURES", "OpenVinoSession", "cpu_matrix_features"]
 
 # /proc/cpuinfo flags of the CPU's matrix and dot-product units (what bf16 and int8 inference run on)
 MATRIX_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f")
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 comes from the graph's Q/DQ nodes, not a hint
+# performance-counter node types that are not the graph's own work: its edges and the conversions between NCHW and
+# the blocked layouts the CPU plugin's kernels run in (inside a whole model they happen once, at its edges)
+LAYOUT_NODES = frozenset({"Parameter", "Result", "Reorder"})
 
 
 def cpu_matrix_features(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
@@ -39,9 +42,18 @@ def _import_openvino():
 
 class OpenVinoSession:
     """An ONNX graph compiled by OpenVINO for the CPU at one precision, latency hint, one stream; latency by
-    the host clock around a synchronous inference."""
+    the host clock around a synchronous inference. With `kernel_profile`, OpenVINO's performance counters are on
+    and every run's executed nodes are summed without LAYOUT_NODES (`kernel_ms`)."""
 
-    def __init__(self, onnx_path: str | Path, *, precision: str = "fp32", threads: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+        seed: int = 0,
+        kernel_profile: bool = False,
+    ):
         ov = _import_openvino()
         core = ov.Core()
         capabilities = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -55,6 +67,8 @@ class OpenVinoSession:
         config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
+        if kernel_profile:
+            config["PERF_COUNT"] = "YES"
         self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         effective = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         if precision == "bf16" and "bf16" not in effective:
@@ -66,6 +80,8 @@ class OpenVinoSession:
         self.threads = threads
         self.rng = np.random.default_rng(seed)
         self.x: np.ndarray | None = None
+        self._kernel_runs: list[float] | None = [] if kernel_profile else None
+        self._executed = ov.ProfilingInfo.Status.EXECUTED
 
     def set_batch(self, batch: int) -> None:
         self.x = self.rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
@@ -77,7 +93,25 @@ class OpenVinoSession:
         start = time.perf_counter()
         self._run()
         ms = (time.perf_counter() - start) * 1e3
+        if self._kernel_runs is not None:
+            self._kernel_runs.append(self._counted_ms())
         return ms, ms
+
+    @property
+    def kernel_profiled(self) -> bool:
+        """Whether this session records its nodes' times (opened with `kernel_profile`)."""
+        return self._kernel_runs is not None
+
+    def kernel_ms(self) -> list[float]:
+        """Per run of `infer` so far, the summed time (ms) of the nodes it executed except LAYOUT_NODES."""
+        if self._kernel_runs is None:
+            raise BenchError("this session was opened without kernel_profile: it has no performance counters")
+        return list(self._kernel_runs)
+
+    def _counted_ms(self) -> float:
+        counters = self.request.get_profiling_info()
+        return sum(c.real_time.total_seconds() * 1e3 for c in counters
+                   if c.status == self._executed and c.node_type not in LAYOUT_NODES)  # fmt: skip
 
     def run_back_to_back(self, calls: int) -> float:
         return back_to_back(None, self._run, calls)

@@ -193,9 +193,25 @@ PROFILED_RUNTIMES = ("ort", "torch", "openvino")
 ONNX_RUNTIMES = ("ort", "openvino")
 
 
+LAYER_TIMINGS = ("kernels", "calls")
+
+
+def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
+    """How a layer alone is timed: "kernels" (its nodes' time from the runtime's profiler: ONNX Runtime's on the
+    CPU, OpenVINO's performance counters, layout conversions left out) or "calls" (the wall time of a call);
+    `asked` where given, else `kernel_timed`'s default."""
+    if asked is None:
+        return "kernels" if kernel_timed(runtime, device) else "calls"
+    if asked not in LAYER_TIMINGS:
+        raise ConfigError(f"layer timing {asked!r}: choose one of {', '.join(LAYER_TIMINGS)}")
+    if asked == "kernels" and (runtime not in ONNX_RUNTIMES or device != "cpu"):
+        raise ConfigError(f"--runtime {runtime} on {device} has no kernel profiler here: time its layers by calls")
+    return asked
+
+
 def kernel_timed(runtime: str, device: str) -> bool:
-    """Whether a layer's latency is its kernels' time from ONNX Runtime's profiler (ORT on the CPU) rather
-    than the wall time of a call. A layer alone pays what it does not pay inside a model: the call's overhead
+    """Whether a layer's latency is, by default, its kernels' time from ONNX Runtime's profiler (ORT on the CPU)
+    rather than the wall time of a call. A layer alone pays what it does not pay inside a model: the call's overhead
     and, on the CPU, the conversion of its input and output between NCHW and the blocked layout its kernel
     runs in, which inside a model happens once at the model's edges. At 224 px those conversions cost more
     than many convs (MobileNetV2 at batch 8: 60 ms measured whole, 102 ms as the sum of its layers timed alone,
@@ -207,23 +223,22 @@ def kernel_timed(runtime: str, device: str) -> bool:
 def _onnx_session(runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False):
     """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES."""
     if runtime == "openvino":
-        return OpenVinoSession(path, threads=threads)
+        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile)
     return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
 
 
-def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path):
+def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path, timed_by: str):
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
-        return _onnx_session(runtime, path, device=device, threads=threads,
-                             kernel_profile=kernel_timed(runtime, device))  # fmt: skip
+        return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels")
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
 
 
 def _time_point(session, batch: int, timing: PointTiming) -> float:
     """Median latency (ms) of one isolated layer: of its kernels where the session profiles them
-    (`kernel_timed`), else of its calls."""
+    (`layer_timing`), else of its calls."""
     session.set_batch(batch)
     start, calls = time.perf_counter(), 0
     while calls < timing.warmup_calls or time.perf_counter() - start < timing.warmup_seconds:
@@ -300,10 +315,12 @@ def profile_model(
     dense_seconds: float = 3.0,
     probe_steps: bool = True,
     progress: Progress | None = None,
+    timed_by: str | None = None,
 ) -> LatencyTable:
     """Time every conv / linear layer of `model` over its width grid, then (`probe_steps`) one producer per
     prunable group at every width of a window below its full width (`latency.steps`), then whole models;
-    the latency table of this model on this runtime, device, batch and thread count."""
+    the latency table of this model on this runtime, device, batch and thread count. `timed_by`: "kernels" or
+    "calls" for the layers (`layer_timing`; None: the runtime's default)."""
     if runtime not in PROFILED_RUNTIMES:
         raise ConfigError(
             f"--runtime {runtime}: profiling runs {', '.join(PROFILED_RUNTIMES)} here (trtexec: see --runtime trtexec)"
@@ -311,6 +328,7 @@ def profile_model(
     if runtime == "openvino" and device != "cpu":
         raise ConfigError("--runtime openvino profiles OpenVINO's CPU plugin: use --device cpu")
     start, timing = time.perf_counter(), timing or PointTiming()
+    timed_by = layer_timing(runtime, device, timed_by)
     where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads}
     dense_before = measure_model_ms(model, input_shape, seconds=dense_seconds, **where)  # vs the end: drift
     specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
@@ -331,7 +349,7 @@ def profile_model(
                 for c_out in out_grid:
                     session = _point_session(spec, c_out if spec.kind == "depthwise" else c_in, c_out,
                                              runtime=runtime, device=device, batch=batch, threads=threads,
-                                             scratch=Path(scratch))  # fmt: skip
+                                             scratch=Path(scratch), timed_by=timed_by)  # fmt: skip
                     row.append(round(_time_point(session, batch, timing), 5))
                     del session
                     done += 1
@@ -339,7 +357,7 @@ def profile_model(
                         progress(f"layers {done}/{total}", 0.8 * done / total)
                 rows.append(row)
             measured[spec.shape_key] = rows
-        probe_where = {**where, "scratch": Path(scratch)}
+        probe_where = {**where, "scratch": Path(scratch), "timed_by": timed_by}
         steps = _probe_steps(model, input_shape, specs, timing, progress, **probe_where) if probe_steps else {}
     layers = {
         spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.shape_key], spec.geometry())
@@ -361,7 +379,7 @@ def profile_model(
         step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
                     "layer_graph": "torch conv + relu" if runtime == "torch" else "conv + bias + relu (BN folded)",
-                    "layer_timing": "kernels (profiler)" if kernel_timed(runtime, device) else "calls (wall clock)"},
+                    "layer_timing": {"kernels": "kernels (profiler)", "calls": "calls (wall clock)"}[timed_by]},
     )  # fmt: skip
 
 
@@ -437,7 +455,7 @@ def profile_key(model: nn.Module, input_shape: tuple[int, ...], **settings) -> s
     specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
     fingerprint = device_fingerprint(settings["runtime"], settings["device"])
     # how layers are timed is part of the key: a table cached before kernel timing is not reused
-    timing = "kernels" if kernel_timed(settings["runtime"], settings["device"]) else "calls"
+    timing = layer_timing(settings["runtime"], settings["device"], settings.get("timed_by"))
     text = json.dumps([[vars(s) for s in specs], list(input_shape), settings, fingerprint, timing], sort_keys=True,
                       default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]

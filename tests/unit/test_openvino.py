@@ -138,3 +138,32 @@ def test_a_table_profiled_on_openvino_orders_plans_of_very_different_sizes():
         for j in range(len(measured)):
             if measured[i] > 1.15 * measured[j]:
                 assert predicted[i] > predicted[j], (predicted, measured)
+
+
+def test_performance_counters_time_each_run_without_the_layout_conversions(onnx_file):
+    """With kernel_profile, every run's executed nodes are summed without Parameter/Result/Reorder: one value per
+    run, positive, and below the wall time of the call it came from (the call adds its overhead and the
+    conversions between NCHW and the plugin's blocked layout)."""
+    _, path = onnx_file
+    session = OpenVinoSession(path, threads=1, kernel_profile=True)
+    session.set_batch(4)
+    wall = [session.infer()[0] for _ in range(5)]
+    counted = session.kernel_ms()
+    assert session.kernel_profiled and len(counted) == 5
+    assert all(0 < c < w for c, w in zip(counted, wall, strict=True)), (counted, wall)
+    plain = OpenVinoSession(path, threads=1)
+    assert not plain.kernel_profiled
+    with pytest.raises(BenchError, match="without kernel_profile"):
+        plain.kernel_ms()
+
+
+def test_layer_timing_is_chosen_per_runtime_and_refused_where_there_is_no_profiler():
+    from lappdeploy.latency.profile import layer_timing
+
+    assert layer_timing("ort", "cpu") == "kernels" and layer_timing("ort", "cuda") == "calls"
+    assert layer_timing("openvino", "cpu", "kernels") == "kernels"
+    assert layer_timing("openvino", "cpu", "calls") == "calls"
+    with pytest.raises(ConfigError, match="no kernel profiler"):
+        layer_timing("torch", "cpu", "kernels")
+    with pytest.raises(ConfigError, match="choose one of"):
+        layer_timing("ort", "cpu", "counters")
