@@ -109,12 +109,13 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
     for name in [n for n in fits if n not in rows]:
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
     passes = StudentPasses(model, images, settings.batch_size, settings.cache_bytes)
-    record.resumed_passes = passes.traced
+    written = {name: _written(fits[name], groups, settings) for name in order}
     for position, name in enumerate(order):
-        passes.advance([m for later in order[position:] for m in _written(fits[later], groups, settings)])
+        passes.advance([module for later in order[position:] for module in written[later]])
         record.fitted.append(_solve_one_(fits[name], groups, passes, rows, settings))
         for target in fits[name].targets:
             rows.pop(target.name, None)
+    record.resumed_passes = passes.cut > 0
 
 
 def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> list[str]:
