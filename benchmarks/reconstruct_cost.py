@@ -65,10 +65,12 @@ def measure(spec: str, mode: str, args) -> dict:
         "wall_s": record.seconds,
         "peak_rss_mb": record.peak_rss_mb,
         "peak_rss_scope": record.peak_rss_scope,
+        "resumed_passes": record.resumed_passes,  # the pruned network's passes ran from cached activations
     }
     print(
         f"{name:12s} {'x'.join(map(str, shape)):>9s} {mode:15s} refitted {row['refitted']:3d} "
-        f"skipped {row['skipped']:3d}  {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_mb']:8.0f} MB",
+        f"skipped {row['skipped']:3d}  {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_mb']:8.0f} MB"
+        f"{'  resumed passes' if row['resumed_passes'] else ''}",
         flush=True,
     )
     return row
