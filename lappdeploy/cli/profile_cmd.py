@@ -19,8 +19,9 @@ __all__ = ["profile_command"]
 @click.option("--runtime", type=click.Choice(["ort", "torch", "openvino", "trtexec"]), default="ort",
               show_default=True, help="ONNX Runtime, PyTorch or OpenVINO (CPU, fp32) here; trtexec: graphs and a "
               "script to time on the device.")  # fmt: skip
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="--runtime trtexec: the engines' precision.")  # fmt: skip
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "bf16"]), default=None,
+              help="--runtime trtexec: the engines' precision (fp16 or fp32) [default: fp16]; --runtime openvino: "
+                   "fp32 or bf16 (a CPU with AMX or AVX-512 BF16) [default: fp32]; other runtimes: fp32.")  # fmt: skip
 @click.option("--ingest", type=click.Path(file_okay=False, exists=True), default=None,
               help="Read a --runtime trtexec directory timed on the device into a table (--out).")  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -40,7 +41,13 @@ __all__ = ["profile_command"]
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--refresh", is_flag=True, help="Profile again even if the cache holds this profile.")
 def profile_command(
-    model_name: str, out: str | None, force: bool, refresh: bool, precision: str, ingest: str | None, **options
+    model_name: str,
+    out: str | None,
+    force: bool,
+    refresh: bool,
+    precision: str | None,
+    ingest: str | None,
+    **options,
 ) -> None:
     """Measure the latency of every conv and linear layer of MODEL (a registered name, timm:NAME or
     package.module:factory; latency does not depend on the weights) over a grid of
@@ -58,7 +65,7 @@ def profile_command(
       lappdeploy profile resnet20 --dataset fashion-mnist --runtime trtexec --batch 1 --out r20-jetson/
       lappdeploy profile resnet20 --dataset fashion-mnist --ingest r20-jetson/ --out tables/r20-orin.json
     """
-    from lappdeploy.latency.profile import cached_profile, profile_model
+    from lappdeploy.latency.profile import cached_profile, check_precision, profile_model
 
     names = ("runtime", "device", "batch", "threads", "points", "step", "probe_steps")
     settings = {k: options.pop(k) for k in names}
@@ -67,8 +74,11 @@ def profile_command(
     loaded, _ = model_from_name(model_name, **options)
     model, shape = loaded.model, tuple(loaded.card.input_shape)
     if ingest is not None or settings["runtime"] == "trtexec":
-        _trtexec(model, model_name, shape, settings, precision, ingest, out, force)
+        _trtexec(model, model_name, shape, settings, precision or "fp16", ingest, out, force)
         return
+    if precision not in (None, "fp32"):  # fp32 stays out of the settings: the cache keys of fp32 tables are kept
+        check_precision(settings["runtime"], precision)
+        settings["precision"] = precision
     with ProgressBar() as progress:
         if out is None:
             table, path, reused = cached_profile(

@@ -196,6 +196,16 @@ ONNX_RUNTIMES = ("ort", "openvino")
 LAYER_TIMINGS = ("kernels", "calls")
 
 
+def check_precision(runtime: str, precision: str) -> None:
+    """Tables are fp32 but on OpenVINO, which also profiles bf16 (AMX or AVX-512 BF16 CPUs)."""
+    allowed = ("fp32", "bf16") if runtime == "openvino" else ("fp32",)
+    if precision not in allowed:
+        raise ConfigError(
+            f"--precision {precision}: --runtime {runtime} profiles {' or '.join(allowed)} "
+            "(bf16: --runtime openvino on a CPU with AMX or AVX-512 BF16)"
+        )
+
+
 def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
     """How a layer alone is timed: "kernels" (its nodes' time from the runtime's profiler: ONNX Runtime's on the
     CPU, OpenVINO's performance counters, layout conversions left out) or "calls" (the wall time of a call);
@@ -220,18 +230,21 @@ def kernel_timed(runtime: str, device: str) -> bool:
     return runtime == "ort" and device == "cpu"
 
 
-def _onnx_session(runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False):
-    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES."""
+def _onnx_session(
+    runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False, precision: str = "fp32"
+):
+    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES (`precision`: OpenVINO's)."""
     if runtime == "openvino":
-        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile)
+        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile, precision=precision)
     return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
 
 
-def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, scratch: Path, timed_by: str):
+def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str):
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
-        return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels")
+        return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels",
+                             precision=precision)  # fmt: skip
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
 
@@ -280,10 +293,12 @@ def measure_models_ms(
     batch: int = 8,
     threads: int = 1,
     seconds: float = 2.0,
+    precision: str = "fp32",
 ) -> list[float]:
     """Median latency (ms per batch) of each model's deploy form (BN and bypass folded) on `runtime`, timed by
     the bench protocol for `seconds` of calls each, interleaved in one session (its rounds), so that a drift of
-    the machine's speed moves all of them alike: compare them with each other."""
+    the machine's speed moves all of them alike: compare them with each other. `precision`: OpenVINO's (fp32,
+    bf16)."""
     policy = TimingPolicy(min_seconds=seconds, min_samples=50, warmup_seconds=min(1.0, seconds / 2),
                           throughput_seconds=0.1)  # fmt: skip
     example = torch.zeros((2, *input_shape))
@@ -293,7 +308,7 @@ def measure_models_ms(
             if runtime in ONNX_RUNTIMES:
                 path = Path(scratch) / f"model{index}.onnx"
                 to_onnx(model, example, path, dynamic_batch=True)
-                sessions.append(_onnx_session(runtime, path, device=device, threads=threads))
+                sessions.append(_onnx_session(runtime, path, device=device, threads=threads, precision=precision))
             else:
                 torch.set_num_threads(threads)
                 sessions.append(TorchSession(deploy_copy(model, example), input_shape, device=device))
@@ -316,20 +331,23 @@ def profile_model(
     probe_steps: bool = True,
     progress: Progress | None = None,
     timed_by: str | None = None,
+    precision: str = "fp32",
 ) -> LatencyTable:
     """Time every conv / linear layer of `model` over its width grid, then (`probe_steps`) one producer per
     prunable group at every width of a window below its full width (`latency.steps`), then whole models;
     the latency table of this model on this runtime, device, batch and thread count. `timed_by`: "kernels" or
-    "calls" for the layers (`layer_timing`; None: the runtime's default)."""
+    "calls" for the layers (`layer_timing`; None: the runtime's default); `precision`: fp32, or bf16 on
+    OpenVINO (refused where the CPU has no native bf16)."""
     if runtime not in PROFILED_RUNTIMES:
         raise ConfigError(
             f"--runtime {runtime}: profiling runs {', '.join(PROFILED_RUNTIMES)} here (trtexec: see --runtime trtexec)"
         )
     if runtime == "openvino" and device != "cpu":
         raise ConfigError("--runtime openvino profiles OpenVINO's CPU plugin: use --device cpu")
+    check_precision(runtime, precision)
     start, timing = time.perf_counter(), timing or PointTiming()
     timed_by = layer_timing(runtime, device, timed_by)
-    where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads}
+    where = {"runtime": runtime, "device": device, "batch": batch, "threads": threads, "precision": precision}
     dense_before = measure_model_ms(model, input_shape, seconds=dense_seconds, **where)  # vs the end: drift
     specs = layer_specs(deploy_copy(model, torch.zeros((2, *input_shape))), input_shape)
     shapes: dict[tuple, tuple[list[int], list[int]]] = {}
@@ -348,8 +366,7 @@ def profile_model(
                 row = []
                 for c_out in out_grid:
                     session = _point_session(spec, c_out if spec.kind == "depthwise" else c_in, c_out,
-                                             runtime=runtime, device=device, batch=batch, threads=threads,
-                                             scratch=Path(scratch), timed_by=timed_by)  # fmt: skip
+                                             scratch=Path(scratch), timed_by=timed_by, **where)  # fmt: skip
                     row.append(round(_time_point(session, batch, timing), 5))
                     del session
                     done += 1
@@ -379,7 +396,8 @@ def profile_model(
         step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
                     "layer_graph": "torch conv + relu" if runtime == "torch" else "conv + bias + relu (BN folded)",
-                    "layer_timing": {"kernels": "kernels (profiler)", "calls": "calls (wall clock)"}[timed_by]},
+                    "layer_timing": {"kernels": "kernels (profiler)", "calls": "calls (wall clock)"}[timed_by],
+                    "precision": precision},
     )  # fmt: skip
 
 

@@ -167,3 +167,35 @@ def test_layer_timing_is_chosen_per_runtime_and_refused_where_there_is_no_profil
         layer_timing("torch", "cpu", "kernels")
     with pytest.raises(ConfigError, match="choose one of"):
         layer_timing("ort", "cpu", "counters")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "message"),
+    [("ort", "bf16", "--runtime ort profiles fp32"), ("torch", "bf16", "--runtime torch profiles fp32"),
+     ("openvino", "fp16", "--runtime openvino profiles fp32 or bf16")],
+)  # fmt: skip
+def test_profile_precisions_that_do_not_apply_are_one_line_errors(tmp_path, cli, runtime, precision, message):
+    out = tmp_path / "table.json"
+    result = cli("profile", "tiny_resnet", "--runtime", runtime, "--precision", precision, "--out", out)
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err, result.err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU runs bf16 natively: the profile itself is tested below")
+def test_a_bf16_profile_is_refused_where_the_cpu_has_no_bf16(tmp_path, cli):
+    out = tmp_path / "table.json"
+    result = cli("profile", "tiny_resnet", "--runtime", "openvino", "--precision", "bf16", "--out", out)
+    assert result.code != 0 and "no native bf16" in result.err and "Traceback" not in result.err, result.err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="bf16 tables need a CPU with AMX or AVX-512 BF16")
+def test_a_bf16_profile_records_its_precision_and_times_whole_models_at_bf16():
+    from lappdeploy.latency.profile import PointTiming, profile_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", num_classes=10).eval()
+    timing = PointTiming(warmup_calls=2, warmup_seconds=0.0, calls=5, seconds=0.0, max_seconds=0.05, min_calls=3)
+    table = profile_model(model, (3, 16, 16), model_name="tiny", runtime="openvino", precision="bf16", batch=4,
+                          points=2, timing=timing, dense_seconds=0.1, probe_steps=False)  # fmt: skip
+    assert table.provenance["precision"] == "bf16" and table.runtime == "openvino" and table.dense_ms > 0
