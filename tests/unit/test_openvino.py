@@ -161,6 +161,8 @@ def test_layer_timing_is_chosen_per_runtime_and_refused_where_there_is_no_profil
     from lappdeploy.latency.profile import layer_timing
 
     assert layer_timing("ort", "cpu") == "kernels" and layer_timing("ort", "cuda") == "calls"
+    assert layer_timing("openvino", "cpu") == "kernels", "the counters predicted whole models better (docs)"
+    assert layer_timing("torch", "cpu") == "calls"
     assert layer_timing("openvino", "cpu", "kernels") == "kernels"
     assert layer_timing("openvino", "cpu", "calls") == "calls"
     with pytest.raises(ConfigError, match="no kernel profiler"):
