@@ -29,7 +29,7 @@ from lappdeploy.environment import write_benchmark
 from lappdeploy.io import atomic_write_text
 from lappdeploy.latency import LatencyModel, LatencyTable
 from lappdeploy.latency.calibration import fit_records
-from lappdeploy.latency.profile import measure_models_ms, profile_model
+from lappdeploy.latency.profile import LAYER_TIMINGS, layer_timing, measure_models_ms, profile_model
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, plan_cost, random_widths_plan, remove_channels_
 
@@ -37,6 +37,7 @@ CASES = (
     "resnet20:28:8", "resnet20:28:64", "resnet56:28:8", "resnet56:28:64",
     "mobilenet_v2:224:1", "resnet50:224:1", "mobilenet_v2:224:8", "resnet50:224:8",
 )  # fmt: skip
+RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
 PLAN_SEED = 5000  # random plans of the validation; the profiling's calibration plans use seeds 1000+
 
 
@@ -46,6 +47,14 @@ def build(name: str, size: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     return create_model(name, num_classes=classes, in_channels=channels).eval(), (channels, size, size)
 
 
+def _same_setting(runtime: str, timing: str | None, args, path: Path) -> None:
+    """Stop where a result kept under --out was measured on another runtime or layer timing than asked (results
+    from before the layer timing was recorded are compared by runtime only)."""
+    asked = layer_timing(args.runtime, "cpu", args.layer_timing)
+    if runtime != args.runtime or (timing is not None and timing.split(" ")[0] != asked):
+        raise SystemExit(f"{path} holds {runtime} / {timing} results, not {args.runtime} / {asked}: use another --out")
+
+
 def run_case(case: str, args, out: Path) -> dict:
     name, size, batch = case.split(":")
     size, batch = int(size), int(batch)
@@ -53,6 +62,7 @@ def run_case(case: str, args, out: Path) -> dict:
     table_path = out / "tables" / f"{case.replace(':', '_')}.json"
     if table_path.is_file():
         table = LatencyTable.load(table_path)
+        _same_setting(table.runtime, table.provenance.get("layer_timing"), args, table_path)
     else:
         table = profile_model(model, shape, model_name=name, batch=batch, threads=args.threads, points=args.points,
                               runtime=args.runtime, timed_by=args.layer_timing)  # fmt: skip
@@ -160,7 +170,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.plot([0, 1.2], [0, 1.2], color="black", lw=0.8)
     for band in (0.9, 1.1):
         ax.plot([0, 1.2], [0, 1.2 * band], color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("measured latency / dense (ONNX Runtime CPU)")
+    ax.set_xlabel(f"measured latency / dense ({RUNTIME_NAMES[results[0].get('runtime', 'ort')]} CPU)")
     ax.set_ylabel("predicted latency / dense (latency table)")
     ax.set_title("predicted vs measured, random pruned plans (+-10% dashed)", fontsize=10)
     ax.legend(fontsize=7)
@@ -179,7 +189,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per whole model")
     parser.add_argument("--runtime", default="ort", choices=["ort", "openvino"], help="fp32 on the CPU")
-    parser.add_argument("--layer-timing", default=None, choices=["kernels", "calls"],
+    parser.add_argument("--layer-timing", default=None, choices=LAYER_TIMINGS,
                         help="how layers alone are timed (default: the runtime's)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/latency_model")
     args = parser.parse_args()
@@ -192,6 +202,7 @@ def main() -> None:
             print(f"{case}: profiling and validating", flush=True)
             atomic_write_text(path, json.dumps(run_case(case, args, out), indent=1))
         results.append(json.loads(path.read_text()))
+        _same_setting(results[-1].get("runtime", "ort"), results[-1].get("layer_timing"), args, path)
     atomic_write_text(out / "latency_model.md", markdown(results))
     plot(results, out / "predicted_vs_measured.png")
     write_benchmark("latency_model", results, out / "latency_model.json", device="cpu")

@@ -42,13 +42,16 @@ from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable
 from lappdeploy.surgery import analyze
 
 __all__ = [
+    "LAYER_TIMINGS",
     "LayerSpec",
     "PointTiming",
     "cached_profile",
+    "check_precision",
     "default_cache_dir",
     "layer_grids",
     "layer_onnx",
     "layer_specs",
+    "layer_timing",
     "measure_model_ms",
     "measure_models_ms",
     "probed_specs",
@@ -282,7 +285,8 @@ def layer_grids(spec: LayerSpec, step: int, points: int) -> tuple[list[int], lis
 
 def measure_model_ms(model: nn.Module, input_shape: tuple[int, ...], **settings: Any) -> float:
     """Median latency (ms per batch) of a whole model (its deploy form: BN and bypass folded) on a runtime,
-    timed by the bench protocol; `settings` are `measure_models_ms`'s (runtime, device, batch, threads, seconds)."""
+    timed by the bench protocol; `settings` are `measure_models_ms`'s (runtime, device, batch, threads, seconds,
+    precision)."""
     return measure_models_ms([model], input_shape, **settings)[0]
 
 

@@ -151,6 +151,15 @@ def test_performance_counters_time_each_run_without_the_layout_conversions(onnx_
     counted = session.kernel_ms()
     assert session.kernel_profiled and len(counted) == 5
     assert all(0 < c < w for c, w in zip(counted, wall, strict=True)), (counted, wall)
+    # the last run's own counters: every executed node but the layout conversions and the graph's edges
+    executed = [c for c in session.request.get_profiling_info() if c.status == ov.ProfilingInfo.Status.EXECUTED]
+    conversions = [c for c in executed if c.node_type == "Reorder"]
+    assert conversions, "the plugin converts the NCHW input to its blocked layout"
+    kept = sum(
+        c.real_time.total_seconds() * 1e3 for c in executed if c.node_type not in ("Reorder", "Parameter", "Result")
+    )
+    assert counted[-1] == pytest.approx(kept, abs=1e-9)
+    assert counted[-1] < sum(c.real_time.total_seconds() * 1e3 for c in executed)
     plain = OpenVinoSession(path, threads=1)
     assert not plain.kernel_profiled
     with pytest.raises(BenchError, match="without kernel_profile"):

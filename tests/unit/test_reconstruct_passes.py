@@ -22,7 +22,8 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 
 def _refit(model: nn.Module, mode: str, cache_bytes: int, images: torch.Tensor):
-    """(the refitted model, its record, how often its stem conv ran during the reconstruction)."""
+    """(the refitted model, its record, how often its stem conv ran during the reconstruction); NAME+relu: the fit
+    after the ReLU."""
     recalibrate_bn_(model, images.split(16))
     model.eval()
     groups = analyze(model, images[:1])
@@ -31,13 +32,15 @@ def _refit(model: nn.Module, mode: str, cache_bytes: int, images: torch.Tensor):
     remove_channels_(model, plan, images[:1], groups=groups)
     calls = []
     handle = model.conv1.register_forward_pre_hook(lambda *_: calls.append(1))
-    settings = ReconstructionSettings(mode=mode, batch_size=16, cache_bytes=cache_bytes)
+    settings = ReconstructionSettings(
+        mode=mode.removesuffix("+relu"), relu=mode.endswith("+relu"), batch_size=16, cache_bytes=cache_bytes
+    )
     record = reconstruct_(teacher, model, groups, plan, images, settings)
     handle.remove()
     return model, record, len(calls)
 
 
-@pytest.mark.parametrize("mode", ["ls", "ldrf-patch", "ldrf-joint"])
+@pytest.mark.parametrize("mode", ["ls", "ls+relu", "ldrf", "ldrf-patch", "ldrf-joint"])
 def test_resumed_passes_refit_bit_for_bit_like_passes_from_the_input(mode):
     images = _images(48, 0)
     torch.manual_seed(0)
@@ -61,16 +64,22 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 class InPlaceNet(nn.Module):
-    """conv2 reads h, then h is added to in place: at a cut before conv2, the cached h is written by every pass."""
+    """conv2 reads h, then h is written in place: at a cut before conv2, the cached h would be written by every
+    pass. `through_view`: the write goes through a view of h (a slice), not h itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, through_view: bool = False) -> None:
         super().__init__()
         self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)
+        self.through_view = through_view
 
     def forward(self, x):
         h = torch.relu(self.conv1(x))
-        h.add_(self.conv2(h))  # a method: fx keeps it in place (it traces `h += ...` as an out-of-place add)
-        return self.conv3(h)
+        y = self.conv2(h)
+        if self.through_view:
+            h[:, :2].mul_(3.0)
+        else:
+            h.add_(y)  # a method: fx keeps it in place (it traces `h += ...` as an out-of-place add)
+        return self.conv3(h + y)
 
 
 def _inputs_of(module: nn.Module, run) -> list[torch.Tensor]:
@@ -81,9 +90,10 @@ def _inputs_of(module: nn.Module, run) -> list[torch.Tensor]:
     return seen
 
 
-def test_a_cached_value_written_in_place_downstream_is_copied_for_each_pass():
+@pytest.mark.parametrize("through_view", [False, True])
+def test_a_cached_value_written_in_place_downstream_is_copied_for_each_pass(through_view):
     torch.manual_seed(0)
-    net, images = InPlaceNet().eval(), _images(8, 1)
+    net, images = InPlaceNet(through_view).eval(), _images(8, 1)
     passes = StudentPasses(net, images, 4, cache_limit=2**30)
     passes.advance(["conv2", "conv3"])
     assert passes.cut > 0
@@ -132,4 +142,48 @@ def test_a_network_that_does_not_trace_runs_every_pass_from_the_input():
         model, record, _ = _refit(Branching(), "ls", cache_bytes, images)
         results.append(model.state_dict())
         assert not record.resumed_passes and record.fitted
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+class PaddedConv(nn.Conv2d):
+    """A conv subclass defined outside torch.nn (like timm's Conv2dSame)."""
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+class CustomLinear(nn.Linear):
+    """A Linear subclass defined outside torch.nn: refitted like any Linear, but fx would trace through it and the
+    hook the fit puts on it would never fire; the passes keep it one call."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+class CustomLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = PaddedConv(1, 8, 3, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.head = CustomLinear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["ls", "ldrf-joint"])
+def test_layer_subclasses_outside_torch_nn_are_refitted_through_resumed_passes(mode):
+    images = _images(32, 3)
+    results, records = [], []
+    for cache_bytes in (0, 2**30):
+        torch.manual_seed(0)
+        model, record, _ = _refit(CustomLayers(), mode, cache_bytes, images)
+        results.append(model.state_dict())
+        records.append(record)
+    assert records[1].resumed_passes and not records[0].resumed_passes
+    assert {layer["name"] for layer in records[1].fitted} == {"conv2", "conv3", "head"}
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

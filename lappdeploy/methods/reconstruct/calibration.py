@@ -8,10 +8,11 @@ layer's targets after its solve): images x positions x (outputs for `ls`, rank d
 (float32; 8 for a float64 model), summed over the refitted layers. ResNet-50 with every in-block layer
 refitted, 512 images x 10 positions: per bottleneck of width w (summing to 3776 over its 16 blocks) the 3x3
 conv has w outputs and the last 1x1 4w, and d is at most a layer's w inputs, so at most 5 x 3776 x 5120 x 4
-bytes ~ 390 MB for `ls` and 2 x 3776 x 5120 x 4 bytes ~ 155 MB for `ldrf`. The pruned network runs
-once per layer (passes.py: from the cached values at the cut where it traces), stopped as soon as that layer
-has its input, and its samples go straight into Gram matrices (X^T X, X^T Y in float64): none of its
-activations beyond the cut's outlives its batch.
+bytes ~ 390 MB for `ls` and 2 x 3776 x 5120 x 4 bytes ~ 155 MB for `ldrf`. The pruned network runs one to
+three times per layer (its samples; the output offset; ldrf-joint's producer samples), each pass stopped as
+soon as that layer has its input and started from the values cached at the cut where the network traces
+(passes.py: up to ReconstructionSettings.cache_bytes, 2 GiB, for all images); its samples go straight into Gram
+matrices (X^T X, X^T Y in float64): none of its activations beyond the cut's outlives its batch.
 """
 
 from __future__ import annotations

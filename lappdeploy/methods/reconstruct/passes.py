@@ -7,9 +7,11 @@ layer): on torchvision ResNet-50 at 224 px, 32 layers and 512 images, ~30 minute
 it in those passes. Everything upstream of the earliest module a remaining solve can still change is final,
 so its result is computed once: with a torch.fx trace of the network, the values live at that point (the cut:
 one or two tensors per image on a ResNet) are kept per batch, and each pass runs the traced graph from there.
-The cut moves forward as layers are solved. The traced graph calls the very modules of the network (hooks and
-in-place weight updates apply), and it is checked once to give the network's own output bit for bit; a network
-that does not trace, or whose trace differs, runs from the input as before.
+The cut moves forward as layers are solved. The trace keeps every conv, linear and norm layer (subclasses
+included) as one call of the network's own module, so hooks and in-place weight updates apply; it is checked
+once to give the network's own output bit for bit. A network that does not trace, or whose trace differs,
+runs from the input as before. Each pass works on copies of the cached values, so a node that writes into its
+input (an in-place ReLU, a view written to) cannot change the cache.
 
 The cache is bounded (ReconstructionSettings.cache_bytes: the activations of all calibration images at the cut):
 where the values at a cut would exceed it, the passes keep the previous cut (or the input) until a later, smaller
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,11 +30,6 @@ from torch import fx, nn
 __all__ = ["StopForward", "StudentPasses", "evaluating"]
 
 log = logging.getLogger(__name__)
-
-_IN_PLACE_OPERATORS = {
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
-    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift, operator.setitem,
-}  # fmt: skip
 
 
 class StopForward(Exception):
@@ -52,17 +48,30 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+class _LayerTracer(fx.Tracer):
+    """Keeps every conv, linear and norm layer one call of its module, subclasses defined outside torch.nn too
+    (a padded conv, a custom Linear), so the hooks the fits put on them fire and their names are node targets."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        kept = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase)
+        return isinstance(module, kept) or super().is_leaf_module(module, qualified_name)
+
+
 def _traced(model: nn.Module, example: torch.Tensor) -> fx.GraphModule | None:
     """An fx trace of `model` (eval mode) that gives its output bit for bit on `example`, or None."""
+    name = type(model).__name__
     try:
         with evaluating(model):
-            graph = fx.symbolic_trace(model)
+            graph = fx.GraphModule(model, _LayerTracer().trace(model), name)
             if len([n for n in graph.graph.nodes if n.op == "placeholder"]) != 1:
+                log.debug("calibration passes from the input: %s takes more than one input", name)
                 return None
             same = _equal(graph(example), model(example))
     except Exception as exc:  # any network fx cannot trace runs its passes from the input
-        log.debug("calibration passes from the input: %s does not trace (%s)", type(model).__name__, exc)
+        log.debug("calibration passes from the input: %s does not trace (%s)", name, exc)
         return None
+    if not same:
+        log.debug("calibration passes from the input: the trace of %s computes another output", name)
     return graph if same else None
 
 
@@ -76,42 +85,43 @@ def _equal(a, b) -> bool:
     return False
 
 
-def _mutates(node: fx.Node, graph: fx.GraphModule) -> bool:
-    """Whether `node` may write into one of its inputs (an in-place operator, a method or module like add_ or
-    ReLU(inplace=True)): a cached value it reads is copied before each pass."""
-    if node.op == "call_function":
-        return node.target in _IN_PLACE_OPERATORS or getattr(node.target, "__name__", "").endswith("_")
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_module":
-        return bool(getattr(graph.get_submodule(node.target), "inplace", False))
-    return False
-
-
 def _bytes(values: dict) -> int:
-    return sum(v.numel() * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))
+    sizes: list[int] = []
+    for value in values.values():  # a value may be a tensor, a tuple of them (a split), or a number
+        fx.node.map_aggregate(value, lambda v: sizes.append(v.numel() * v.element_size()) if _tensor(v) else None)
+    return sum(sizes)
+
+
+def _tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _copy(value):
+    return value.clone() if _tensor(value) else value
+
+
+def _touches(node: fx.Node, name: str) -> bool:
+    """Whether `node` calls module `name` (or one inside it, or the leaf holding it) or reads one of its tensors."""
+    if node.op not in ("call_module", "get_attr"):
+        return False
+    return node.target == name or node.target.startswith(name + ".") or name.startswith(node.target + ".")
 
 
 class StudentPasses:
     """Forward passes of the pruned network over the calibration batches (images.split(batch_size)), from the
-    cached values at the cut where there is one, else from the input; `cache_limit` bounds the cache (bytes)."""
+    cached values at the cut where there is one, else from the input; `cache_limit` bounds the cache (bytes; 0:
+    every pass from the input)."""
 
     def __init__(self, model: nn.Module, images: torch.Tensor, batch_size: int, cache_limit: int):
         self.model = model
         self.batches = images.split(batch_size)
         self.cache_limit = cache_limit
-        self.graph = _traced(model, self.batches[0]) if len(images) else None
+        self.graph = _traced(model, self.batches[0]) if len(images) and cache_limit > 0 else None
         self.nodes = list(self.graph.graph.nodes) if self.graph is not None else []
         self.cut = 0  # index of the first node a pass runs; 0: the whole network, eagerly
-        self.cache: list[dict[fx.Node, object]] = []  # per batch, the values live at the cut
-        self._copied: set[fx.Node] = set()  # cached values an in-place node reads: copied for each pass
+        self.cache: list[dict[fx.Node, torch.Tensor]] = []  # per batch, the values live at the cut
         if self.graph is not None:
             self.interpreter = fx.Interpreter(self.graph)
-            self._index = {node: i for i, node in enumerate(self.nodes)}
-
-    @property
-    def traced(self) -> bool:
-        return self.graph is not None
 
     def run(self, before_batch: Callable[[int], None]) -> int:
         """One pass over every batch, `before_batch(index)` first; a StopForward raised by a hook ends that batch's
@@ -127,35 +137,39 @@ class StudentPasses:
 
     def advance(self, changing: list[str]) -> None:
         """Move the cut to the first node that runs (or reads a tensor of) a module named in `changing` (the modules
-        the remaining solves write), if the values live there fit the cache limit."""
-        if self.graph is None:
+        the remaining solves write), if every one of them is found in the trace and the values live there fit the
+        cache limit."""
+        cut = self._first_node(changing) if self.graph is not None else None
+        if cut is None or cut <= self.cut:
             return
-        cut = self._first_node(changing)
-        if cut <= self.cut:
-            return
-        with evaluating(self.model):
-            moved = [self._execute(self._load(0), self.cut, cut)]
-            if _bytes(moved[0]) * len(self.batches) > self.cache_limit:
-                return  # keep the cut where it is: a later one may hold less
-            for index in range(1, len(self.batches)):
-                moved.append(self._execute(self._load(index), self.cut, cut))
-                if self.cache:
-                    self.cache[index] = {}  # batch by batch, so the old and new caches are never held whole
-        self.cache = moved
-        self.cut = cut
-        self._copied = {n for n in self.cache[0] if any(_mutates(user, self.graph) for user in n.users)}
+        try:
+            with evaluating(self.model):
+                moved = [self._execute(self._load(0), self.cut, cut)]
+                if _bytes(moved[0]) * len(self.batches) > self.cache_limit:
+                    return  # keep the cut where it is: a later one may hold less
+                for index in range(1, len(self.batches)):
+                    moved.append(self._execute(self._load(index), self.cut, cut))
+                    if self.cache:
+                        self.cache[index] = {}  # batch by batch, so the old and new caches are never held whole
+        except BaseException:
+            self.cut, self.cache = 0, []  # the old cache may be half released: start over from the input
+            raise
+        self.cache, self.cut = moved, cut
 
-    def _first_node(self, changing: list[str]) -> int:
-        prefixes = tuple(name + "." for name in changing)
-        for i, node in enumerate(self.nodes):
-            if node.op in ("call_module", "get_attr") and (node.target in changing or node.target.startswith(prefixes)):
-                return i
-        return len(self.nodes) - 1  # none runs: everything before the output is final
+    def _first_node(self, changing: list[str]) -> int | None:
+        """The index of the first node that calls, or reads a tensor of, a module in `changing` (or one inside it,
+        or the leaf module holding it); None where one of them is not in the trace."""
+        firsts = [next((i for i, node in enumerate(self.nodes) if _touches(node, name)), None) for name in changing]
+        if None in firsts:
+            return None  # not called as a module here: nothing tells where it runs, so nothing is final
+        return min(firsts, default=None)
 
     def _load(self, index: int) -> dict:
+        """The values a pass of batch `index` starts from: copies of the cached ones (a node may write into its
+        input), or the batch itself at the placeholder."""
         if self.cut == 0:
-            return {self.nodes[0]: self.batches[index]}  # the placeholder: the batch itself
-        return {n: (v.clone() if n in self._copied else v) for n, v in self.cache[index].items()}
+            return {self.nodes[0]: self.batches[index]}
+        return {node: fx.node.map_aggregate(value, _copy) for node, value in self.cache[index].items()}
 
     def _forward(self, index: int, batch: torch.Tensor) -> None:
         if self.cut == 0:
@@ -167,10 +181,13 @@ class StudentPasses:
         """Run nodes[start:stop] in `env` (the values live before `start`), dropping each value after its last
         use; returns the values live before `stop`."""
         self.interpreter.env = env
-        for node in self.nodes[max(start, 1) : stop]:  # node 0 is the placeholder, given by _load
-            env[node] = self.interpreter.run_node(node)
-            for dead in self.interpreter.user_to_last_uses.get(node, []):
-                env.pop(dead, None)
-            if not node.users:
-                env.pop(node, None)
+        try:
+            for node in self.nodes[max(start, 1) : stop]:  # node 0 is the placeholder, given by _load
+                env[node] = self.interpreter.run_node(node)
+                for dead in self.interpreter.user_to_last_uses.get(node, []):
+                    env.pop(dead, None)
+                if not node.users:
+                    env.pop(node, None)
+        finally:
+            self.interpreter.env = {}  # a stopped pass's activations go with its env
         return env
