@@ -210,21 +210,9 @@ def check_precision(runtime: str, precision: str) -> None:
 
 
 def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
-    """How a layer alone is timed: "kernels" (its nodes' time from the runtime's profiler: ONNX Runtime's on the
-    CPU, OpenVINO's performance counters, layout conversions left out) or "calls" (the wall time of a call);
-    `asked` where given, else `kernel_timed`'s default."""
-    if asked is None:
-        return "kernels" if kernel_timed(runtime, device) else "calls"
-    if asked not in LAYER_TIMINGS:
-        raise ConfigError(f"layer timing {asked!r}: choose one of {', '.join(LAYER_TIMINGS)}")
-    if asked == "kernels" and (runtime not in ONNX_RUNTIMES or device != "cpu"):
-        raise ConfigError(f"--runtime {runtime} on {device} has no kernel profiler here: time its layers by calls")
-    return asked
-
-
-def kernel_timed(runtime: str, device: str) -> bool:
-    """Whether a layer's latency is, by default, its kernels' time from the runtime's profiler (ONNX Runtime's or
-    OpenVINO's performance counters, on the CPU) rather than the wall time of a call. A layer alone pays what it
+    """How a layer alone is timed: "kernels" (its nodes' time from the runtime's profiler: ONNX Runtime's or
+    OpenVINO's performance counters, on the CPU, layout conversions left out) or "calls" (the wall time of a
+    call); `asked` where given. By default kernels wherever there is such a profiler. A layer alone pays what it
     does not pay inside a model: the call's overhead and, on the CPU, the conversion of its input and output
     between NCHW and the blocked layout its kernel runs in, which inside a model happens once at the model's
     edges. At 224 px those conversions cost more than many convs (MobileNetV2 at batch 8: 60 ms measured whole,
@@ -232,7 +220,14 @@ def kernel_timed(runtime: str, device: str) -> bool:
     layer's cost, so no fitted scale undoes them. On OpenVINO fp32 the counters predicted 10 random plans within
     10% in 9 of 10 (ResNet-20 at 28 px, MobileNetV2 at 224 px), the calls in 7 and 3 (docs/openvino.md). A GPU
     provider's profile times kernel launches, not kernels: there the wall time is kept."""
-    return runtime in ONNX_RUNTIMES and device == "cpu"
+    profiled = runtime in ONNX_RUNTIMES and device == "cpu"
+    if asked is None:
+        return "kernels" if profiled else "calls"
+    if asked not in LAYER_TIMINGS:
+        raise ConfigError(f"layer timing {asked!r}: choose one of {', '.join(LAYER_TIMINGS)}")
+    if asked == "kernels" and not profiled:
+        raise ConfigError(f"--runtime {runtime} on {device} has no kernel profiler here: time its layers by calls")
+    return asked
 
 
 def _onnx_session(
