@@ -8,6 +8,7 @@ drawn with seeds the profiling's own calibration plans do not use. Weights are r
     python benchmarks/latency_model.py                                   # all cases
     python benchmarks/latency_model.py --cases resnet20:28:8 --plans 10
     python benchmarks/latency_model.py --runtime openvino --layer-timing kernels --cases resnet20:28:8
+    python benchmarks/latency_model.py --runtime openvino --precision int8 --cases resnet20:28:8 --out DIR
 All eight cases took 75 minutes on a 2-core AMD EPYC, the two 224-px batch-8 ones with --points 8.
 Writes benchmarks/results/latency_model/{CASE.json, tables/CASE.json, latency_model.json, latency_model.md,
 predicted_vs_measured.png}; a case whose JSON exists is not re-run (delete it to re-measure).
@@ -47,12 +48,13 @@ def build(name: str, size: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     return create_model(name, num_classes=classes, in_channels=channels).eval(), (channels, size, size)
 
 
-def _same_setting(runtime: str, timing: str | None, args, path: Path) -> None:
-    """Stop where a result kept under --out was measured on another runtime or layer timing than asked (results
-    from before the layer timing was recorded are compared by runtime only)."""
+def _same_setting(runtime: str, timing: str | None, precision: str, args, path: Path) -> None:
+    """Stop where a result kept under --out was measured on another runtime, layer timing or precision than
+    asked (results from before the layer timing was recorded are compared by runtime and precision only)."""
     asked = layer_timing(args.runtime, "cpu", args.layer_timing)
-    if runtime != args.runtime or (timing is not None and timing.split(" ")[0] != asked):
-        raise SystemExit(f"{path} holds {runtime} / {timing} results, not {args.runtime} / {asked}: use another --out")
+    if runtime != args.runtime or precision != args.precision or (timing is not None and timing.split(" ")[0] != asked):
+        raise SystemExit(f"{path} holds {runtime} / {timing} / {precision} results, not {args.runtime} / {asked} / "
+                         f"{args.precision}: use another --out")  # fmt: skip
 
 
 def run_case(case: str, args, out: Path) -> dict:
@@ -62,10 +64,11 @@ def run_case(case: str, args, out: Path) -> dict:
     table_path = out / "tables" / f"{case.replace(':', '_')}.json"
     if table_path.is_file():
         table = LatencyTable.load(table_path)
-        _same_setting(table.runtime, table.provenance.get("layer_timing"), args, table_path)
+        _same_setting(table.runtime, table.provenance.get("layer_timing"), table.provenance.get("precision", "fp32"),
+                      args, table_path)  # fmt: skip
     else:
         table = profile_model(model, shape, model_name=name, batch=batch, threads=args.threads, points=args.points,
-                              runtime=args.runtime, timed_by=args.layer_timing)  # fmt: skip
+                              runtime=args.runtime, timed_by=args.layer_timing, precision=args.precision)  # fmt: skip
         table.save(table_path)
     example = torch.zeros((2, *shape))
     groups = analyze(model, example)
@@ -84,7 +87,8 @@ def run_case(case: str, args, out: Path) -> dict:
     # all plans and the dense model interleaved in one session: a drift of the machine's speed while they are
     # timed moves all of them alike, instead of corrupting the plans timed during a slow spell
     *timed, dense_now = measure_models_ms([*pruned, model], shape, batch=batch, threads=args.threads,
-                                          seconds=args.seconds, runtime=args.runtime)  # fmt: skip
+                                          seconds=args.seconds, runtime=args.runtime,
+                                          precision=args.precision)  # fmt: skip
     rows = []
     for i, (plan, measured) in enumerate(zip(plans, timed, strict=True)):
         predicted, one_scale_ms = latency.plan_ms(plan), one_scale_latency.plan_ms(plan)
@@ -101,7 +105,7 @@ def run_case(case: str, args, out: Path) -> dict:
     one_scale_errors = np.abs([r["one_scale_error"] for r in rows])
     return {
         "case": case, "model": name, "image_size": size, "batch": batch, "threads": args.threads,
-        "runtime": args.runtime, "layer_timing": table.provenance.get("layer_timing"),
+        "runtime": args.runtime, "layer_timing": table.provenance.get("layer_timing"), "precision": args.precision,
         "profile_s": table.profile_s, "measurements": table.measurements, "points": table.points,
         "dense_ms": table.dense_ms, "dense_ms_validation": round(dense_now, 5), "scale": table.scale,
         "kind_scales": table.kind_scales, "remainder_ms": table.remainder_ms,
@@ -170,7 +174,8 @@ def plot(results: list[dict], path: Path) -> None:
     ax.plot([0, 1.2], [0, 1.2], color="black", lw=0.8)
     for band in (0.9, 1.1):
         ax.plot([0, 1.2], [0, 1.2 * band], color="grey", lw=0.6, ls="--")
-    ax.set_xlabel(f"measured latency / dense ({RUNTIME_NAMES[results[0].get('runtime', 'ort')]} CPU)")
+    runtime, precision = RUNTIME_NAMES[results[0].get("runtime", "ort")], results[0].get("precision", "fp32")
+    ax.set_xlabel(f"measured latency / dense ({runtime} CPU, {precision})")
     ax.set_ylabel("predicted latency / dense (latency table)")
     ax.set_title("predicted vs measured, random pruned plans (+-10% dashed)", fontsize=10)
     ax.legend(fontsize=7)
@@ -188,7 +193,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--points", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per whole model")
-    parser.add_argument("--runtime", default="ort", choices=["ort", "openvino"], help="fp32 on the CPU")
+    parser.add_argument("--runtime", default="ort", choices=["ort", "openvino"], help="on the CPU")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="OpenVINO: bf16 (AMX / AVX-512 BF16 CPUs) or int8 (the Q/DQ graph export writes)",
+    )
     parser.add_argument("--layer-timing", default=None, choices=LAYER_TIMINGS,
                         help="how layers alone are timed (default: the runtime's)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/latency_model")
@@ -202,7 +213,8 @@ def main() -> None:
             print(f"{case}: profiling and validating", flush=True)
             atomic_write_text(path, json.dumps(run_case(case, args, out), indent=1))
         results.append(json.loads(path.read_text()))
-        _same_setting(results[-1].get("runtime", "ort"), results[-1].get("layer_timing"), args, path)
+        _same_setting(results[-1].get("runtime", "ort"), results[-1].get("layer_timing"),
+                      results[-1].get("precision", "fp32"), args, path)  # fmt: skip
     atomic_write_text(out / "latency_model.md", markdown(results))
     plot(results, out / "predicted_vs_measured.png")
     write_benchmark("latency_model", results, out / "latency_model.json", device="cpu")

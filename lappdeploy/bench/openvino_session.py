@@ -43,7 +43,8 @@ def _import_openvino():
 class OpenVinoSession:
     """An ONNX graph compiled by OpenVINO for the CPU at one precision, latency hint, one stream; latency by
     the host clock around a synchronous inference. With `kernel_profile`, OpenVINO's performance counters are on
-    and every run's executed nodes are summed without LAYOUT_NODES (`kernel_ms`)."""
+    and every run's executed nodes are summed without LAYOUT_NODES and the nodes named in `uncounted_nodes`
+    (`kernel_ms`)."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class OpenVinoSession:
         threads: int | None = None,
         seed: int = 0,
         kernel_profile: bool = False,
+        uncounted_nodes: frozenset[str] = frozenset(),
     ):
         ov = _import_openvino()
         core = ov.Core()
@@ -63,6 +65,11 @@ class OpenVinoSession:
                 f"this CPU has no native bf16 (OpenVINO's CPU capabilities: {', '.join(sorted(capabilities))}; "
                 f"matrix features: {', '.join(self.cpu_features) or 'none'}): OpenVINO would run bf16 as fp32; "
                 "bench fp32 or int8 here, or bf16 on a CPU with AMX or AVX-512 BF16"
+            )
+        if precision == "int8" and "INT8" not in capabilities:
+            raise BenchError(
+                f"this CPU has no int8 kernels in OpenVINO (its CPU capabilities: {', '.join(sorted(capabilities))}): "
+                "bench fp32 here"
             )
         config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
         if threads:
@@ -81,6 +88,7 @@ class OpenVinoSession:
         self.rng = np.random.default_rng(seed)
         self.x: np.ndarray | None = None
         self._kernel_runs: list[float] | None = [] if kernel_profile else None
+        self._uncounted = frozenset(uncounted_nodes)
         self._executed = ov.ProfilingInfo.Status.EXECUTED
 
     def set_batch(self, batch: int) -> None:
@@ -111,7 +119,8 @@ class OpenVinoSession:
     def _counted_ms(self) -> float:
         counters = self.request.get_profiling_info()
         return sum(c.real_time.total_seconds() * 1e3 for c in counters
-                   if c.status == self._executed and c.node_type not in LAYOUT_NODES)  # fmt: skip
+                   if c.status == self._executed and c.node_type not in LAYOUT_NODES
+                   and c.node_name not in self._uncounted)  # fmt: skip
 
     def run_back_to_back(self, calls: int) -> float:
         return back_to_back(None, self._run, calls)

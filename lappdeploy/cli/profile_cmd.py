@@ -19,9 +19,10 @@ __all__ = ["profile_command"]
 @click.option("--runtime", type=click.Choice(["ort", "torch", "openvino", "trtexec"]), default="ort",
               show_default=True, help="ONNX Runtime, PyTorch or OpenVINO (CPU, fp32) here; trtexec: graphs and a "
               "script to time on the device.")  # fmt: skip
-@click.option("--precision", type=click.Choice(["fp16", "fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "bf16", "int8"]), default=None,
               help="--runtime trtexec: the engines' precision (fp16 or fp32) [default: fp16]; --runtime openvino: "
-                   "fp32 or bf16 (a CPU with AMX or AVX-512 BF16) [default: fp32]; other runtimes: fp32.")  # fmt: skip
+                   "fp32, bf16 (a CPU with AMX or AVX-512 BF16) or int8 (the Q/DQ graph export writes) "
+                   "[default: fp32]; other runtimes: fp32.")  # fmt: skip
 @click.option("--ingest", type=click.Path(file_okay=False, exists=True), default=None,
               help="Read a --runtime trtexec directory timed on the device into a table (--out).")  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

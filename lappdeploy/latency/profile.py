@@ -36,6 +36,8 @@ from lappdeploy.bench.sessions import OrtSession, TorchSession
 from lappdeploy.environment import versions
 from lappdeploy.errors import ConfigError
 from lappdeploy.export.onnx_export import deploy_copy, to_onnx
+from lappdeploy.export.qdq import to_int8_qdq_onnx
+from lappdeploy.export.qdq_layer import INPUT_QUANTIZE_NODE, quantize_layer_graph_
 from lappdeploy.io import cache_root
 from lappdeploy.latency.calibration import calibration_models, fit_calibration
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable, device_fingerprint
@@ -176,14 +178,14 @@ def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *_input_shape(spec, c_in)])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     if spec.kind == "linear":
-        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="layer", transB=1)]
     else:
         pads = list(spec.padding) * 2
         conv = helper.make_node(
-            "Conv", ["x", "w", "b"], ["z"], kernel_shape=list(spec.kernel), strides=list(spec.stride), pads=pads,
-            dilations=list(spec.dilation), group=layer.groups,
+            "Conv", ["x", "w", "b"], ["z"], name="layer", kernel_shape=list(spec.kernel), strides=list(spec.stride),
+            pads=pads, dilations=list(spec.dilation), group=layer.groups,
         )  # fmt: skip
-        nodes = [conv, helper.make_node("Relu", ["z"], ["y"])]
+        nodes = [conv, helper.make_node("Relu", ["z"], ["y"], name="relu")]
     graph = helper.make_graph(nodes, "layer", [x], [y], initializer=[weight, bias])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -199,13 +201,17 @@ ONNX_RUNTIMES = ("ort", "openvino")
 LAYER_TIMINGS = ("kernels", "calls")
 
 
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
 def check_precision(runtime: str, precision: str) -> None:
-    """Tables are fp32 but on OpenVINO, which also profiles bf16 (AMX or AVX-512 BF16 CPUs)."""
-    allowed = ("fp32", "bf16") if runtime == "openvino" else ("fp32",)
+    """Tables are fp32 but on OpenVINO, which also profiles bf16 (AMX or AVX-512 BF16 CPUs) and int8 (the Q/DQ
+    graph `lappdeploy export` writes: layers alone get the pairs it gives them, `export.qdq_layer`)."""
+    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("fp32",)
     if precision not in allowed:
         raise ConfigError(
-            f"--precision {precision}: --runtime {runtime} profiles {' or '.join(allowed)} "
-            "(bf16: --runtime openvino on a CPU with AMX or AVX-512 BF16)"
+            f"--precision {precision}: --runtime {runtime} profiles {', '.join(allowed)} "
+            "(bf16 and int8: --runtime openvino; bf16 on a CPU with AMX or AVX-512 BF16)"
         )
 
 
@@ -231,20 +237,38 @@ def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
 
 
 def _onnx_session(
-    runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False, precision: str = "fp32"
-):
-    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES (`precision`: OpenVINO's)."""
+    runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False, precision: str = "fp32",
+    uncounted_nodes: set[str] | frozenset[str] = frozenset(),
+):  # fmt: skip
+    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES (`precision`: OpenVINO's;
+    `uncounted_nodes`: OpenVINO nodes its kernel timing leaves out)."""
     if runtime == "openvino":
-        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile, precision=precision)
+        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile, precision=precision,
+                               uncounted_nodes=frozenset(uncounted_nodes))  # fmt: skip
     return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
 
 
-def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str):
+def _int8_layer_onnx(path: Path, *, fed_by_input: bool) -> bool:
+    """Rewrite the one-layer graph at `path` as the INT8 graph quantizes its layer; whether it got Q/DQ pairs."""
+    import onnx
+
+    model = onnx.load(path)
+    quantized = quantize_layer_graph_(model, fed_by_input=fed_by_input)
+    onnx.save(model, path)
+    return quantized
+
+
+def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str,
+                   fed_by_input: bool = False):  # fmt: skip
+    """A session timing the layer `spec` at (c_in, c_out); `fed_by_input`: it reads the model's input (int8:
+    ModelOpt quantizes some first layers it would keep fp32 elsewhere)."""
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
+        quantized = precision == "int8" and _int8_layer_onnx(path, fed_by_input=fed_by_input)
+        uncounted = {INPUT_QUANTIZE_NODE} if quantized else set()
         return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels",
-                             precision=precision)  # fmt: skip
+                             precision=precision, uncounted_nodes=uncounted)  # fmt: skip
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
 
@@ -285,6 +309,18 @@ def measure_model_ms(model: nn.Module, input_shape: tuple[int, ...], **settings:
     return measure_models_ms([model], input_shape, **settings)[0]
 
 
+TIMING_CALIBRATION_IMAGES = 32  # random images: a graph's int8 speed does not depend on its scales' values
+
+
+def _timing_int8_onnx(path: Path, input_shape: tuple[int, ...]) -> Path:
+    """The INT8 Q/DQ graph `lappdeploy export --precision int8` writes, next to the fp32 graph at `path`,
+    calibrated on seeded random images: fit for timing only (its accuracy is meaningless)."""
+    images = np.random.default_rng(0).standard_normal((TIMING_CALIBRATION_IMAGES, *input_shape)).astype(np.float32)
+    int8 = path.with_name(f"{path.stem}_int8.onnx")
+    to_int8_qdq_onnx(path, int8, [images])
+    return int8
+
+
 def measure_models_ms(
     models: Sequence[nn.Module],
     input_shape: tuple[int, ...],
@@ -299,7 +335,7 @@ def measure_models_ms(
     """Median latency (ms per batch) of each model's deploy form (BN and bypass folded) on `runtime`, timed by
     the bench protocol for `seconds` of calls each, interleaved in one session (its rounds), so that a drift of
     the machine's speed moves all of them alike: compare them with each other. `precision`: OpenVINO's (fp32,
-    bf16)."""
+    bf16, or int8: the graph `export` writes, calibrated on random images)."""
     policy = TimingPolicy(min_seconds=seconds, min_samples=50, warmup_seconds=min(1.0, seconds / 2),
                           throughput_seconds=0.1)  # fmt: skip
     example = torch.zeros((2, *input_shape))
@@ -309,6 +345,8 @@ def measure_models_ms(
             if runtime in ONNX_RUNTIMES:
                 path = Path(scratch) / f"model{index}.onnx"
                 to_onnx(model, example, path, dynamic_batch=True)
+                if precision == "int8":
+                    path = _timing_int8_onnx(path, input_shape)
                 sessions.append(_onnx_session(runtime, path, device=device, threads=threads, precision=precision))
             else:
                 torch.set_num_threads(threads)
@@ -357,6 +395,8 @@ def profile_model(
     total = sum(len(a) * len(b) for a, b in shapes.values())
     measured: dict[tuple, list[list[float]]] = {}
     done = 0
+    # specs[0], the first layer run, reads the model's input (fed_by_input: int8 may quantize it where it keeps
+    # a later layer of the same widths fp32)
     with tempfile.TemporaryDirectory(prefix="lappdeploy-profile-") as scratch:
         for spec in specs:
             if spec.shape_key in measured:
@@ -367,7 +407,8 @@ def profile_model(
                 row = []
                 for c_out in out_grid:
                     session = _point_session(spec, c_out if spec.kind == "depthwise" else c_in, c_out,
-                                             scratch=Path(scratch), timed_by=timed_by, **where)  # fmt: skip
+                                             scratch=Path(scratch), timed_by=timed_by,
+                                             fed_by_input=spec.name == specs[0].name, **where)  # fmt: skip
                     row.append(round(_time_point(session, batch, timing), 5))
                     del session
                     done += 1
@@ -396,10 +437,17 @@ def profile_model(
         dense_ms=dense_after, **fit.table_fields(), profile_s=round(time.perf_counter() - start, 1), points=points,
         step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
-                    "layer_graph": "torch conv + relu" if runtime == "torch" else "conv + bias + relu (BN folded)",
+                    "layer_graph": _layer_graph_name(runtime, precision),
                     "layer_timing": {"kernels": "kernels (profiler)", "calls": "calls (wall clock)"}[timed_by],
                     "precision": precision},
     )  # fmt: skip
+
+
+def _layer_graph_name(runtime: str, precision: str) -> str:
+    if runtime == "torch":
+        return "torch conv + relu"
+    graph = "conv + bias + relu (BN folded)"
+    return f"{graph}, Q/DQ pairs where the int8 graph has them" if precision == "int8" else graph
 
 
 SPEED_DRIFT = 0.10  # the dense model timed before and after profiling may differ by this share (10%)
@@ -441,7 +489,7 @@ def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming
         widths = probe_widths(spec.out_channels)
         ms = []
         for width in widths:
-            session = _point_session(spec, spec.in_channels, width, **where)
+            session = _point_session(spec, spec.in_channels, width, fed_by_input=spec.name == specs[0].name, **where)
             ms.append(round(_time_point(session, where["batch"], timing), 5))
             del session
         timed[spec.shape_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}

@@ -44,6 +44,8 @@ DURATION_S = 1
 
 def _family_flags(precision: str) -> dict[str, list[str]]:
     """trtexec flags per TensorRT family: the 11.x defaults spelled out for older ones, fp32 without TF32."""
+    if precision not in ("fp16", "fp32"):  # the graphs are fp32: int8 would need each one's Q/DQ pairs
+        raise ConfigError(f"--precision {precision}: --runtime trtexec profiles fp16 or fp32 engines")
     flags = {}
     for family in FAMILIES:
         if precision == "fp16" and family == "11":

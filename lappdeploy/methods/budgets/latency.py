@@ -160,7 +160,7 @@ class LatencyBudget(Budget):
         plan_ms, dense_ms = measure_models_ms(
             [model, self.dense_model], tuple(table.input_shape), runtime=table.runtime, device=table.device,
             batch=table.batch, threads=table.threads, seconds=MEASURED_SECONDS,
-            precision=table.provenance.get("precision", "fp32"),  # an OpenVINO bf16 table is timed at bf16
+            precision=table.provenance.get("precision", "fp32"),  # an OpenVINO bf16 or int8 table: at its precision
         )  # fmt: skip
         return plan_ms, dense_ms
 
