@@ -223,6 +223,10 @@ class OrtSession:
         finally:
             self._remove_profile()
 
+    def typical_kernel_ms(self, last: int) -> float:
+        """The median kernel time (ms) of the last `last` runs (`kernel_ms`, which this ends)."""
+        return float(np.median(self.kernel_ms()[-last:]))
+
     def set_batch(self, batch: int) -> None:
         dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
         shape = [batch, *(int(d) for d in self.input.shape[1:])]

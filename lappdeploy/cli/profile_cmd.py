@@ -17,8 +17,8 @@ __all__ = ["profile_command"]
 @click.command("profile")
 @click.argument("model_name", metavar="MODEL")
 @click.option("--runtime", type=click.Choice(["ort", "torch", "openvino", "trtexec"]), default="ort",
-              show_default=True, help="ONNX Runtime, PyTorch or OpenVINO (CPU, fp32) here; trtexec: graphs and a "
-              "script to time on the device.")  # fmt: skip
+              show_default=True, help="ONNX Runtime, PyTorch or OpenVINO (CPU; --precision) here; trtexec: graphs "
+              "and a script to time on the device.")  # fmt: skip
 @click.option("--precision", type=click.Choice(["fp16", "fp32", "bf16", "int8"]), default=None,
               help="--runtime trtexec: the engines' precision (fp16 or fp32) [default: fp16]; --runtime openvino: "
                    "fp32, bf16 (a CPU with AMX or AVX-512 BF16) or int8 (the Q/DQ graph export writes) "
@@ -67,18 +67,24 @@ def profile_command(
       lappdeploy profile resnet20 --dataset fashion-mnist --ingest r20-jetson/ --out tables/r20-orin.json
     """
     from lappdeploy.latency.profile import cached_profile, check_precision, profile_model
+    from lappdeploy.latency.trtexec_profile import check_trtexec_precision
 
     names = ("runtime", "device", "batch", "threads", "points", "step", "probe_steps")
     settings = {k: options.pop(k) for k in names}
     if out is not None and Path(out).exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it or choose another path")
+    if ingest is not None and precision is not None:
+        raise ConfigError("--ingest reads the precision the device timed from its manifest: drop --precision")
+    if ingest is None and settings["runtime"] == "trtexec":
+        check_trtexec_precision(precision or "fp16")
+    elif ingest is None and precision not in (None, "fp32"):
+        check_precision(settings["runtime"], precision)
     loaded, _ = model_from_name(model_name, **options)
     model, shape = loaded.model, tuple(loaded.card.input_shape)
     if ingest is not None or settings["runtime"] == "trtexec":
         _trtexec(model, model_name, shape, settings, precision or "fp16", ingest, out, force)
         return
     if precision not in (None, "fp32"):  # fp32 stays out of the settings: the cache keys of fp32 tables are kept
-        check_precision(settings["runtime"], precision)
         settings["precision"] = precision
     with ProgressBar() as progress:
         if out is None:

@@ -33,7 +33,7 @@ from lappdeploy.errors import ExportError, first_line
 from lappdeploy.export.onnx_export import save_checked, sort_topologically_
 from lappdeploy.optional import require
 
-__all__ = ["follow_tensorrt_rules_", "qdq_violations", "quiet_tool_output", "to_int8_qdq_onnx"]
+__all__ = ["follow_tensorrt_rules_", "qdq_nodes", "qdq_violations", "quiet_tool_output", "to_int8_qdq_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _unquantized_residual_inputs(graph) -> list[tuple[object, int]]:
 
 def _quantize_residual_inputs_(graph, scales_of: Callable[[list[str]], dict[str, float]]) -> None:
     """Put a Q/DQ pair on every unquantized residual Add input, sharing the tensor's existing scale."""
-    helper, numpy_helper = require("onnx.helper", purpose="Q/DQ"), require("onnx.numpy_helper", purpose="Q/DQ")
+    numpy_helper = require("onnx.numpy_helper", purpose="Q/DQ")
     open_inputs = _unquantized_residual_inputs(graph)
     existing = {n.input[0]: (n.input[1], n.input[2]) for n in graph.node if n.op_type == "QuantizeLinear"}
     missing = sorted({add.input[i] for add, i in open_inputs} - existing.keys())
@@ -238,11 +238,20 @@ def _quantize_residual_inputs_(graph, scales_of: Callable[[list[str]], dict[str,
         existing[name] = (f"{name}_residual_scale", f"{name}_residual_zero_point")
     for add, i in open_inputs:
         name = add.input[i]
-        stem, (scale, zero) = f"{name}_{add.name}_{i}", existing[name]
-        quantize = helper.make_node("QuantizeLinear", [name, scale, zero], [f"{stem}_q"], name=f"{stem}_Q")
-        dequantize = helper.make_node("DequantizeLinear", [f"{stem}_q", scale, zero], [f"{stem}_dq"], name=f"{stem}_DQ")
-        graph.node.extend([quantize, dequantize])
+        stem = f"{name}_{add.name}_{i}"
+        graph.node.extend(qdq_nodes(name, *existing[name], stem))
         add.input[i] = f"{stem}_dq"
+
+
+def qdq_nodes(tensor: str, scale: str, zero_point: str, stem: str, **attributes) -> list:
+    """A QuantizeLinear / DequantizeLinear pair on `tensor` (named `{stem}_Q` / `{stem}_DQ`, writing `{stem}_q` and
+    `{stem}_dq`) with the initializers `scale` and `zero_point`; `attributes`: e.g. `axis` for per-channel."""
+    helper = require("onnx.helper", purpose="Q/DQ")
+    return [
+        helper.make_node("QuantizeLinear", [tensor, scale, zero_point], [f"{stem}_q"], name=f"{stem}_Q", **attributes),
+        helper.make_node("DequantizeLinear", [f"{stem}_q", scale, zero_point], [f"{stem}_dq"], name=f"{stem}_DQ",
+                         **attributes),
+    ]  # fmt: skip
 
 
 def _restore_opset_(model, opset: int) -> None:

@@ -33,11 +33,11 @@ from torch import nn
 from lappdeploy.bench.openvino_session import OpenVinoSession
 from lappdeploy.bench.protocol import LatencyStats, TimingPolicy, measure_batch
 from lappdeploy.bench.sessions import OrtSession, TorchSession
-from lappdeploy.environment import versions
-from lappdeploy.errors import ConfigError
+from lappdeploy.environment import package_version, versions
+from lappdeploy.errors import ConfigError, ExportError
 from lappdeploy.export.onnx_export import deploy_copy, to_onnx
 from lappdeploy.export.qdq import to_int8_qdq_onnx
-from lappdeploy.export.qdq_layer import INPUT_QUANTIZE_NODE, quantize_layer_graph_
+from lappdeploy.export.qdq_layer import quantize_layer_graph_
 from lappdeploy.io import cache_root
 from lappdeploy.latency.calibration import calibration_models, fit_calibration
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable, device_fingerprint
@@ -95,28 +95,36 @@ class LayerSpec:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     input_hw: tuple[int, ...] = ()
+    reads_input: bool = False  # it reads the model's input tensor itself (int8: may be quantized where others are not)
 
     @property
     def shape_key(self) -> tuple:
-        """Layers with the same key cost the same at the same widths."""
+        """Layers with the same key cost the same at the same widths (in fp32; int8 also asks `reads_input`)."""
         return (self.kind, self.in_channels, self.out_channels, self.kernel, self.stride, self.padding,
                 self.dilation, self.groups, self.input_hw)  # fmt: skip
 
+    @property
+    def timing_key(self) -> tuple:
+        """Layers with the same key share their timings."""
+        return (*self.shape_key, self.reads_input)
+
     def geometry(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("name", "kind")}
+        return {k: v for k, v in vars(self).items() if k not in ("name", "kind", "reads_input")}
 
 
 def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """The conv / linear layers of `model` (eval, one sample of `input_shape`), in execution order."""
     specs: dict[str, LayerSpec] = {}
     handles = []
+    x = torch.zeros((1, *input_shape))
 
     def record(name: str):
         def hook(module: nn.Module, inputs: tuple, _output) -> None:
             if name in specs:
                 return
             if isinstance(module, nn.Linear):
-                specs[name] = LayerSpec(name, "linear", module.in_features, module.out_features)
+                specs[name] = LayerSpec(name, "linear", module.in_features, module.out_features,
+                                        reads_input=inputs[0] is x)  # fmt: skip
                 return
             if isinstance(module.padding, str):
                 raise ConfigError(f"layer {name}: padding={module.padding!r} is not profiled; use explicit padding")
@@ -124,7 +132,7 @@ def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpe
             specs[name] = LayerSpec(
                 name, "depthwise" if depthwise else "conv", module.in_channels, module.out_channels,
                 tuple(module.kernel_size), tuple(module.stride), tuple(module.padding), tuple(module.dilation),
-                module.groups, tuple(inputs[0].shape[2:]),
+                module.groups, tuple(inputs[0].shape[2:]), inputs[0] is x,
             )  # fmt: skip
 
         return hook
@@ -134,7 +142,7 @@ def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpe
             handles.append(module.register_forward_hook(record(name)))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros((1, *input_shape)))
+            model.eval()(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -193,7 +201,7 @@ def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -
 
 
 # runtimes a table can be profiled on here (trtexec tables are timed on the device: latency.trtexec_profile);
-# the ONNX ones time each layer as a one-layer ONNX graph (OpenVINO: its CPU plugin at fp32, per call)
+# the ONNX ones time each layer as a one-layer ONNX graph (OpenVINO: its CPU plugin, at the table's precision)
 PROFILED_RUNTIMES = ("ort", "torch", "openvino")
 ONNX_RUNTIMES = ("ort", "openvino")
 
@@ -237,45 +245,39 @@ def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
 
 
 def _onnx_session(
-    runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False, precision: str = "fp32",
-    uncounted_nodes: set[str] | frozenset[str] = frozenset(),
-):  # fmt: skip
-    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES (`precision`: OpenVINO's;
-    `uncounted_nodes`: OpenVINO nodes its kernel timing leaves out)."""
+    runtime: str, path: Path, *, device: str, threads: int, kernel_profile: bool = False, precision: str = "fp32"
+):
+    """A timing session of the ONNX graph at `path` on one of ONNX_RUNTIMES (`precision`: OpenVINO's)."""
     if runtime == "openvino":
-        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile, precision=precision,
-                               uncounted_nodes=frozenset(uncounted_nodes))  # fmt: skip
+        return OpenVinoSession(path, threads=threads, kernel_profile=kernel_profile, precision=precision)
     return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
 
 
-def _int8_layer_onnx(path: Path, *, fed_by_input: bool) -> bool:
-    """Rewrite the one-layer graph at `path` as the INT8 graph quantizes its layer; whether it got Q/DQ pairs."""
+def _int8_layer_onnx(path: Path, *, fed_by_input: bool) -> None:
+    """Rewrite the one-layer graph at `path` as the INT8 graph quantizes its layer (`export.qdq_layer`)."""
     import onnx
 
     model = onnx.load(path)
-    quantized = quantize_layer_graph_(model, fed_by_input=fed_by_input)
-    onnx.save(model, path)
-    return quantized
+    if quantize_layer_graph_(model, fed_by_input=fed_by_input):
+        onnx.save(model, path)
 
 
-def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str,
-                   fed_by_input: bool = False):  # fmt: skip
-    """A session timing the layer `spec` at (c_in, c_out); `fed_by_input`: it reads the model's input (int8:
-    ModelOpt quantizes some first layers it would keep fp32 elsewhere)."""
+def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str):
+    """A session timing the layer `spec` at (c_in, c_out) on `runtime` at `precision`."""
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
         layer_onnx(spec, c_in, c_out, batch, path)
-        quantized = precision == "int8" and _int8_layer_onnx(path, fed_by_input=fed_by_input)
-        uncounted = {INPUT_QUANTIZE_NODE} if quantized else set()
+        if precision == "int8":
+            _int8_layer_onnx(path, fed_by_input=spec.reads_input)
         return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels",
-                             precision=precision, uncounted_nodes=uncounted)  # fmt: skip
+                             precision=precision)  # fmt: skip
     torch.set_num_threads(threads)
     return TorchSession(_graph_module(spec, c_in, c_out), _input_shape(spec, c_in), device=device)
 
 
 def _time_point(session, batch: int, timing: PointTiming) -> float:
-    """Median latency (ms) of one isolated layer: of its kernels where the session profiles them
-    (`layer_timing`), else of its calls."""
+    """Latency (ms) of one isolated layer: of its kernels where the session profiles them (`layer_timing`; ONNX
+    Runtime: their median, OpenVINO: their mean over the timed calls), else the median of its calls."""
     session.set_batch(batch)
     start, calls = time.perf_counter(), 0
     while calls < timing.warmup_calls or time.perf_counter() - start < timing.warmup_seconds:
@@ -290,7 +292,7 @@ def _time_point(session, batch: int, timing: PointTiming) -> float:
         if enough or (elapsed >= timing.max_seconds and len(samples) >= timing.min_calls):
             break
     if getattr(session, "kernel_profiled", False):
-        samples = session.kernel_ms()[-len(samples) :]  # the timed calls, after the warm-up ones
+        return session.typical_kernel_ms(len(samples))  # over the timed calls, after the warm-up ones
     return LatencyStats.of(samples).median_ms
 
 
@@ -317,7 +319,10 @@ def _timing_int8_onnx(path: Path, input_shape: tuple[int, ...]) -> Path:
     calibrated on seeded random images: fit for timing only (its accuracy is meaningless)."""
     images = np.random.default_rng(0).standard_normal((TIMING_CALIBRATION_IMAGES, *input_shape)).astype(np.float32)
     int8 = path.with_name(f"{path.stem}_int8.onnx")
-    to_int8_qdq_onnx(path, int8, [images])
+    try:
+        to_int8_qdq_onnx(path, int8, [images])
+    except ExportError as exc:
+        raise ConfigError(f"timing a model at int8 needs its INT8 graph, which failed: {exc}") from None
     return int8
 
 
@@ -375,8 +380,8 @@ def profile_model(
     """Time every conv / linear layer of `model` over its width grid, then (`probe_steps`) one producer per
     prunable group at every width of a window below its full width (`latency.steps`), then whole models;
     the latency table of this model on this runtime, device, batch and thread count. `timed_by`: "kernels" or
-    "calls" for the layers (`layer_timing`; None: the runtime's default); `precision`: fp32, or bf16 on
-    OpenVINO (refused where the CPU has no native bf16)."""
+    "calls" for the layers (`layer_timing`; None: the runtime's default); `precision`: fp32, or on OpenVINO bf16
+    (refused where the CPU has no native bf16) or int8 (`check_precision`)."""
     if runtime not in PROFILED_RUNTIMES:
         raise ConfigError(
             f"--runtime {runtime}: profiling runs {', '.join(PROFILED_RUNTIMES)} here (trtexec: see --runtime trtexec)"
@@ -392,14 +397,13 @@ def profile_model(
     shapes: dict[tuple, tuple[list[int], list[int]]] = {}
     for spec in specs:
         shapes.setdefault(spec.shape_key, layer_grids(spec, step, points))
-    total = sum(len(a) * len(b) for a, b in shapes.values())
+    timed_grids = {spec.timing_key: shapes[spec.shape_key] for spec in specs}
+    total = sum(len(a) * len(b) for a, b in timed_grids.values())
     measured: dict[tuple, list[list[float]]] = {}
     done = 0
-    # specs[0], the first layer run, reads the model's input (fed_by_input: int8 may quantize it where it keeps
-    # a later layer of the same widths fp32)
     with tempfile.TemporaryDirectory(prefix="lappdeploy-profile-") as scratch:
         for spec in specs:
-            if spec.shape_key in measured:
+            if spec.timing_key in measured:
                 continue
             in_grid, out_grid = shapes[spec.shape_key]
             rows = []
@@ -407,19 +411,18 @@ def profile_model(
                 row = []
                 for c_out in out_grid:
                     session = _point_session(spec, c_out if spec.kind == "depthwise" else c_in, c_out,
-                                             scratch=Path(scratch), timed_by=timed_by,
-                                             fed_by_input=spec.name == specs[0].name, **where)  # fmt: skip
+                                             scratch=Path(scratch), timed_by=timed_by, **where)  # fmt: skip
                     row.append(round(_time_point(session, batch, timing), 5))
                     del session
                     done += 1
                     if progress is not None:
                         progress(f"layers {done}/{total}", 0.8 * done / total)
                 rows.append(row)
-            measured[spec.shape_key] = rows
+            measured[spec.timing_key] = rows
         probe_where = {**where, "scratch": Path(scratch), "timed_by": timed_by}
         steps = _probe_steps(model, input_shape, specs, timing, progress, **probe_where) if probe_steps else {}
     layers = {
-        spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.shape_key], spec.geometry())
+        spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.timing_key], spec.geometry())
         for spec in specs
     }
     if progress is not None:
@@ -481,21 +484,21 @@ def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming
     from lappdeploy.latency.steps import detect_multiple, probe_widths
 
     probed = probed_specs(model, input_shape, specs)
-    shapes = {spec.shape_key for spec in probed}
+    shapes = {spec.timing_key for spec in probed}
     timed: dict[tuple, dict] = {}
     for spec in probed:
-        if spec.shape_key in timed:
+        if spec.timing_key in timed:
             continue
         widths = probe_widths(spec.out_channels)
         ms = []
         for width in widths:
-            session = _point_session(spec, spec.in_channels, width, fed_by_input=spec.name == specs[0].name, **where)
+            session = _point_session(spec, spec.in_channels, width, **where)
             ms.append(round(_time_point(session, where["batch"], timing), 5))
             del session
-        timed[spec.shape_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
+        timed[spec.timing_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
         if progress is not None:
             progress(f"width steps {len(timed)}/{len(shapes)}", 0.8 + 0.1 * len(timed) / len(shapes))
-    return {spec.name: dict(timed[spec.shape_key]) for spec in probed}
+    return {spec.name: dict(timed[spec.timing_key]) for spec in probed}
 
 
 def _distinct_probe_points(steps: dict) -> int:
@@ -523,8 +526,14 @@ def profile_key(model: nn.Module, input_shape: tuple[int, ...], **settings) -> s
     fingerprint = device_fingerprint(settings["runtime"], settings["device"])
     # how layers are timed is part of the key: a table cached before kernel timing is not reused
     timing = layer_timing(settings["runtime"], settings["device"], settings.get("timed_by"))
-    text = json.dumps([[vars(s) for s in specs], list(input_shape), settings, fingerprint, timing], sort_keys=True,
-                      default=str)  # fmt: skip
+    if settings["runtime"] == "openvino" and timing == "kernels":
+        # tables cached before OpenVINO's counters were read as the mean of the timed calls are not reused
+        timing = "kernels, mean of the timed calls"
+    layers = [{k: v for k, v in vars(s).items() if k != "reads_input"} for s in specs]  # fp32 keys as before
+    if settings.get("precision") == "int8":  # where the Q/DQ pairs sit: which layer reads the input, ModelOpt's rules
+        layers = [vars(s) for s in specs]
+        fingerprint = {**fingerprint, "modelopt": package_version("nvidia-modelopt")}
+    text = json.dumps([layers, list(input_shape), settings, fingerprint, timing], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -148,7 +148,9 @@ class LatencyTable:
         return self.kind_scales.get(kind, self.scale)
 
     def describe(self) -> str:
-        return f"{self.runtime} on {self.fingerprint.get('processor')} ({self.device}), batch {self.batch}"
+        precision = self.provenance.get("precision", "fp32")
+        where = f"{self.runtime} on {self.fingerprint.get('processor')} ({self.device}), batch {self.batch}"
+        return where if precision == "fp32" else f"{where}, {precision}"
 
 
 def _check_probe(name: str, probe: Any, source: str) -> None:

@@ -33,7 +33,7 @@ from lappdeploy.latency.steps import detect_multiple, probe_widths
 from lappdeploy.latency.table import LatencyTable, LatencyTableError, LayerTable
 from lappdeploy.surgery import ChannelPlan, analyze
 
-__all__ = ["MANIFEST", "SCRIPT", "ingest_trtexec_profile", "write_trtexec_profile"]
+__all__ = ["MANIFEST", "SCRIPT", "check_trtexec_precision", "ingest_trtexec_profile", "write_trtexec_profile"]
 
 MANIFEST = "manifest.json"
 SCRIPT = "profile_trtexec.sh"
@@ -42,10 +42,15 @@ WARMUP_MS = 200  # per graph: tens of thousands of graphs would take hours at be
 DURATION_S = 1
 
 
+def check_trtexec_precision(precision: str) -> None:
+    """trtexec tables are fp16 or fp32: the profiling graphs are fp32 (int8 would need each one's Q/DQ pairs)."""
+    if precision not in ("fp16", "fp32"):
+        raise ConfigError(f"--precision {precision}: --runtime trtexec profiles fp16 or fp32 engines")
+
+
 def _family_flags(precision: str) -> dict[str, list[str]]:
     """trtexec flags per TensorRT family: the 11.x defaults spelled out for older ones, fp32 without TF32."""
-    if precision not in ("fp16", "fp32"):  # the graphs are fp32: int8 would need each one's Q/DQ pairs
-        raise ConfigError(f"--precision {precision}: --runtime trtexec profiles fp16 or fp32 engines")
+    check_trtexec_precision(precision)
     flags = {}
     for family in FAMILIES:
         if precision == "fp16" and family == "11":
