@@ -27,10 +27,18 @@ import numpy as np
 import torch
 
 from lappdeploy.environment import write_benchmark
+from lappdeploy.errors import ConfigError
 from lappdeploy.io import atomic_write_text
 from lappdeploy.latency import LatencyModel, LatencyTable
 from lappdeploy.latency.calibration import fit_records
-from lappdeploy.latency.profile import LAYER_TIMINGS, layer_timing, measure_models_ms, profile_model
+from lappdeploy.latency.profile import (
+    LAYER_TIMINGS,
+    OPENVINO_PRECISIONS,
+    check_precision,
+    layer_timing,
+    measure_models_ms,
+    profile_model,
+)
 from lappdeploy.models import create_model
 from lappdeploy.surgery import ChannelPlan, analyze, plan_cost, random_widths_plan, remove_channels_
 
@@ -132,6 +140,11 @@ def _one_scale(result: dict) -> str:
     return f"{100 * one['abs_error_median']:.1f}%, {100 * one['abs_error_max']:.1f}%, {within}"
 
 
+def _macs_line(result: dict) -> str:
+    errors = np.abs(macs_line_errors(result))
+    return f"{100 * np.median(errors):.1f}%, {100 * errors.max():.1f}%, {int((errors <= 0.10).sum())}/{len(errors)}"
+
+
 def fraction_errors(result: dict) -> np.ndarray:
     """Per plan, the error of the predicted latency as a fraction of dense (over the table's dense_ms) against
     the measured one (over the dense model timed alongside): what `--target-latency F` is judged by, and
@@ -140,12 +153,24 @@ def fraction_errors(result: dict) -> np.ndarray:
                      for p in result["plans"]])  # fmt: skip
 
 
+def macs_line_errors(result: dict) -> np.ndarray:
+    """Per plan, the error of the best straight line through MACs (latency = a + b * MACs ratio), fitted by least
+    squares on the plans and the dense model themselves: what knowing MACs alone could predict at best (in sample,
+    so flattering to it)."""
+    macs = np.array([p["macs_ratio"] for p in result["plans"]] + [1.0])
+    measured = np.array([p["measured_ms"] for p in result["plans"]] + [result["dense_ms_validation"]])
+    design = np.stack([np.ones_like(macs), macs], axis=1)
+    fitted = design @ np.linalg.lstsq(design, measured, rcond=None)[0]
+    return (fitted / measured - 1)[:-1]
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
         "| case (model:px:batch) | threads | profile s | points timed | dense ms: profiled, validation | plans "
         "| ms error: median, p90, max | within 10% | fraction-of-dense error: median, max | within 10% "
-        "| depthwise scale / scale | one scale: median, max, within 10% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| depthwise scale / scale | one scale: median, max, within 10% "
+        "| MACs line (in sample): median, max, within 10% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fraction = np.abs(fraction_errors(r))
@@ -155,7 +180,7 @@ def markdown(results: list[dict]) -> str:
             f"{r['dense_ms']:.3g}, {r['dense_ms_validation']:.3g} | {plans} | "
             f"{100 * r['abs_error_median']:.1f}%, {100 * r['abs_error_p90']:.1f}%, {100 * r['abs_error_max']:.1f}% | "
             f"{r['within_10pct']}/{plans} | {100 * np.median(fraction):.1f}%, {100 * fraction.max():.1f}% | "
-            f"{int((fraction <= 0.10).sum())}/{plans} | {_split(r)} | {_one_scale(r)} |"
+            f"{int((fraction <= 0.10).sum())}/{plans} | {_split(r)} | {_one_scale(r)} | {_macs_line(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -197,13 +222,17 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "bf16", "int8"],
+        choices=OPENVINO_PRECISIONS,
         help="OpenVINO: bf16 (AMX / AVX-512 BF16 CPUs) or int8 (the Q/DQ graph export writes)",
     )
     parser.add_argument("--layer-timing", default=None, choices=LAYER_TIMINGS,
                         help="how layers alone are timed (default: the runtime's)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/latency_model")
     args = parser.parse_args()
+    try:
+        check_precision(args.runtime, args.precision)
+    except ConfigError as exc:
+        raise SystemExit(f"Error: {exc}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
