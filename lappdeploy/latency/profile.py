@@ -232,7 +232,7 @@ def layer_timing(runtime: str, device: str, asked: str | None = None) -> str:
     edges. At 224 px those conversions cost more than many convs (MobileNetV2 at batch 8: 60 ms measured whole,
     102 ms as the sum of its layers timed alone, 56 ms as the sum of their kernels), and they do not scale with a
     layer's cost, so no fitted scale undoes them. On OpenVINO fp32 the counters predicted 10 random plans within
-    10% in 9 of 10 (ResNet-20 at 28 px, MobileNetV2 at 224 px), the calls in 7 and 3 (docs/openvino.md). A GPU
+    10% in 10 of 10 (ResNet-20 at 28 px, MobileNetV2 at 224 px), the calls in 3 and 8 (docs/openvino.md). A GPU
     provider's profile times kernel launches, not kernels: there the wall time is kept."""
     profiled = runtime in ONNX_RUNTIMES and device == "cpu"
     if asked is None:
