@@ -117,15 +117,16 @@ class OpenVinoSession:
 
     def typical_kernel_ms(self, last: int) -> float:
         """The mean time (ms) of the nodes executed except LAYOUT_NODES over the last `last` runs of `infer`. Taken
-        from the counters' running means before and after those runs (n runs at mean m_n, n - last at m_(n-last)):
-        exact but for the counters' rounding to whole microseconds (at most (2n - last) / last us per node)."""
+        from the counters' running means before and after those runs (n runs at mean m_n, n - last at m_(n-last)).
+        OpenVINO truncates each run's time to whole microseconds and floors the mean: about 1 us low per node.
+        A mean, not a median: a run slowed by other load counts in full."""
         means = self._counter_means_us
         if means is None:
             raise BenchError("this session was opened without kernel_profile: it has no performance counters")
         runs = len(means) - 1
         if not 0 < last <= runs:
             raise BenchError(f"asked for the last {last} runs' kernel time of a session that ran {runs}")
-        # a node of about a microsecond can come out a fraction of one below zero by the rounding
+        # a node of about a microsecond can come out a fraction of one below zero by the truncation
         return max(0.0, (runs * means[runs] - (runs - last) * means[runs - last]) / last / 1e3)
 
     def _counted_mean_us(self) -> int:
@@ -134,4 +135,6 @@ class OpenVinoSession:
                    if c.status == self._executed and c.node_type not in LAYOUT_NODES)  # fmt: skip
 
     def run_back_to_back(self, calls: int) -> float:
+        if self.kernel_profiled:  # runs outside `infer` would count in OpenVINO's means but not in the snapshots
+            raise BenchError("a kernel-profiled OpenVINO session is timed by single runs (infer), not back to back")
         return back_to_back(None, self._run, calls)

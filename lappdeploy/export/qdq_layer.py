@@ -84,6 +84,7 @@ def modelopt_quantizes_layer(model, *, fed_by_input: bool) -> bool:
     where it sits in its exported model: `fed_by_input` when it reads the model's input (a first conv may be
     quantized with channel counts a later one may not)."""
     graph_utils = require("modelopt.onnx.quantization.graph_utils", purpose="INT8 latency tables")
+    require("onnx_graphsurgeon", purpose="INT8 latency tables")
     node = _layer_node(model)
     try:
         with _quiet_modelopt():

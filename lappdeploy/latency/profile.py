@@ -2,13 +2,15 @@
 
 Every conv and linear layer of the dense model is timed alone, as the deploy model runs it (BN folded into
 the conv's bias, followed by its ReLU, which ONNX Runtime fuses), over a grid of (input width, output
-width); layers of the same shape share their measurements. The whole dense model is timed with the bench
-protocol, and the difference to the sum of its layers at full width is the table's remainder (element-wise
+width); layers of the same shape share their measurements (at int8, but for the layer reading the model's
+input, which ModelOpt may quantize where it does not quantize a later one). The whole dense model is timed with
+the bench protocol, and the difference to the sum of its layers at full width is the table's remainder (element-wise
 ops, pooling, per-call overhead). Isolated layers also carry work a whole model shares (layout reorders at
 graph boundaries, one runtime call each), so the table's scales and `remainder_ms` are fitted on the dense
 model and a few pruned ones, all timed whole (`_calibrate`, `latency.calibration`).
 
-Per grid point the timing is short (a warm-up by calls and time, then the median of timed calls): a table
+Per grid point the timing is short (a warm-up by calls and time, then the median of timed calls, or the mean
+of their kernels on OpenVINO, whose counters keep only means): a table
 has hundreds to thousands of points; whole models are timed with `lappdeploy bench`'s full protocol.
 """
 
@@ -103,10 +105,9 @@ class LayerSpec:
         return (self.kind, self.in_channels, self.out_channels, self.kernel, self.stride, self.padding,
                 self.dilation, self.groups, self.input_hw)  # fmt: skip
 
-    @property
-    def timing_key(self) -> tuple:
-        """Layers with the same key share their timings."""
-        return (*self.shape_key, self.reads_input)
+    def timing_key(self, precision: str) -> tuple:
+        """Layers with the same key share their timings at `precision`."""
+        return (*self.shape_key, self.reads_input) if precision == "int8" else self.shape_key
 
     def geometry(self) -> dict:
         return {k: v for k, v in vars(self).items() if k not in ("name", "kind", "reads_input")}
@@ -397,13 +398,13 @@ def profile_model(
     shapes: dict[tuple, tuple[list[int], list[int]]] = {}
     for spec in specs:
         shapes.setdefault(spec.shape_key, layer_grids(spec, step, points))
-    timed_grids = {spec.timing_key: shapes[spec.shape_key] for spec in specs}
+    timed_grids = {spec.timing_key(precision): shapes[spec.shape_key] for spec in specs}
     total = sum(len(a) * len(b) for a, b in timed_grids.values())
     measured: dict[tuple, list[list[float]]] = {}
     done = 0
     with tempfile.TemporaryDirectory(prefix="lappdeploy-profile-") as scratch:
         for spec in specs:
-            if spec.timing_key in measured:
+            if spec.timing_key(precision) in measured:
                 continue
             in_grid, out_grid = shapes[spec.shape_key]
             rows = []
@@ -418,11 +419,11 @@ def profile_model(
                     if progress is not None:
                         progress(f"layers {done}/{total}", 0.8 * done / total)
                 rows.append(row)
-            measured[spec.timing_key] = rows
+            measured[spec.timing_key(precision)] = rows
         probe_where = {**where, "scratch": Path(scratch), "timed_by": timed_by}
         steps = _probe_steps(model, input_shape, specs, timing, progress, **probe_where) if probe_steps else {}
     layers = {
-        spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.timing_key], spec.geometry())
+        spec.name: LayerTable(spec.kind, *shapes[spec.shape_key], measured[spec.timing_key(precision)], spec.geometry())
         for spec in specs
     }
     if progress is not None:
@@ -441,9 +442,15 @@ def profile_model(
         step=step, measurements=total + _distinct_probe_points(steps), steps=steps,
         provenance={"versions": versions(), "point_timing": asdict(timing), "dense_ms_before": round(dense_before, 5),
                     "layer_graph": _layer_graph_name(runtime, precision),
-                    "layer_timing": {"kernels": "kernels (profiler)", "calls": "calls (wall clock)"}[timed_by],
+                    "layer_timing": _layer_timing_name(runtime, timed_by),
                     "precision": precision},
     )  # fmt: skip
+
+
+def _layer_timing_name(runtime: str, timed_by: str) -> str:
+    if timed_by == "calls":
+        return "calls (wall clock)"
+    return "kernels (counters, mean of the timed calls)" if runtime == "openvino" else "kernels (profiler)"
 
 
 def _layer_graph_name(runtime: str, precision: str) -> str:
@@ -484,10 +491,11 @@ def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming
     from lappdeploy.latency.steps import detect_multiple, probe_widths
 
     probed = probed_specs(model, input_shape, specs)
-    shapes = {spec.timing_key for spec in probed}
+    keys = {spec.name: spec.timing_key(where["precision"]) for spec in probed}
+    distinct = len(set(keys.values()))
     timed: dict[tuple, dict] = {}
     for spec in probed:
-        if spec.timing_key in timed:
+        if keys[spec.name] in timed:
             continue
         widths = probe_widths(spec.out_channels)
         ms = []
@@ -495,10 +503,10 @@ def _probe_steps(model, input_shape, specs: list[LayerSpec], timing: PointTiming
             session = _point_session(spec, spec.in_channels, width, **where)
             ms.append(round(_time_point(session, where["batch"], timing), 5))
             del session
-        timed[spec.timing_key] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
+        timed[keys[spec.name]] = {"widths": widths, "ms": ms, "multiple": detect_multiple(widths, ms)}
         if progress is not None:
-            progress(f"width steps {len(timed)}/{len(shapes)}", 0.8 + 0.1 * len(timed) / len(shapes))
-    return {spec.name: dict(timed[spec.timing_key]) for spec in probed}
+            progress(f"width steps {len(timed)}/{distinct}", 0.8 + 0.1 * len(timed) / distinct)
+    return {spec.name: dict(timed[keys[spec.name]]) for spec in probed}
 
 
 def _distinct_probe_points(steps: dict) -> int:
