@@ -316,7 +316,7 @@ TIMING_CALIBRATION_IMAGES = 32  # random images: a graph's int8 speed does not d
 
 
 def _timing_int8_onnx(path: Path, input_shape: tuple[int, ...]) -> Path:
-    """The INT8 Q/DQ graph `lappdeploy export --precision int8` writes, next to the fp32 graph at `path`,
+    """The INT8 Q/DQ graph `lappdeploy export --trt --precision int8` writes, next to the fp32 graph at `path`,
     calibrated on seeded random images: fit for timing only (its accuracy is meaningless)."""
     images = np.random.default_rng(0).standard_normal((TIMING_CALIBRATION_IMAGES, *input_shape)).astype(np.float32)
     int8 = path.with_name(f"{path.stem}_int8.onnx")
