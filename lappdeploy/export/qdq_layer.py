@@ -68,8 +68,7 @@ def _gemm_excluded(model, graph_utils) -> list[str]:
         return graph_utils.find_nodes_from_matmul_to_exclude(os.fspath(path), calibration_shapes=shapes)
 
 
-def _conv_excluded(model, fed_by_input: bool, graph_utils) -> list[str]:
-    gs = require("onnx_graphsurgeon", purpose="INT8 latency tables")
+def _conv_excluded(model, fed_by_input: bool, graph_utils, gs) -> list[str]:
     graph = gs.import_onnx(model)
     if not fed_by_input:  # the conv reads another node's output, as inside the model
         conv = next(n for n in graph.nodes if n.op == "Conv")
@@ -84,14 +83,14 @@ def modelopt_quantizes_layer(model, *, fed_by_input: bool) -> bool:
     where it sits in its exported model: `fed_by_input` when it reads the model's input (a first conv may be
     quantized with channel counts a later one may not)."""
     graph_utils = require("modelopt.onnx.quantization.graph_utils", purpose="INT8 latency tables")
-    require("onnx_graphsurgeon", purpose="INT8 latency tables")
+    gs = require("onnx_graphsurgeon", purpose="INT8 latency tables")
     node = _layer_node(model)
     try:
         with _quiet_modelopt():
             if node.op_type == "Gemm":
                 excluded = _gemm_excluded(model, graph_utils)
             else:
-                excluded = _conv_excluded(model, fed_by_input, graph_utils)
+                excluded = _conv_excluded(model, fed_by_input, graph_utils, gs)
     except Exception as exc:  # ModelOpt and ONNX's shape inference raise their own types
         failure = f"{type(exc).__name__}: {first_line(exc)}"
         raise ExportError(f"INT8 placement of one layer: ModelOpt failed: {failure}") from None

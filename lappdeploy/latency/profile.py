@@ -174,8 +174,9 @@ def _input_shape(spec: LayerSpec, c_in: int) -> tuple[int, ...]:
     return (c_in,) if spec.kind == "linear" else (c_in, *spec.input_hw)
 
 
-def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -> None:
-    """The layer alone as an ONNX graph (Conv + bias + Relu, or Gemm), with random weights."""
+def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path, *, precision: str = "fp32") -> None:
+    """The layer alone as an ONNX graph (Conv + bias + Relu, or Gemm), with random weights; at int8 with the Q/DQ
+    pairs the INT8 graph gives the layer (`export.qdq_layer`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -198,6 +199,8 @@ def layer_onnx(spec: LayerSpec, c_in: int, c_out: int, batch: int, path: Path) -
     graph = helper.make_graph(nodes, "layer", [x], [y], initializer=[weight, bias])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if precision == "int8":
+        quantize_layer_graph_(model, fed_by_input=spec.reads_input)
     onnx.save(model, path)
 
 
@@ -254,22 +257,11 @@ def _onnx_session(
     return OrtSession(path, provider=device, threads=threads, kernel_profile=kernel_profile)
 
 
-def _int8_layer_onnx(path: Path, *, fed_by_input: bool) -> None:
-    """Rewrite the one-layer graph at `path` as the INT8 graph quantizes its layer (`export.qdq_layer`)."""
-    import onnx
-
-    model = onnx.load(path)
-    if quantize_layer_graph_(model, fed_by_input=fed_by_input):
-        onnx.save(model, path)
-
-
 def _point_session(spec, c_in, c_out, *, runtime, device, batch, threads, precision, scratch: Path, timed_by: str):
     """A session timing the layer `spec` at (c_in, c_out) on `runtime` at `precision`."""
     if runtime in ONNX_RUNTIMES:
         path = scratch / "layer.onnx"
-        layer_onnx(spec, c_in, c_out, batch, path)
-        if precision == "int8":
-            _int8_layer_onnx(path, fed_by_input=spec.reads_input)
+        layer_onnx(spec, c_in, c_out, batch, path, precision=precision)
         return _onnx_session(runtime, path, device=device, threads=threads, kernel_profile=timed_by == "kernels",
                              precision=precision)  # fmt: skip
     torch.set_num_threads(threads)
