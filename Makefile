@@ -37,8 +37,9 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile Dockerfile.jetson
 
 # the documentation site (mkdocs.yml) into site/; --strict: a broken link, anchor or API reference fails
+# (never with --quiet: it drops the warnings that --strict counts, and the build passes whatever they say)
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 install: $(STAMP)
 

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Markdown files whose links are checked (globs relative to the root).
@@ -282,6 +284,23 @@ def test_readme_links_the_docs_index():
     assert any(t in (DOCS_INDEX, "./" + DOCS_INDEX, "docs") for t in targets), (
         f"README.md: no link to the documentation index ({DOCS_INDEX})"
     )
+
+
+def test_the_site_gives_headings_githubs_anchors():
+    """The links are checked against GitHub's slugs; the site must give the same ones. mkdocs' default slug
+    merges runs of hyphens, so a heading with `--round-to` had another anchor there than on GitHub."""
+    config = (REPO_ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "slugify: !!python/object/apply:pymdownx.slugs.slugify" in config and "case: lower" in config
+    slugs = pytest.importorskip("pymdownx.slugs")
+    site_slug = slugs.slugify(case="lower")
+    for heading in ("Width steps and --round-to auto", "Links: the paper & more", "Latency vs MACs (`a_b.py`)"):
+        assert site_slug(heading, "-") == github_slug(heading.replace("`", ""))
+
+
+def test_the_strict_docs_build_is_not_silenced():
+    """`mkdocs build --strict --quiet` passes whatever the warnings: --quiet drops the warnings --strict counts."""
+    build = [line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if "mkdocs build" in line]
+    assert build and all("--strict" in line and "--quiet" not in line and " -q" not in line for line in build)
 
 
 # ----------------------------------------------------------------------------------------- the checks themselves
