@@ -19,13 +19,21 @@ _SCRIPT = (
 )
 
 
+def _same_threads_env() -> dict[str, str]:
+    """This environment with the new process's OpenMP and MKL pools at this process's thread count: bit-equal
+    outputs need the same reduction order, and an MKL_NUM_THREADS inherited from the shell (a job runner's,
+    say) would otherwise give MKL's matrix products another split than here (measured: 6e-7 on DenseNet-121)."""
+    threads = str(torch.get_num_threads())
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def logits_in_fresh_process(model_path: str | Path, images: torch.Tensor, workdir: str | Path) -> torch.Tensor:
     """The outputs on `images` of the portable checkpoint `model_path`, rebuilt by `load_model` in a new
     Python process (files exchanged through `workdir`)."""
     workdir = Path(workdir)
     torch.save(images, workdir / "images.pt")
     paths = [str(model_path), str(workdir / "images.pt"), str(workdir / "outputs.pt")]
-    subprocess.run([sys.executable, "-c", _SCRIPT, *paths], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", _SCRIPT, *paths], check=True, timeout=120, env=_same_threads_env())
     return torch.load(workdir / "outputs.pt")
 
 
@@ -44,10 +52,9 @@ _RELOAD_SCRIPT = (
 
 def reload_errors_in_fresh_process(saved_dir: str | Path, names: list[str]) -> dict[str, float]:
     """{name: max |logits - expected|} of each DIR/NAME.pt rebuilt by `load_model` in one new Python process,
-    against DIR/NAME.expected ({"inputs", "logits"}), run with this process's thread count (bit-equality
-    needs the same reduction order)."""
+    against DIR/NAME.expected ({"inputs", "logits"}), run with this process's thread count."""
     result = subprocess.run(
         [sys.executable, "-c", _RELOAD_SCRIPT, str(saved_dir), *names], capture_output=True, text=True, check=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        env=_same_threads_env(),
     )  # fmt: skip
     return json.loads(result.stdout.strip().splitlines()[-1])
