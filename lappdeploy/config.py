@@ -119,7 +119,7 @@ class TrainConfig:
         None,
         "Hold N images of the training set out of training (a fixed split, the same for every method and seed): "
         "pruning methods decide on them and their top-1 is logged as holdout_top1, for choosing knobs without "
-        "the test split [default: 0; laasp and pcp: 5000; with --reconstruct (and ldrf): --calib-images + 256].",
+        "the test split [default: 0; laasp and pcp: 5000; with --reconstruct or ldrf: at least --calib-images + 256].",
     )
     init_from: str | None = option(
         None,
