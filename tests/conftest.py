@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lappdeploy.cli import main
-from lappdeploy.testing import write_fashion_mnist, write_tiny_run
+from lappdeploy.testing import same_threads_env, write_fashion_mnist, write_tiny_run
 
 
 @dataclass
@@ -43,7 +43,7 @@ def cli_process():
     def start(*args) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "lappdeploy", *map(str, args)],
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+            env={**same_threads_env(1), "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

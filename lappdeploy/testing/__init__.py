@@ -10,7 +10,7 @@ from lappdeploy.testing.fake_data import (
     write_idx,
     write_imagefolder,
 )
-from lappdeploy.testing.fresh_process import logits_in_fresh_process, reload_errors_in_fresh_process
+from lappdeploy.testing.fresh_process import logits_in_fresh_process, reload_errors_in_fresh_process, same_threads_env
 from lappdeploy.testing.loops import bare_loop, drive_to_target
 from lappdeploy.testing.reference import randomize_norms_, torch_pruning_macs
 from lappdeploy.testing.tiny_run import write_tiny_run
@@ -24,6 +24,7 @@ __all__ = [
     "quadrant_batches",
     "randomize_norms_",
     "reload_errors_in_fresh_process",
+    "same_threads_env",
     "tiny_convnet",
     "tiny_resnet",
     "torch_pruning_macs",

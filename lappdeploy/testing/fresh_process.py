@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["logits_in_fresh_process", "reload_errors_in_fresh_process"]
+__all__ = ["logits_in_fresh_process", "reload_errors_in_fresh_process", "same_threads_env"]
 
 _SCRIPT = (
     "import sys, torch; from lappdeploy import load_model;"
@@ -19,13 +19,14 @@ _SCRIPT = (
 )
 
 
-def _same_threads_env() -> dict[str, str]:
-    """This environment with the new process's OpenMP and MKL pools at this process's thread count: bit-equal
-    outputs need the same reduction order, and an MKL_NUM_THREADS inherited from the shell (a job runner's,
-    say) would otherwise make some kernels split their work differently from here (measured: DenseNet-121's
-    logits 6e-7 apart, MobileNetV3-small's 2e-16; a plain Linear or 3x3 conv was unaffected)."""
-    threads = str(torch.get_num_threads())
-    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+def same_threads_env(threads: int | None = None) -> dict[str, str]:
+    """This environment with a child Python's thread pool pinned at `threads` (default: this process's count).
+    PyTorch sizes its pool from MKL_NUM_THREADS before OMP_NUM_THREADS, so both are set: an MKL_NUM_THREADS=2
+    inherited from a job runner ran children on 2 threads against their parent's 1, and kernels whose reduction
+    order follows the thread count gave other logits (DenseNet-121: 6e-7 apart; a Linear or a plain 3x3 conv did
+    not change)."""
+    count = str(threads or torch.get_num_threads())
+    return {**os.environ, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count}
 
 
 def logits_in_fresh_process(model_path: str | Path, images: torch.Tensor, workdir: str | Path) -> torch.Tensor:
@@ -34,7 +35,7 @@ def logits_in_fresh_process(model_path: str | Path, images: torch.Tensor, workdi
     workdir = Path(workdir)
     torch.save(images, workdir / "images.pt")
     paths = [str(model_path), str(workdir / "images.pt"), str(workdir / "outputs.pt")]
-    subprocess.run([sys.executable, "-c", _SCRIPT, *paths], check=True, timeout=120, env=_same_threads_env())
+    subprocess.run([sys.executable, "-c", _SCRIPT, *paths], check=True, timeout=120, env=same_threads_env())
     return torch.load(workdir / "outputs.pt")
 
 
@@ -47,15 +48,19 @@ _RELOAD_SCRIPT = (
     "    model = load_model(f'{d}/{name}.pt').model\n"
     "    with torch.no_grad():\n"
     "        worst[name] = (model(expected['inputs']) - expected['logits']).abs().max().item()\n"
-    "print(json.dumps(worst))\n"
+    "print(json.dumps({'threads': torch.get_num_threads(), 'errors': worst}))\n"
 )
 
 
 def reload_errors_in_fresh_process(saved_dir: str | Path, names: list[str]) -> dict[str, float]:
     """{name: max |logits - expected|} of each DIR/NAME.pt rebuilt by `load_model` in one new Python process,
-    against DIR/NAME.expected ({"inputs", "logits"}), run with this process's thread count."""
+    against DIR/NAME.expected ({"inputs", "logits"}), run with this process's thread count (checked: a count that
+    differs would move the errors off zero for a reason other than the checkpoint)."""
     result = subprocess.run(
         [sys.executable, "-c", _RELOAD_SCRIPT, str(saved_dir), *names], capture_output=True, text=True, check=True,
-        env=_same_threads_env(),
+        env=same_threads_env(),
     )  # fmt: skip
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    if reply["threads"] != torch.get_num_threads():
+        raise RuntimeError(f"the new process ran {reply['threads']} threads, this one {torch.get_num_threads()}")
+    return reply["errors"]

@@ -4,7 +4,6 @@ model, kill-and-resume, DDP, inspect's chart, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +17,10 @@ from lappdeploy.config import TrainConfig
 from lappdeploy.io import read_json
 from lappdeploy.methods import LappConfig
 from lappdeploy.methods.compress import run_compress
+from lappdeploy.testing import same_threads_env
 from lappdeploy.train import Hook
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**same_threads_env(1), "PYTHONUNBUFFERED": "1"}
 SYNTHETIC = {
     "dataset": "synthetic",
     "synthetic_shape": (3, 32, 32),
@@ -85,12 +85,12 @@ def test_saved_deploy_model_loads_in_a_fresh_process_with_the_same_logits(resnet
     code = (
         "import sys, torch; from lappdeploy import load_model;"
         "e = torch.load(sys.argv[2], weights_only=True); m = load_model(sys.argv[1]).model;"
-        "torch.set_num_threads(1); sys.exit(0 if torch.equal(m(e['x']), e['logits']) else 1)"
+        "sys.exit(0 if torch.equal(m(e['x']), e['logits']) else 1)"
     )
     # the saved model's logits equal the run's final model's, bit for bit, in another process
     result = subprocess.run(
         [sys.executable, "-c", code, str(out / "model.pt"), str(tmp_path / "expected.pt")],
-        env={**ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        env={**same_threads_env(), "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=120,

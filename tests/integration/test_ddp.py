@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from lappdeploy.testing import same_threads_env
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = same_threads_env(1)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from lappdeploy.models import (
 )
 from lappdeploy.models.torchvision_zoo import MIN_INPUT_SIZE
 from lappdeploy.surgery import load_model, save_model
-from lappdeploy.testing import torch_pruning_macs
+from lappdeploy.testing import same_threads_env, torch_pruning_macs
 
 
 def test_cifar_resnet20_matches_the_paper_scale():
@@ -147,7 +147,8 @@ def test_portable_checkpoint_loads_in_a_fresh_process_with_identical_logits(tmp_
         "with torch.no_grad(): torch.save(loaded.model(x), sys.argv[3])\n"
         "assert loaded.card.input_shape == (1, 28, 28) and loaded.card.mean == (0.286,)\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], check=True)
+    paths = [str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")]
+    subprocess.run([sys.executable, "-c", code, *paths], check=True, env=same_threads_env())  # bit-equal: same threads
     assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
     payload = torch.load(path, weights_only=True)  # no pickled classes
     assert payload["card"]["architecture"] == "resnet20"
