@@ -117,7 +117,8 @@ def quantize_layer_graph_(model, *, fed_by_input: bool) -> bool:
     per_channel = np.maximum(np.abs(weights.reshape(len(weights), -1)).max(axis=1), 1e-8) / 127  # Gemm: transB=1
     (_, dequantize), inits_in, dequantized = _pair(layer.input[0], np.float32(INPUT_SCALE), "input_quantize")
     dequantize.input[0] = layer.input[0]  # the graph's input, now int8, as the producer writes it
-    next(i for i in graph.input if i.name == layer.input[0]).type.tensor_type.elem_type = 3  # TensorProto.INT8
+    int8 = require("onnx", purpose="Q/DQ").TensorProto.INT8
+    next(i for i in graph.input if i.name == layer.input[0]).type.tensor_type.elem_type = int8
     layer.input[0] = dequantized
     weight_pair, inits_w, layer.input[1] = _pair(layer.input[1], per_channel, "weight_quantize", axis=0)
     after, inits_out = [], []

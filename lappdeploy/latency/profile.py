@@ -529,9 +529,10 @@ def profile_key(model: nn.Module, input_shape: tuple[int, ...], **settings) -> s
     if settings["runtime"] == "openvino" and timing == "kernels":
         # tables cached before OpenVINO's counters were read as the mean of the timed calls are not reused
         timing = "kernels, mean of the timed calls"
-    layers = [{k: v for k, v in vars(s).items() if k != "reads_input"} for s in specs]  # fp32 keys as before
-    if settings.get("precision") == "int8":  # where the Q/DQ pairs sit: which layer reads the input, ModelOpt's rules
-        layers = [vars(s) for s in specs]
+    # fp32 keys as before; int8 keys say where the Q/DQ pairs sit: which layer reads the input, ModelOpt's rules
+    int8 = settings.get("precision") == "int8"
+    layers = [{k: v for k, v in vars(s).items() if int8 or k != "reads_input"} for s in specs]
+    if int8:
         fingerprint = {**fingerprint, "modelopt": package_version("nvidia-modelopt")}
     text = json.dumps([layers, list(input_shape), settings, fingerprint, timing], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
