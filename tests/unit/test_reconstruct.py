@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from lappdeploy.errors import ConfigError
 from lappdeploy.methods import LdrfConfig
 from lappdeploy.methods.budgets import MacsBudget
 from lappdeploy.methods.common import frozen_copy
@@ -22,6 +23,7 @@ from lappdeploy.methods.oneshot import uniform_budget_plan
 from lappdeploy.methods.reconstruct import (
     Consumer,
     ReconstructionSettings,
+    check_calibration,
     embed,
     energy_rank,
     plan_consumers,
@@ -216,7 +218,32 @@ def test_residual_stream_readers_are_left_as_plain_removal_with_the_reason():
         assert "residual stream" in skipped[reader] and "docs/ldrf.md#residual-streams" in skipped[reader]
         assert torch.equal(model.get_submodule(reader).weight, plain.get_submodule(reader).weight)
     assert not torch.equal(model.layer1[0].conv2.weight, plain.layer1[0].conv2.weight)
-    assert record.modules == [name for layer in record.fitted for name in (layer["name"], layer["offset_in"]) if name]
+
+
+def _changed_modules(model: nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    return {key.rsplit(".", 1)[0] for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
+
+
+@pytest.mark.parametrize("mode", ["ls", "ls+relu", "ldrf", "ldrf-patch", "ldrf-joint"])
+def test_the_record_names_every_module_the_reconstruction_wrote(mode):
+    """Other DDP ranks load exactly `record.modules` from rank 0: a module written but not named there would stay
+    as plain removal on them. ldrf-joint also writes producers, among them stream readers whose own inputs stay
+    as plain removal: their record says so."""
+    torch.manual_seed(0)
+    model = randomize_norms_(create_model("tiny_resnet", num_classes=4)).double()
+    teacher, model, groups, plan = _pruned(model, lambda groups: random_plan(groups, 0.5, seed=2))
+    before = copy.deepcopy(model.state_dict())
+    settings = ReconstructionSettings(mode=mode.removesuffix("+relu"), relu=mode.endswith("+relu"))
+    record = reconstruct_(teacher, model, groups, plan, _images(32, 1), settings)
+    changed = _changed_modules(model, before)
+    assert changed and changed <= set(record.modules), changed - set(record.modules)
+    producers = {layer["name"]: layer.get("filters_refitted_for") for layer in record.skipped}
+    producers = {name: consumer for name, consumer in producers.items() if consumer}
+    if mode == "ldrf-joint":
+        assert producers.get("layer2.0.conv1") == "layer2.0.conv2", record.skipped
+        assert "layer2.0.conv1" in changed and "layer2.0.bn1" in changed
+    else:
+        assert not producers and "layer2.0.conv1" not in changed
 
 
 def test_grouped_convolutions_are_not_refitted():
@@ -385,3 +412,62 @@ def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refi
     assert joint["joint_error"][0] == pytest.approx(errors["ldrf"]["error_refitted"], rel=1e-6)  # round 1: ldrf
     assert joint["error_refitted"] < errors["ldrf"]["error_refitted"], joint["joint_error"]
     assert joint["output_error"] < errors["ldrf"]["output_error"], (joint, errors["ldrf"])
+
+
+@pytest.mark.parametrize(
+    "between, reason",
+    [
+        (nn.MaxPool2d(2), "differ in size"),  # 16x16 -> 8x8: both sample 10 positions, at different pixels
+        (nn.MaxPool2d(3, stride=1, padding=1), "not the producer's BatchNorm and ReLU output"),  # same size
+    ],
+    ids=["pool-halving", "pool-same-size"],
+)
+def test_the_joint_refit_falls_back_to_the_projection_where_a_pooling_lies_between(between, reason):
+    """The joint fit models the consumer's input as relu(BatchNorm(producer)) at the same pixels; a pooling
+    between the two breaks that, so the layer gets the projection fit alone and the producer is left as removed."""
+    results = {}
+    for mode in ("ldrf", "ldrf-joint"):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), copy.deepcopy(between),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 4),
+        )  # fmt: skip
+        model = randomize_norms_(model, seed=0).double().eval()
+        teacher, model, groups, plan = _pruned(model, lambda g: ChannelPlan({"0": GroupPlan(8, [0, 2, 5, 7])}))
+        producer = model[0].weight.detach().clone()
+        record = reconstruct_(teacher, model, groups, plan, _images(32, 10), ReconstructionSettings(mode=mode))
+        (layer,) = record.fitted
+        results[mode] = (layer, model[4].weight.detach().clone())
+        assert torch.equal(model[0].weight, producer), "the producer is left as plain removal"
+    layer, consumer = results["ldrf-joint"]
+    assert layer["mode"] == "ldrf" and reason in layer["joint"], layer
+    assert torch.equal(consumer, results["ldrf"][1]), "the same projection fit as --reconstruct ldrf"
+
+
+class SharedStemNet(nn.Module):
+    """The stem's channels are read by two convs (a residual stream): `produce` cannot be refitted as a reader,
+    but ldrf-joint refits its kept filters as the producer of what `consume` reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.produce = nn.Sequential(nn.Conv2d(24, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.consume = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.side = nn.Conv2d(24, 4, 1, bias=False)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        return self.head(self.consume(self.produce(stem)) + self.side(stem))
+
+
+def test_calibration_is_checked_against_the_joint_producers_unknowns_too():
+    """produce.0: 24 inputs x 9 taps + 1 offset = 217 unknowns, 10 positions per image -> 22 images; the readers
+    alone need at most 4 (consume.0: 4 x 9 + 1 = 37)."""
+    model = SharedStemNet().eval()
+    groups = analyze(model, torch.randn(2, 3, SIZE, SIZE))
+    check_calibration(groups, ReconstructionSettings(mode="ldrf-patch", positions=10), images=10)
+    check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=22)
+    with pytest.raises(ConfigError, match=r"layer produce\.0 .* 217 unknowns .* use --calib-images 22 or more"):
+        check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=21)

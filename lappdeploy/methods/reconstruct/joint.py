@@ -12,7 +12,9 @@ plain removal (R' as the producer has it, Q' = Q[kept]):
   elementwise best pre-activation between the current one and H*'s, then least squares on X;
 
 keeping the (Q', R') of lowest J. Only where the consumer reads one group, produced by one plain conv followed by
-a BatchNorm, read by nothing else, at the consumer's resolution; other layers get the `ldrf` projection fit.
+a BatchNorm, read by nothing else, and nothing but that BatchNorm and a ReLU lies between the two (checked on the
+samples: the consumer's input must be H; a pooling between them fails it); other layers get the `ldrf` projection
+fit.
 """
 
 from __future__ import annotations
@@ -23,64 +25,53 @@ from torch import nn
 from lappdeploy.data import epoch_seed
 from lappdeploy.methods.reconstruct.calibration import _conv_patches, _pixels
 from lappdeploy.methods.reconstruct.fits import OUTPUT, LayerFit, add_offset_, bn_affine, fit_offset_, write_
-from lappdeploy.methods.reconstruct.layers import group_readers, unsupported
 from lappdeploy.methods.reconstruct.linalg import _relu_targets, relative_residual, ridge_solve
 from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses
-from lappdeploy.surgery import ChannelGroups
-from lappdeploy.surgery.graph import resolve_module
 
-__all__ = ["JOINT_ROUNDS", "joint_producer", "solve_joint_"]
+__all__ = ["JOINT_ROUNDS", "solve_joint_"]
 
 JOINT_ROUNDS = 3  # alternations of (Q-step, T-step, R-step): J falls most in the first (measured, docs)
 _MU = 1e-2  # T-step pull toward the current activations, relative to the mean diagonal of Q' Q'^T
-
-
-def joint_producer(groups: ChannelGroups, name: str) -> tuple[str, str] | str:
-    """(producer conv, its BatchNorm) of the pruned channels layer `name` reads, or why there is no such pair."""
-    layer = groups.layers[name]
-    owners = [g.id for g in groups.prunable for _ in range(g.channels)]
-    mapped = layer.in_map[layer.in_map >= 0].tolist() if layer.in_map is not None else []
-    group_ids = {owners[p] for p in mapped}
-    if len(group_ids) != 1 or len(mapped) != len(layer.in_map):
-        return "it reads more than one channel group"
-    (gid,) = group_ids
-    if group_readers(groups)[gid] != [name]:
-        return f"group {gid} is read by other layers too"
-    group = groups.group(gid)
-    producers = [m for m in group.modules if isinstance(resolve_module(groups.model, m), nn.modules.conv._ConvNd)]
-    if len(producers) != 1 or unsupported(resolve_module(groups.model, producers[0])) is not None:
-        return f"group {gid} is not produced by one plain Conv2d"
-    bn = groups.bn_after_conv.get(producers[0])
-    if bn is None:
-        return f"producer {producers[0]} has no BatchNorm after it"
-    return producers[0], bn
+_CHAIN_TOLERANCE = 1e-2  # relative error allowed between the consumer's input and relu(BatchNorm(producer))
 
 
 def _samples(fit: LayerFit, producer: nn.Module, passes: StudentPasses, settings):
     """(X: the producer's input patches with a column of ones, H: the consumer's input pixels) at the same
-    positions, from the pruned network; None where the two do not share a resolution."""
+    positions, from the pruned network; None where the producer's output and the consumer's input differ in
+    size (a pooling or a stride between them: the same position index would name different pixels)."""
     rows: dict[str, list[torch.Tensor]] = {"x": [], "h": []}
+    sizes: set[tuple[str, tuple[int, ...]]] = set()
     batch = {"index": 0}
 
     def seed() -> int:
         return epoch_seed(settings.seed, batch["index"], fit.index)  # the consumer's positions, as the teacher's
 
-    def on_producer(_module, args) -> None:
+    def on_producer(_module, args, output) -> None:
+        sizes.add(("producer", tuple(output.shape[2:])))
         patches = _conv_patches(producer, args[0], settings.positions, seed()).double()
         rows["x"].append(torch.cat([patches, patches.new_ones(len(patches), 1)], dim=1))
 
     def on_consumer(_module, args) -> None:
+        sizes.add(("consumer", tuple(args[0].shape[2:])))
         rows["h"].append(_pixels(fit.student, args[0], settings.positions, seed()).double())
         raise StopForward
 
-    handles = [producer.register_forward_pre_hook(on_producer), fit.student.register_forward_pre_hook(on_consumer)]
+    handles = [producer.register_forward_hook(on_producer), fit.student.register_forward_pre_hook(on_consumer)]
     try:
         passes.run(lambda index: batch.update(index=index))
     finally:
         for handle in handles:
             handle.remove()
-    x, h = torch.cat(rows["x"]), torch.cat(rows["h"])
-    return (x, h) if len(x) == len(h) else None
+    if len({size for _, size in sizes}) != 1:
+        return None
+    return torch.cat(rows["x"]), torch.cat(rows["h"])
+
+
+def _chain_holds(x, h, filters, scale, shift) -> bool:
+    """Whether the consumer's input is the producer's BatchNorm + ReLU output at the sampled pixels (what J assumes);
+    _CHAIN_TOLERANCE relative: float32 and reduced-precision passes stay far under it, a mismatch is O(1)."""
+    modelled = _activations(x, filters, scale, shift)
+    return float(((modelled - h) ** 2).sum()) <= _CHAIN_TOLERANCE**2 * max(float((h**2).sum()), 1e-30)
 
 
 def _activations(x: torch.Tensor, filters: torch.Tensor, scale, shift) -> torch.Tensor:
@@ -116,20 +107,22 @@ def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple
 
 
 @torch.no_grad()
-def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, rows, settings) -> dict | None:
-    """Refit the producer's kept filters and the consumer's projection together; None where the two layers do not
-    share a resolution (the caller fits the projection alone)."""
+def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, rows, settings) -> dict | str:
+    """Refit the producer's kept filters and the consumer's projection together; where the pair does not have the
+    form the joint fit assumes, why (the caller fits the projection alone)."""
     model = passes.model
     producer, bn = model.get_submodule(pair[0]), model.get_submodule(pair[1])
     samples = _samples(fit, producer, passes, settings)
     if samples is None:
-        return None
+        return "the producer's output and the layer's input differ in size"
     x, h = samples
     targets = torch.cat(rows[fit.name]).to(x)
     weight = producer.weight.detach().double()
     own = producer.bias.detach().double() if producer.bias is not None else weight.new_zeros(len(weight))
     filters = torch.cat([weight.flatten(1).T, own[None]])  # (unknowns + 1, kept)
     scale, shift = bn_affine(bn, len(weight), x)
+    if not _chain_holds(x, h, filters, scale, shift):
+        return "the layer's input is not the producer's BatchNorm and ReLU output"
     q, filters, history = _alternate(x, h, targets, fit.prior.to(x), filters, scale, shift, settings)
     producer.weight.copy_(filters[:-1].T.reshape(producer.weight.shape).to(producer.weight))
     add_offset_(producer, "bias" if producer.bias is not None else pair[1], model, filters[-1] - own)
@@ -141,6 +134,7 @@ def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, ro
         "name": fit.name,
         "mode": "ldrf-joint",
         "producer": pair[0],
+        "producer_bn": pair[1],
         "inputs_kept": len(fit.consumer.in_keep),
         "outputs": len(fit.consumer.out_keep),
         "rank": fit.rank,

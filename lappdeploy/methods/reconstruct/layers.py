@@ -14,12 +14,13 @@ from lappdeploy.methods.reconstruct.linalg import energy_rank
 from lappdeploy.methods.reconstruct.passes import evaluating
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
-from lappdeploy.surgery.graph import LayerChannels
+from lappdeploy.surgery.graph import LayerChannels, resolve_module
 
 __all__ = [
     "Consumer",
     "check_calibration",
     "group_readers",
+    "joint_producer",
     "offset_home",
     "plan_consumers",
     "unsupported",
@@ -173,6 +174,27 @@ def valid_capacity(groups: ChannelGroups, energy: float) -> dict[str, int]:
     return capacity
 
 
+def joint_producer(groups: ChannelGroups, name: str) -> tuple[str, str] | str:
+    """(producer conv, its BatchNorm) of the pruned channels layer `name` reads, or why there is no such pair."""
+    layer = groups.layers[name]
+    owners = _owners(groups)
+    mapped = layer.in_map[layer.in_map >= 0].tolist() if layer.in_map is not None else []
+    group_ids = {owners[p] for p in mapped}
+    if len(group_ids) != 1 or len(mapped) != len(layer.in_map):
+        return "it reads more than one channel group"
+    (gid,) = group_ids
+    if group_readers(groups)[gid] != [name]:
+        return f"group {gid} is read by other layers too"
+    group = groups.group(gid)
+    producers = [m for m in group.modules if isinstance(resolve_module(groups.model, m), nn.modules.conv._ConvNd)]
+    if len(producers) != 1 or unsupported(resolve_module(groups.model, producers[0])) is not None:
+        return f"group {gid} is not produced by one plain Conv2d"
+    bn = groups.bn_after_conv.get(producers[0])
+    if bn is None:
+        return f"producer {producers[0]} has no BatchNorm after it"
+    return producers[0], bn
+
+
 def _reachable_taps(conv: nn.Conv2d, size: tuple[int, ...]) -> int:
     """Kernel taps of `conv` that read a real input pixel (not zero padding) at some output position, on an
     input of spatial `size`: the only taps a fit can determine (a 3x3 conv on a 1x1 map has one)."""
@@ -232,11 +254,15 @@ def check_calibration(groups: ChannelGroups, settings: ReconstructionSettings, i
     names = [
         n[0] for n in group_readers(groups).values() if len(n) == 1 and unsupported(groups.layers[n[0]].module) is None
     ]
+    # ldrf-joint also refits the kept filters of each reader's producer, with an output offset
+    pairs = [joint_producer(groups, n) for n in names] if settings.mode == "ldrf-joint" else []
+    producers = {pair[0] for pair in pairs if isinstance(pair, tuple)}
+    names = list(dict.fromkeys(names + sorted(producers)))
     sizes = _input_sizes(groups, names)
     worst: tuple[int, str] | None = None  # (images needed, message)
     for name in [n for n in names if n in sizes]:  # a layer the forward pass never reaches is never refitted
         module = groups.layers[name].module
-        offset = offset_home(module, groups.bn_after_conv.get(name), groups.model) is not None
+        offset = name in producers or offset_home(module, groups.bn_after_conv.get(name), groups.model) is not None
         unknowns, what = _unknowns(module, settings.mode, sizes[name], offset)
         per_image = min(settings.positions, max(1, _positions_per_image(groups, name, settings.mode, sizes[name])))
         needed = math.ceil(unknowns / per_image)

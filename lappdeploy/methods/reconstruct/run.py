@@ -16,8 +16,8 @@ from torch import nn
 from lappdeploy.methods.reconstruct.calibration import teacher_targets
 from lappdeploy.methods.reconstruct.diagnostics import output_errors
 from lappdeploy.methods.reconstruct.fits import layer_fit, solve_
-from lappdeploy.methods.reconstruct.joint import joint_producer, solve_joint_
-from lappdeploy.methods.reconstruct.layers import Consumer, plan_consumers
+from lappdeploy.methods.reconstruct.joint import solve_joint_
+from lappdeploy.methods.reconstruct.layers import Consumer, joint_producer, plan_consumers
 from lappdeploy.methods.reconstruct.passes import StudentPasses
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
@@ -48,8 +48,10 @@ class ReconstructionRecord:
 
     @property
     def modules(self) -> list[str]:
-        """Modules whose tensors the reconstruction wrote (refitted layers and BatchNorms given offsets)."""
-        return [name for layer in self.fitted for name in (layer["name"], layer.get("offset_in")) if name]
+        """Modules whose tensors the reconstruction wrote (refitted layers, BatchNorms given offsets, and the
+        producers ldrf-joint refitted with their BatchNorms): what other DDP ranks load from rank 0."""
+        fields = ("name", "offset_in", "producer", "producer_bn")
+        return [layer[key] for layer in self.fitted for key in fields if layer.get(key)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +118,16 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
         for target in fits[name].targets:
             rows.pop(target.name, None)
     record.resumed_passes = passes.cut > 0
+    _mark_refitted_producers(record)
+
+
+def _mark_refitted_producers(record: ReconstructionRecord) -> None:
+    """A layer whose removed inputs it cannot refit (it reads a residual stream) may still have had its kept
+    filters refitted by ldrf-joint, as the producer of the channels a later layer reads: its record says so."""
+    producers = {layer["producer"]: layer["name"] for layer in record.fitted if layer.get("producer")}
+    for entry in record.skipped:
+        if entry["name"] in producers:
+            entry["filters_refitted_for"] = producers[entry["name"]]
 
 
 def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> list[str]:
@@ -129,11 +141,10 @@ def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> li
 def _solve_one_(fit, groups, passes: StudentPasses, rows, settings) -> dict:
     if settings.mode == "ldrf-joint":
         pair = joint_producer(groups, fit.name)
-        done = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else None
-        if done is not None:
+        done = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
+        if isinstance(done, dict):
             return done
-        reason = pair if isinstance(pair, str) else "the producer and the layer differ in resolution"
-        return {**solve_(fit, passes, rows, settings), "joint": f"projection alone: {reason}"}
+        return {**solve_(fit, passes, rows, settings), "mode": "ldrf", "joint": f"projection alone: {done}"}
     return solve_(fit, passes, rows, settings)
 
 
@@ -186,9 +197,11 @@ class ReconstructionLog:
                      self.mode, shown)  # fmt: skip
         if self.mode == "none":
             return
+        producers = sum(1 for layer in record.skipped if layer.get("filters_refitted_for"))
         log.info(
-            "reconstruct %s: %d layers refitted, %d left as plain removal, %.1f s, peak RSS %s MB (%s), passes %s",
-            self.mode, len(record.fitted), len(record.skipped), record.seconds, record.peak_rss_mb,
+            "reconstruct %s: %d layers refitted, %d with their inputs left as plain removal (%d of them with their "
+            "kept filters refitted as producers), %.1f s, peak RSS %s MB (%s), passes %s",
+            self.mode, len(record.fitted), len(record.skipped), producers, record.seconds, record.peak_rss_mb,
             record.peak_rss_scope, "resumed from cached activations" if record.resumed_passes else "from the input",
         )  # fmt: skip
 
