@@ -471,3 +471,20 @@ def test_calibration_is_checked_against_the_joint_producers_unknowns_too():
     check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=22)
     with pytest.raises(ConfigError, match=r"layer produce\.0 .* 217 unknowns .* use --calib-images 22 or more"):
         check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=21)
+
+
+@pytest.mark.parametrize("mode", ["ls", "ldrf-patch"])
+def test_the_fit_after_the_relu_lowers_the_error_after_the_relu(mode):
+    """--reconstruct-relu fits what the next layer reads (after the BatchNorm and ReLU), so there its error on the
+    calibration images is below the linear fit's, which minimises the error before the ReLU instead."""
+    errors = {}
+    for relu in (False, True):
+        teacher, model, groups, plan = _pruned(_two_layer_net(0), lambda g: ChannelPlan({"0": GroupPlan(8, [0, 5])}))
+        images = _images(32, 10)
+        settings = ReconstructionSettings(mode=mode, relu=relu, energy=1.0, positions=64)
+        (layer,) = reconstruct_(teacher, model, groups, plan, images, settings).fitted
+        assert layer["mode"] == mode + ("+relu" if relu else "")
+        with torch.no_grad():
+            got, wanted = model[:6](images), teacher[:6](images)
+        errors[relu] = float(((got - wanted) ** 2).sum() / (wanted**2).sum())
+    assert errors[True] < errors[False], errors
