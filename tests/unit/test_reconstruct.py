@@ -464,10 +464,12 @@ class SharedStemNet(nn.Module):
 
 def test_calibration_is_checked_against_the_joint_producers_unknowns_too():
     """produce.0: 24 inputs x 9 taps + 1 offset = 217 unknowns, 10 positions per image -> 22 images; the readers
-    alone need at most 4 (consume.0: 4 x 9 + 1 = 37)."""
+    alone need at most 5 (head.2: 4 features + 1 offset, one row per image; consume.0: 4 x 9 + 1 = 37 -> 4)."""
     model = SharedStemNet().eval()
     groups = analyze(model, torch.randn(2, 3, SIZE, SIZE))
-    check_calibration(groups, ReconstructionSettings(mode="ldrf-patch", positions=10), images=10)
+    check_calibration(groups, ReconstructionSettings(mode="ldrf-patch", positions=10), images=5)
+    with pytest.raises(ConfigError, match=r"layer head\.2 .* use --calib-images 5 or more"):
+        check_calibration(groups, ReconstructionSettings(mode="ldrf-patch", positions=10), images=4)
     check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=22)
     with pytest.raises(ConfigError, match=r"layer produce\.0 .* 217 unknowns .* use --calib-images 22 or more"):
         check_calibration(groups, ReconstructionSettings(mode="ldrf-joint", positions=10), images=21)
@@ -488,3 +490,21 @@ def test_the_fit_after_the_relu_lowers_the_error_after_the_relu(mode):
             got, wanted = model[:6](images), teacher[:6](images)
         errors[relu] = float(((got - wanted) ** 2).sum() / (wanted**2).sum())
     assert errors[True] < errors[False], errors
+
+
+def test_the_joint_refit_pairs_a_linear_reading_a_flattened_one_pixel_map():
+    """A classifier reading a 1x1 map through a flatten reads the producer's pixel itself: the joint fit applies."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(1), nn.Linear(8, 4)
+    )
+    model = randomize_norms_(model, seed=0).double().eval()
+    images = torch.randn(64, 3, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = images[:2]
+    groups = analyze(model, x)
+    plan = ChannelPlan({"0": GroupPlan(8, [0, 2, 5, 7])})
+    teacher = frozen_copy(model)
+    remove_channels_(model, plan, x, groups=groups)
+    record = reconstruct_(teacher, model, groups, plan, images, ReconstructionSettings(mode="ldrf-joint"))
+    (layer,) = record.fitted
+    assert layer["mode"] == "ldrf-joint" and layer["producer"] == "0", layer

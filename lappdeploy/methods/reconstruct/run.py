@@ -122,10 +122,11 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
 
 
 def _mark_refitted_producers(record: ReconstructionRecord) -> None:
-    """A layer whose removed inputs it cannot refit (it reads a residual stream) may still have had its kept
-    filters refitted by ldrf-joint, as the producer of the channels a later layer reads: its record says so."""
+    """ldrf-joint refits the kept filters of the producer of the channels a layer reads: a layer refitted before
+    (a VGG chain: its record's weights and errors are overwritten by that later fit) or one whose removed inputs
+    cannot be refitted (a residual stream's reader). Their records say so."""
     producers = {layer["producer"]: layer["name"] for layer in record.fitted if layer.get("producer")}
-    for entry in record.skipped:
+    for entry in record.fitted + record.skipped:
         if entry["name"] in producers:
             entry["filters_refitted_for"] = producers[entry["name"]]
 
@@ -141,10 +142,10 @@ def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> li
 def _solve_one_(fit, groups, passes: StudentPasses, rows, settings) -> dict:
     if settings.mode == "ldrf-joint":
         pair = joint_producer(groups, fit.name)
-        done = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
-        if isinstance(done, dict):
-            return done
-        return {**solve_(fit, passes, rows, settings), "mode": "ldrf", "joint": f"projection alone: {done}"}
+        outcome = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
+        if isinstance(outcome, dict):
+            return outcome
+        return {**solve_(fit, passes, rows, settings), "mode": "ldrf", "joint": f"projection alone: {outcome}"}
     return solve_(fit, passes, rows, settings)
 
 
@@ -197,11 +198,11 @@ class ReconstructionLog:
                      self.mode, shown)  # fmt: skip
         if self.mode == "none":
             return
-        producers = sum(1 for layer in record.skipped if layer.get("filters_refitted_for"))
+        refitted_producers = sum(1 for layer in record.skipped if layer.get("filters_refitted_for"))
         log.info(
             "reconstruct %s: %d layers refitted, %d with their inputs left as plain removal (%d of them with their "
             "kept filters refitted as producers), %.1f s, peak RSS %s MB (%s), passes %s",
-            self.mode, len(record.fitted), len(record.skipped), producers, record.seconds, record.peak_rss_mb,
+            self.mode, len(record.fitted), len(record.skipped), refitted_producers, record.seconds, record.peak_rss_mb,
             record.peak_rss_scope, "resumed from cached activations" if record.resumed_passes else "from the input",
         )  # fmt: skip
 
