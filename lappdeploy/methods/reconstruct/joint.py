@@ -12,9 +12,8 @@ plain removal (R' as the producer has it, Q' = Q[kept]):
   elementwise best pre-activation between the current one and H*'s, then least squares on X;
 
 keeping the (Q', R') of lowest J. Only where the consumer reads one group, produced by one plain conv followed by
-a BatchNorm, read by nothing else, and nothing but that BatchNorm and a ReLU lies between the two (checked on the
-samples: the consumer's input must be H; a pooling between them fails it); other layers get the `ldrf` projection
-fit.
+a BatchNorm, read by nothing else, and whose input is H at the same pixels (checked on the samples, to
+_CHAIN_TOLERANCE: a pooling between the two fails it); other layers get the `ldrf` projection fit.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ JOINT_ROUNDS = 3  # alternations of (Q-step, T-step, R-step): J falls most in th
 _MU = 1e-2  # T-step pull toward the current activations, relative to the mean diagonal of Q' Q'^T
 # relative error allowed between the consumer's input and relu(BatchNorm(producer)) on the samples: float32 passes
 # are near 1e-6 from the float64 model, TF32 convolutions on CUDA near 1e-3; a pooling between the two is O(0.1-1).
-# Ops within it of the identity (a ReLU6 that rarely clips) pass: there the joint model is as nearly right.
+# An op this close to the identity (a ReLU6 that rarely clips) passes: the joint model is that nearly right there.
 _CHAIN_TOLERANCE = 5e-2
 
 
