@@ -71,8 +71,7 @@ def _samples(fit: LayerFit, producer: nn.Module, passes: StudentPasses, settings
         return "the producer does not run once per pass before the layer"
     if len(pixels["x"] | pixels["h"]) != 1:
         return "the producer's output and the layer's input differ in size"
-    x, h = torch.cat(rows["x"]), torch.cat(rows["h"])
-    return (x, h) if len(x) == len(h) else "the producer's output and the layer's input differ in size"
+    return torch.cat(rows["x"]), torch.cat(rows["h"])  # equal pixels per image: equal samples per image
 
 
 def _chain_holds(x, h, filters, scale, shift) -> bool:

@@ -111,10 +111,12 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
     for name in [n for n in fits if n not in rows]:
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
     passes = StudentPasses(model, images, settings.batch_size, settings.cache_bytes)
-    written = {name: _written(fits[name], groups, settings) for name in order}
+    # ldrf-joint: each layer's (producer, BatchNorm), or why it has none; found once, for the cut and the solve
+    pairs = {name: joint_producer(groups, name) for name in order} if settings.mode == "ldrf-joint" else {}
+    written = {name: _written(fits[name], pairs.get(name)) for name in order}
     for position, name in enumerate(order):
         passes.advance([module for later in order[position:] for module in written[later]])
-        record.fitted.append(_solve_one_(fits[name], groups, passes, rows, settings))
+        record.fitted.append(_solve_one_(fits[name], pairs.get(name), passes, rows, settings))
         for target in fits[name].targets:
             rows.pop(target.name, None)
     record.resumed_passes = passes.cut > 0
@@ -131,17 +133,15 @@ def _mark_refitted_producers(record: ReconstructionRecord) -> None:
             entry["filters_refitted_for"] = producers[entry["name"]]
 
 
-def _written(fit, groups: ChannelGroups, settings: ReconstructionSettings) -> list[str]:
-    """The modules solving `fit` may write: the layer, the BatchNorm taking its offset, and with ldrf-joint the
-    producer and its BatchNorm."""
+def _written(fit, pair: tuple[str, str] | str | None) -> list[str]:
+    """The modules solving `fit` may write: the layer, the BatchNorm taking its offset, and with ldrf-joint (`pair`)
+    the producer and its BatchNorm."""
     names = [fit.name] + ([fit.offset_in] if fit.offset_in not in (None, "bias") else [])
-    pair = joint_producer(groups, fit.name) if settings.mode == "ldrf-joint" else None
     return names + (list(pair) if isinstance(pair, tuple) else [])
 
 
-def _solve_one_(fit, groups, passes: StudentPasses, rows, settings) -> dict:
+def _solve_one_(fit, pair: tuple[str, str] | str | None, passes: StudentPasses, rows, settings) -> dict:
     if settings.mode == "ldrf-joint":
-        pair = joint_producer(groups, fit.name)
         outcome = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
         if isinstance(outcome, dict):
             return outcome
