@@ -124,7 +124,7 @@ def test_tool_wraps_a_command_and_passes_its_exit_code(tmp_path):
     out = tmp_path / "power.jsonl"
     run = subprocess.run(
         [sys.executable, TOOL, "--out", out, "--tegrastats-command", f"{sys.executable} {printer}", "--",
-         sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(3)"],
+         sys.executable, "-c", "import time, sys; time.sleep(1.0); sys.exit(3)"],
         capture_output=True,
         text=True,
     )  # fmt: skip
