@@ -49,7 +49,7 @@ PLANS = {
     "capacity": ("ldrf", {"ldrf_widths": "capacity"}),
 }
 # a mode NAME+relu fits after the BatchNorm and ReLU that follow each layer (--reconstruct-relu)
-MODES = ("none", "ls", "ls+relu", "ldrf", "ldrf-patch", "ldrf-patch+relu", "ldrf-joint")
+MODES = ("none", "ls", "ls+relu", "ldrf", "ldrf-patch", "ldrf-patch+relu", "ldrf-joint", "ls-joint")
 
 
 def _run(out: Path, start) -> dict:

@@ -80,7 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet50:3x224", help="name:CxS, comma-separated")
     parser.add_argument(
-        "--modes", default="ls,ldrf", help="of ls, ldrf, ldrf-patch, ldrf-joint; NAME+relu: --reconstruct-relu"
+        "--modes",
+        default="ls,ldrf",
+        help="of ls, ldrf, ldrf-patch, ldrf-joint, ls-joint; NAME+relu: --reconstruct-relu",
     )
     parser.add_argument("--target", type=float, default=0.5, help="uniform plan's MACs, fraction of dense")
     parser.add_argument("--calib-images", type=int, default=512)

@@ -42,7 +42,7 @@ ROUND_TO_AUTO = 0
 # What to refit after channels are removed (docs/ldrf.md#reconstruction): nothing, least squares of each
 # affected layer's output (ls), of its input-side SVD embedding (ldrf: the projection; ldrf-joint: with the
 # producer's kept filters), or of its output-side embedding (ldrf-patch)
-RECONSTRUCT_MODES = ("none", "ls", "ldrf", "ldrf-patch", "ldrf-joint")
+RECONSTRUCT_MODES = ("none", "ls", "ldrf", "ldrf-patch", "ldrf-joint", "ls-joint")
 DIAGNOSTIC_IMAGES = 256  # held-out images beyond the calibration ones, for the reconstruction's output errors
 # the options that set a budget other than --target-macs, and what each budgets (`budgets.resolve_budget`)
 BUDGET_FLAGS = {"target_params": "params", "target_latency": "latency", "target_latency_ms": "latency"}
@@ -175,7 +175,8 @@ class ReconstructionOptions(OptionGroup):
         "none",
         "After channels are removed, refit the layers that read them on held-out images: ls (least squares of "
         "each layer's output), ldrf (of its input's SVD embedding), ldrf-patch (of its output's), ldrf-joint "
-        "(ldrf with the producing layer's kept filters); docs/ldrf.md#reconstruction (default ldrf-joint for ldrf).",
+        "(ldrf with the producing layer's kept filters), ls-joint (ls with them); docs/ldrf.md#reconstruction "
+        "(default ldrf-joint for ldrf).",
         choices=RECONSTRUCT_MODES,
     )
     reconstruct_relu: bool = option(

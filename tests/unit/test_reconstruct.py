@@ -393,13 +393,14 @@ def _two_layer_net(seed: int) -> nn.Module:
     return randomize_norms_(model, seed=seed).double().eval()
 
 
+@pytest.mark.parametrize("alone, joint", [("ldrf", "ldrf-joint"), ("ls", "ls-joint")])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refit(seed):
-    """Half the first conv's channels removed: refitting its kept filters with the consumer's projection reaches
-    a lower embedding error on the calibration samples than the projection alone, and a lower error of the
-    consumer's output on images neither fit saw."""
+def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refit(seed, alone, joint):
+    """Half the first conv's channels removed: refitting its kept filters with the consumer (its projection, or its
+    k x k kernel for ls) reaches a lower error of what is fitted on the calibration samples than the consumer's fit
+    alone, and a lower error of the consumer's output on images neither fit saw."""
     errors = {}
-    for mode in ("ldrf", "ldrf-joint"):
+    for mode in (alone, joint):
         teacher, model, groups, plan = _pruned(
             _two_layer_net(seed), lambda g: ChannelPlan({"0": GroupPlan(8, [0, 2, 5, 7])})
         )
@@ -407,11 +408,33 @@ def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refi
         record = reconstruct_(teacher, model, groups, plan, _images(32, 10 + seed), settings, _images(32, 50 + seed))
         (layer,) = record.fitted
         errors[mode] = layer
-    joint = errors["ldrf-joint"]
-    assert joint["mode"] == "ldrf-joint" and joint["producer"] == "0"
-    assert joint["joint_error"][0] == pytest.approx(errors["ldrf"]["error_refitted"], rel=1e-6)  # round 1: ldrf
-    assert joint["error_refitted"] < errors["ldrf"]["error_refitted"], joint["joint_error"]
-    assert joint["output_error"] < errors["ldrf"]["output_error"], (joint, errors["ldrf"])
+    fitted = errors[joint]
+    assert fitted["mode"] == joint and fitted["producer"] == "0" and fitted["fit_units"] == errors[alone]["fit_units"]
+    # round 1 is the consumer's fit alone, on the same samples (the border patches' zero padding included)
+    assert fitted["joint_error"][0] == pytest.approx(errors[alone]["error_refitted"], rel=1e-6)
+    assert fitted["error_refitted"] < errors[alone]["error_refitted"], fitted["joint_error"]
+    assert fitted["output_error"] < errors[alone]["output_error"], (fitted, errors[alone])
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation, size",
+    [(3, 1, 1, 1, 7), (3, 2, 1, 1, 7), (5, 1, 2, 1, 6), (3, 1, 2, 2, 7), (1, 1, 0, 1, 5), (3, 1, 0, 1, 5)],
+)
+def test_each_tap_of_a_patch_names_the_input_pixel_it_holds(kernel, stride, padding, dilation, size):
+    """ls-joint pairs every kernel tap of a consumer's patch with the producer's pixel there: a tap inside the map
+    holds exactly the input pixel it names, and a tap marked outside is zero padding."""
+    from lappdeploy.methods.reconstruct.calibration import conv_patches_at, sampled_outputs
+    from lappdeploy.methods.reconstruct.joint import _by_tap, _tap_pixels
+
+    conv = nn.Conv2d(4, 2, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(3, 4, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(kernel + size))
+    where = sampled_outputs(conv, x, 1000, seed=1)  # every output position of each image
+    taps = _by_tap(conv_patches_at(conv, x, where), 4)  # (images x positions x taps, channels)
+    pixels, inside = _tap_pixels(conv, x, where)
+    images = torch.arange(3)[:, None].expand_as(pixels)
+    named = x.flatten(2).transpose(1, 2)[images.flatten(), pixels.flatten()]  # (images x positions x taps, 4)
+    assert torch.equal(taps[inside.flatten()], named[inside.flatten()])
+    assert not taps[~inside.flatten()].any() and (padding == 0) == bool(inside.all())
 
 
 @pytest.mark.parametrize(
@@ -422,11 +445,12 @@ def test_the_joint_refit_lowers_the_two_layer_error_below_the_consumer_only_refi
     ],
     ids=["pool-halving", "pool-same-size"],
 )
-def test_the_joint_refit_falls_back_to_the_projection_where_a_pooling_lies_between(between, reason):
-    """The joint fit models the consumer's input as relu(BatchNorm(producer)) at the same pixels; a pooling
-    between the two breaks that, so the layer gets the projection fit alone and the producer is left as removed."""
+@pytest.mark.parametrize("alone, joint", [("ldrf", "ldrf-joint"), ("ls", "ls-joint")])
+def test_the_joint_refit_falls_back_to_the_consumer_alone_where_a_pooling_lies_between(between, reason, alone, joint):
+    """The joint fits model the consumer's input as relu(BatchNorm(producer)) at the same pixels; a pooling
+    between the two breaks that, so the layer gets its fit alone and the producer is left as removed."""
     results = {}
-    for mode in ("ldrf", "ldrf-joint"):
+    for mode in (alone, joint):
         torch.manual_seed(0)
         model = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), copy.deepcopy(between),
@@ -440,9 +464,9 @@ def test_the_joint_refit_falls_back_to_the_projection_where_a_pooling_lies_betwe
         (layer,) = record.fitted
         results[mode] = (layer, model[4].weight.detach().clone())
         assert torch.equal(model[0].weight, producer), "the producer is left as plain removal"
-    layer, consumer = results["ldrf-joint"]
-    assert layer["mode"] == "ldrf" and reason in layer["joint"], layer
-    assert torch.equal(consumer, results["ldrf"][1]), "the same projection fit as --reconstruct ldrf"
+    layer, consumer = results[joint]
+    assert layer["mode"] == alone and reason in layer["joint"], layer
+    assert torch.equal(consumer, results[alone][1]), f"the same fit as --reconstruct {alone}"
 
 
 class SharedStemNet(nn.Module):
@@ -492,8 +516,10 @@ def test_the_fit_after_the_relu_lowers_the_error_after_the_relu(mode):
     assert errors[True] < errors[False], errors
 
 
-def test_the_joint_refit_pairs_a_linear_reading_a_flattened_one_pixel_map():
-    """A classifier reading a 1x1 map through a flatten reads the producer's pixel itself: the joint fit applies."""
+@pytest.mark.parametrize("mode, fitted_as", [("ldrf-joint", "ldrf-joint"), ("ls-joint", "ls")])
+def test_the_joint_refit_pairs_a_linear_reading_a_flattened_one_pixel_map(mode, fitted_as):
+    """A classifier reading a 1x1 map through a flatten reads the producer's pixel itself: ldrf-joint applies;
+    ls-joint pairs k x k patches, so it fits a Linear by ls alone and says why."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(1), nn.Linear(8, 4)
@@ -505,6 +531,7 @@ def test_the_joint_refit_pairs_a_linear_reading_a_flattened_one_pixel_map():
     plan = ChannelPlan({"0": GroupPlan(8, [0, 2, 5, 7])})
     teacher = frozen_copy(model)
     remove_channels_(model, plan, x, groups=groups)
-    record = reconstruct_(teacher, model, groups, plan, images, ReconstructionSettings(mode="ldrf-joint"))
+    record = reconstruct_(teacher, model, groups, plan, images, ReconstructionSettings(mode=mode))
     (layer,) = record.fitted
-    assert layer["mode"] == "ldrf-joint" and layer["producer"] == "0", layer
+    assert layer["mode"] == fitted_as, layer
+    assert layer.get("producer") == "0" if mode == "ldrf-joint" else "not a convolution" in layer["joint"], layer

@@ -32,7 +32,8 @@ class LdrfConfig(CriterionOptions, ReconstructionOptions, PruneConfig):
         "ldrf-joint",
         "After the channels are removed, refit the layers reading them: ldrf-joint (their SVD embedding, "
         "jointly with the kept filters producing their input), ldrf (the embedding alone), ldrf-patch (their "
-        "output's embedding), ls (their output) or none; docs/ldrf.md#reconstruction.",
+        "output's embedding), ls (their output), ls-joint (ls jointly with the producing filters) or none; "
+        "docs/ldrf.md#reconstruction.",
         choices=RECONSTRUCT_MODES,
     )
     ldrf_widths: str = option(

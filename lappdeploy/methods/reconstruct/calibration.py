@@ -27,7 +27,16 @@ from lappdeploy.data import epoch_seed
 from lappdeploy.errors import SurgeryError
 from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses, evaluating
 
-__all__ = ["Statistics", "Target", "sample_rows", "student_statistics", "teacher_targets"]
+__all__ = [
+    "Statistics",
+    "Target",
+    "conv_patches_at",
+    "output_size",
+    "sample_rows",
+    "sampled_outputs",
+    "student_statistics",
+    "teacher_targets",
+]
 
 
 def _positions(available: int, images: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -40,10 +49,26 @@ def _positions(available: int, images: int, count: int, seed: int, device: torch
 def _conv_patches(conv: nn.Conv2d, x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """The k x k input patches behind `count` output positions per image: (images * count, c_in k k), laid
     out like conv.weight.flatten(1)."""
+    return conv_patches_at(conv, x, sampled_outputs(conv, x, count, seed))
+
+
+def output_size(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of `conv`'s output on the input `x`."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    where = _positions(out_h * out_w, len(x), count, seed, x.device)
+    return (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def sampled_outputs(conv: nn.Conv2d, x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """(images, count) output positions (row-major indices into the output map) sampled from `seed`."""
+    out_h, out_w = output_size(conv, x)
+    return _positions(out_h * out_w, len(x), count, seed, x.device)
+
+
+def conv_patches_at(conv: nn.Conv2d, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The k x k input patches behind the output positions `where` (images, P): (images * P, c_in k k), laid out
+    like conv.weight.flatten(1), zero padding included."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    out_w = output_size(conv, x)[1]
     rows = (where // out_w * sh)[..., None] + torch.arange(kh, device=x.device) * dh  # (images, P, kh)
     cols = (where % out_w * sw)[..., None] + torch.arange(kw, device=x.device) * dw  # (images, P, kw)
     padded = F.pad(x, (pw, pw, ph, ph))

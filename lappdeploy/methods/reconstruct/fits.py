@@ -8,6 +8,7 @@
   of the kept inputs to reproduce the d-dimensional embedding A x; W' = P A'.
 - `ldrf-joint`: the projection refitted jointly with the kept filters of the layer that produces the pruned
   channels (alternating least squares through its BatchNorm and ReLU); see `joint.py`.
+- `ls-joint`: `ls` refitted jointly with those producer filters in the same way (a control for ldrf-joint).
 With `relu` (where a ReLU follows the layer's BatchNorm), `ls` and `ldrf-patch` fit the output after that
 ReLU instead of before it.
 
@@ -39,11 +40,13 @@ from lappdeploy.methods.reconstruct.linalg import (
 from lappdeploy.methods.reconstruct.passes import StudentPasses
 from lappdeploy.surgery.graph import resolve_module
 
-__all__ = ["OUTPUT", "LayerFit", "bn_affine", "layer_fit"]
+__all__ = ["LEAST_SQUARES", "OUTPUT", "LayerFit", "bn_affine", "layer_fit"]
 
 log = logging.getLogger(__name__)
 
 OUTPUT = "#output"  # suffix of the teacher target that holds a layer's output rows (offset and ReLU fits)
+LEAST_SQUARES = ("ls", "ls-joint")  # the modes fitting the layer's own k x k weights to its output
+_FIT_UNITS = {"ls": "output", "ls-joint": "output", "ldrf-patch": "output embedding"}  # else "input embedding"
 
 
 def bn_affine(bn: nn.Module | None, outputs: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +98,7 @@ def layer_fit(consumer: Consumer, index: int, teacher: nn.Module, model: nn.Modu
         )
     fit = LayerFit(consumer, index, original, student, settings.mode, offset_home(student, consumer.bn, model))
     fit.relu_after = relu_after and settings.relu and settings.mode in ("ls", "ldrf-patch")
-    if settings.mode == "ls":
+    if settings.mode in LEAST_SQUARES:
         _least_squares(fit)
     elif settings.mode == "ldrf-patch":
         _patch(fit, weight, settings.energy)
@@ -172,7 +175,7 @@ def solve_(fit: LayerFit, passes: StudentPasses, rows: dict[str, list], settings
 
 
 def _intercept(fit: LayerFit) -> bool:
-    return fit.offset_in is not None and fit.mode in ("ls", "ldrf-patch")
+    return fit.offset_in is not None and fit.mode in (*LEAST_SQUARES, "ldrf-patch")
 
 
 def _embedding_statistics(fit: LayerFit, passes: StudentPasses, rows, settings) -> Statistics:
@@ -217,7 +220,7 @@ def write_(fit: LayerFit, solution: torch.Tensor, model: nn.Module) -> None:
     """Put the fitted weights into the pruned layer (and an intercept into its bias or BatchNorm)."""
     weight = fit.student.weight
     unknowns = len(fit.prior) - (1 if _intercept(fit) else 0)
-    if fit.mode == "ls":
+    if fit.mode in LEAST_SQUARES:
         weight.copy_(solution[:unknowns].T.reshape(weight.shape).to(weight))
     elif fit.mode == "ldrf-patch":  # the change of the k x k part, mapped through P (what plain removal left stays)
         change = solution[:unknowns] - fit.prior[:unknowns].to(solution)
@@ -268,7 +271,7 @@ def _record(fit: LayerFit, stats: Statistics, prior: torch.Tensor, weights: torc
         # relative squared error of what is fitted on the calibration samples (ls: the output before BN;
         # ldrf: the input's embedding; ldrf-patch: the output's embedding), as plain removal left the layer and
         # after the linear refit; output_error (run.py) compares every mode in one unit
-        "fit_units": {"ls": "output", "ldrf-patch": "output embedding"}.get(fit.mode, "input embedding"),
+        "fit_units": _FIT_UNITS.get(fit.mode, "input embedding"),
         "error_removed": round(relative_residual(stats.gram, stats.cross, stats.energy, prior), 6),
         "error_refitted": round(relative_residual(stats.gram, stats.cross, stats.energy, solution.weights), 6),
         "ridge": solution.ridge if solution.ridge != float("inf") else None,

@@ -14,6 +14,13 @@ plain removal (R' as the producer has it, Q' = Q[kept]):
 keeping the (Q', R') of lowest J. Only where the consumer reads one group, produced by one plain conv followed by
 a BatchNorm, read by nothing else, and whose input is H at the same pixels (checked on the samples, to
 _CHAIN_TOLERANCE: a pooling between the two fails it); other layers get the `ldrf` projection fit.
+
+`--reconstruct ls-joint` is the same alternation with `ls`'s objective, the consumer's output Y before its
+BatchNorm, in place of the embedding (a control: the producers refitted as ldrf-joint refits them, the consumer
+as `ls` fits it). Its samples are the consumer's k x k input patches P at its sampled output positions; the
+T-step asks for whole patches (P* from Y and the consumer's fitted kernel, the same closed form), and the R-step
+fits the producer at every pixel a patch reads (k x k rows per sample; a tap in the zero padding is no pixel
+and stays 0). Where the pair does not hold, or the consumer is not a convolution, the layer gets the `ls` fit.
 """
 
 from __future__ import annotations
@@ -24,12 +31,18 @@ import torch
 from torch import nn
 
 from lappdeploy.data import epoch_seed
-from lappdeploy.methods.reconstruct.calibration import _conv_patches, _pixels
+from lappdeploy.methods.reconstruct.calibration import (
+    _conv_patches,
+    _pixels,
+    conv_patches_at,
+    output_size,
+    sampled_outputs,
+)
 from lappdeploy.methods.reconstruct.fits import OUTPUT, LayerFit, add_offset_, bn_affine, fit_offset_, write_
 from lappdeploy.methods.reconstruct.linalg import _relu_targets, relative_residual, ridge_solve
 from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses
 
-__all__ = ["JOINT_ROUNDS", "solve_joint_"]
+__all__ = ["JOINT_ROUNDS", "solve_joint_", "solve_ls_joint_"]
 
 JOINT_ROUNDS = 3  # alternations of (Q-step, T-step, R-step): J falls most in the first (measured, docs)
 _MU = 1e-2  # T-step pull toward the current activations, relative to the mean diagonal of Q' Q'^T
@@ -94,11 +107,25 @@ def _r_step(x, gram_factor, filters, wanted, scale, shift, ridge_pull) -> torch.
     return torch.cholesky_solve(cross, gram_factor)
 
 
-def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """The (Q', producer filters) of lowest J over JOINT_ROUNDS alternations, and J after each round."""
+def _wanted_inputs(targets: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The T-step: the non-negative inputs H* that the fitted map q turns into `targets`, pulled toward the current
+    inputs h: (targets q^T + mu h) (q q^T + mu I)^-1, clipped at 0."""
+    inner = q @ q.T
+    mu = _MU * float(inner.diagonal().mean())
+    eye = torch.eye(len(inner), dtype=inner.dtype)
+    return torch.clamp((targets @ q.T + mu * h) @ torch.linalg.inv(inner + mu * eye), min=0)
+
+
+def _producer_factor(x: torch.Tensor, settings) -> tuple[torch.Tensor, float]:
+    """The Cholesky factor of the R-step's ridge system on the producer's patches x, and its ridge pull."""
     gram = x.T @ x
     pull = max(settings.ridge, 1e-8) * float(gram.diagonal().mean())
-    factor = torch.linalg.cholesky(gram + pull * torch.eye(len(gram), dtype=gram.dtype))
+    return torch.linalg.cholesky(gram + pull * torch.eye(len(gram), dtype=gram.dtype)), pull
+
+
+def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The (Q', producer filters) of lowest J over JOINT_ROUNDS alternations, and J after each round."""
+    factor, pull = _producer_factor(x, settings)
     best, history = None, []
     for _ in range(JOINT_ROUNDS):
         q = ridge_solve(h.T @ h, h.T @ targets, q_prior, settings.ridge).weights
@@ -106,11 +133,7 @@ def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple
         history.append(error)
         if best is None or error < best[0]:
             best = (error, q, filters)
-        inner = q @ q.T
-        mu = _MU * float(inner.diagonal().mean())
-        eye = torch.eye(len(inner), dtype=inner.dtype)
-        wanted = torch.clamp((targets @ q.T + mu * h) @ torch.linalg.inv(inner + mu * eye), min=0)
-        filters = _r_step(x, factor, filters, wanted, scale, shift, pull)
+        filters = _r_step(x, factor, filters, _wanted_inputs(targets, q, h), scale, shift, pull)
         h = _activations(x, filters, scale, shift)
     return best[1], best[2], history
 
@@ -120,40 +143,175 @@ def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, ro
     """Refit the producer's kept filters and the consumer's projection together; where the pair does not have the
     form the joint fit assumes, why (the caller fits the projection alone)."""
     model = passes.model
-    producer, bn = model.get_submodule(pair[0]), model.get_submodule(pair[1])
+    producer = model.get_submodule(pair[0])
     samples = _samples(fit, producer, passes, settings)
     if isinstance(samples, str):
         return samples
     x, h = samples
     targets = torch.cat(rows[fit.name]).to(x)
-    weight = producer.weight.detach().double()
-    own = producer.bias.detach().double() if producer.bias is not None else weight.new_zeros(len(weight))
-    filters = torch.cat([weight.flatten(1).T, own[None]])  # (unknowns + 1, kept)
-    scale, shift = bn_affine(bn, len(weight), x)
+    filters, own, scale, shift = _producer_state(producer, model.get_submodule(pair[1]), x)
     if not _chain_holds(x, h, filters, scale, shift):
         return "the layer's input is not the producer's BatchNorm and ReLU output"
     q, filters, history = _alternate(x, h, targets, fit.prior.to(x), filters, scale, shift, settings)
-    producer.weight.copy_(filters[:-1].T.reshape(producer.weight.shape).to(producer.weight))
-    add_offset_(producer, "bias" if producer.bias is not None else pair[1], model, filters[-1] - own)
+    _write_producer_(producer, pair, model, filters, own)
     write_(fit, q, model)
     if fit.offset_in:
         fit_offset_(fit, passes, rows[fit.name + OUTPUT], settings)
-    gram, cross, energy = h.T @ h, h.T @ targets, float((targets**2).sum())
+    removed = relative_residual(h.T @ h, h.T @ targets, float((targets**2).sum()), fit.prior.to(x))
+    return _joint_record(fit, pair, "input embedding", len(x), filters, removed, history, targets, settings)
+
+
+@torch.no_grad()
+def solve_ls_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, rows, settings) -> dict | str:
+    """`ls-joint`: the producer's kept filters and the consumer's k x k kernel (and output offset) refitted together
+    to the consumer's output; where the pair does not have the form the joint fit assumes, why (the caller fits the
+    consumer by `ls` alone)."""
+    if not isinstance(fit.student, nn.Conv2d):
+        return "the layer is not a convolution (ls-joint pairs k x k patches with the producer's pixels)"
+    model = passes.model
+    producer = model.get_submodule(pair[0])
+    samples = _tap_samples(fit, producer, passes, settings)
+    if isinstance(samples, str):
+        return samples
+    p, x, inside = samples
+    targets = torch.cat(rows[fit.name]).to(x)
+    filters, own, scale, shift = _producer_state(producer, model.get_submodule(pair[1]), x)
+    channels = len(fit.consumer.in_keep)
+    if not _chain_holds(x, _by_tap(p, channels)[inside], filters, scale, shift):
+        return "the layer's input is not the producer's BatchNorm and ReLU output"
+    fitted = _alternate_patches(p, x, inside, targets, fit, filters, (scale, shift), settings)
+    kernel, filters, history = fitted
+    _write_producer_(producer, pair, model, filters, own)
+    write_(fit, kernel, model)
+    a = _with_ones(p, fit.offset_in is not None)
+    removed = relative_residual(a.T @ a, a.T @ targets, float((targets**2).sum()), fit.prior.to(x))
+    return _joint_record(fit, pair, "output", len(p), filters, removed, history, targets, settings)
+
+
+def _producer_state(producer: nn.Module, bn: nn.Module, like: torch.Tensor) -> tuple:
+    """(filters: the producer's kept filters with its offset as the last row, (unknowns + 1, kept); its own offset;
+    its BatchNorm's scale and shift)."""
+    weight = producer.weight.detach().double()
+    own = producer.bias.detach().double() if producer.bias is not None else weight.new_zeros(len(weight))
+    filters = torch.cat([weight.flatten(1).T, own[None]]).to(like)
+    return filters, own.to(like), *bn_affine(bn, len(weight), like)
+
+
+def _write_producer_(producer: nn.Module, pair: tuple[str, str], model: nn.Module, filters, own) -> None:
+    producer.weight.copy_(filters[:-1].T.reshape(producer.weight.shape).to(producer.weight))
+    add_offset_(producer, "bias" if producer.bias is not None else pair[1], model, filters[-1] - own)
+
+
+def _joint_record(fit, pair, units: str, samples: int, filters, removed: float, history, targets, settings) -> dict:
+    energy = float((targets**2).sum())
     return {
         "name": fit.name,
-        "mode": "ldrf-joint",
+        "mode": fit.mode,
         "producer": pair[0],
         "producer_bn": pair[1],
         "inputs_kept": len(fit.consumer.in_keep),
         "outputs": len(fit.consumer.out_keep),
         "rank": fit.rank,
-        "samples": len(x),
+        "samples": samples,
         "unknowns": len(fit.prior) + filters.numel() // filters.shape[1],
-        "fit_units": "input embedding",
-        "error_removed": round(relative_residual(gram, cross, energy, fit.prior.to(x)), 6),
+        "fit_units": units,
+        "error_removed": round(removed, 6),
         "error_refitted": round(min(history) / energy, 6) if energy > 0 else 0.0,
         "joint_error": [round(e / energy, 6) for e in history] if energy > 0 else history,
         "ridge": settings.ridge,
         "regularised": False,
         "offset_in": fit.offset_in if fit.offset_in != "bias" else None,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# ls-joint: patches
+
+
+def _tap_samples(fit: LayerFit, producer: nn.Module, passes: StudentPasses, settings) -> tuple | str:
+    """(P: the consumer's k x k input patches at its sampled output positions, the `ls` samples; X: the producer's
+    input patches, with a column of ones, at each pixel those patches read; inside: which (sample, tap) pairs read
+    a pixel rather than the zero padding), from the pruned network; or why the two cannot be paired."""
+    rows: dict[str, list[torch.Tensor]] = {"p": [], "x": [], "inside": []}
+    state: dict = {"index": 0, "input": None, "problem": None}
+
+    def on_producer(_module, args, output) -> None:
+        if state["input"] is not None:
+            state["problem"] = "the producer runs more than once before the layer"
+        state["input"], state["size"] = args[0], tuple(output.shape[2:])
+
+    def on_consumer(_module, args) -> None:
+        h, x, state["input"] = args[0], state["input"], None
+        if x is None or state["size"] != tuple(h.shape[2:]):
+            state["problem"] = state["problem"] or "the producer's output and the layer's input differ in size"
+            raise StopForward
+        seed = epoch_seed(settings.seed, state["index"], fit.index)  # the positions `ls` and the teacher sample
+        where = sampled_outputs(fit.student, h, settings.positions, seed)
+        pixels, inside = _tap_pixels(fit.student, h, where)
+        patches = conv_patches_at(producer, x, pixels).double()[inside.flatten()]
+        rows["p"].append(conv_patches_at(fit.student, h, where).double())
+        rows["x"].append(torch.cat([patches, patches.new_ones(len(patches), 1)], dim=1))
+        rows["inside"].append(inside.flatten())
+        raise StopForward
+
+    handles = [producer.register_forward_hook(on_producer), fit.student.register_forward_pre_hook(on_consumer)]
+    try:
+        passes.run(lambda index: state.update(index=index, input=None))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if state["problem"] or not rows["p"]:
+        return state["problem"] or "the producer does not run before the layer"
+    return torch.cat(rows["p"]), torch.cat(rows["x"]), torch.cat(rows["inside"])
+
+
+def _tap_pixels(conv: nn.Conv2d, x: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the output positions `where` (images, P) of `conv` on input `x`: the input pixel each kernel tap reads,
+    as a row-major index into x's map (images, P k k; 0 where the tap is in the padding), and whether it is
+    inside the map, in the order of the patch columns' taps."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    height, width = x.shape[2:]
+    out_w = output_size(conv, x)[1]
+    rows = (where // out_w * sh - ph)[..., None, None] + (torch.arange(kh, device=x.device) * dh)[:, None]
+    cols = (where % out_w * sw - pw)[..., None, None] + (torch.arange(kw, device=x.device) * dw)[None, :]
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # (images, P, kh, kw)
+    pixels = torch.where(inside, rows * width + cols, torch.zeros_like(rows))
+    return pixels.flatten(1), inside.flatten(1)
+
+
+def _by_tap(patches: torch.Tensor, channels: int) -> torch.Tensor:
+    """Patches (n, channels k k) as one row of channels per (sample, tap): (n k k, channels)."""
+    n = len(patches)
+    return patches.reshape(n, channels, -1).transpose(1, 2).reshape(-1, channels)
+
+
+def _with_taps(patches: torch.Tensor, values: torch.Tensor, inside: torch.Tensor, channels: int) -> torch.Tensor:
+    """`patches` with the taps inside the map replaced by `values` (the padding's zeros kept)."""
+    tapped = torch.zeros_like(_by_tap(patches, channels))
+    tapped[inside] = values
+    return tapped.reshape(len(patches), -1, channels).transpose(1, 2).reshape(patches.shape)
+
+
+def _with_ones(p: torch.Tensor, intercept: bool) -> torch.Tensor:
+    return torch.cat([p, p.new_ones(len(p), 1)], dim=1) if intercept else p
+
+
+def _alternate_patches(p, x, inside, targets, fit: LayerFit, filters, affine, settings) -> tuple:
+    """ls-joint's alternation: the (consumer kernel with its intercept row, producer filters) of lowest output
+    error over JOINT_ROUNDS rounds, and the error after each round. Round 1's kernel is the `ls` fit."""
+    scale, shift = affine
+    factor, pull = _producer_factor(x, settings)
+    intercept, channels, prior = fit.offset_in is not None, len(fit.consumer.in_keep), fit.prior.to(x)
+    best, history = None, []
+    for _ in range(JOINT_ROUNDS):
+        a = _with_ones(p, intercept)
+        kernel = ridge_solve(a.T @ a, a.T @ targets, prior, settings.ridge).weights
+        error = float(((targets - a @ kernel) ** 2).sum())
+        history.append(error)
+        if best is None or error < best[0]:
+            best = (error, kernel, filters)
+        weights, offset = (kernel[:-1], kernel[-1]) if intercept else (kernel, 0.0)
+        wanted = _by_tap(_wanted_inputs(targets - offset, weights, p), channels)[inside]
+        filters = _r_step(x, factor, filters, wanted, scale, shift, pull)
+        p = _with_taps(p, _activations(x, filters, scale, shift), inside, channels)
+    return best[1], best[2], history

@@ -29,7 +29,7 @@ __all__ = [
 
 RESIDUAL_DOC = "docs/ldrf.md#residual-streams"
 # modes whose fits read k x k patches (the ldrf-joint producer fit too): unknowns count kernel taps
-PATCH_MODES = ("ls", "ldrf-patch", "ldrf-joint")
+PATCH_MODES = ("ls", "ls-joint", "ldrf-patch", "ldrf-joint")
 
 
 @dataclass
@@ -254,8 +254,8 @@ def check_calibration(groups: ChannelGroups, settings: ReconstructionSettings, i
     names = [
         n[0] for n in group_readers(groups).values() if len(n) == 1 and unsupported(groups.layers[n[0]].module) is None
     ]
-    # ldrf-joint also refits the kept filters of each reader's producer, with an output offset
-    pairs = [joint_producer(groups, n) for n in names] if settings.mode == "ldrf-joint" else []
+    # the joint modes also refit the kept filters of each reader's producer, with an output offset
+    pairs = [joint_producer(groups, n) for n in names] if settings.mode in ("ldrf-joint", "ls-joint") else []
     producers = {pair[0] for pair in pairs if isinstance(pair, tuple)}
     names = list(dict.fromkeys(names + sorted(producers)))
     sizes = _input_sizes(groups, names)

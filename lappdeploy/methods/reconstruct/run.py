@@ -16,7 +16,7 @@ from torch import nn
 from lappdeploy.methods.reconstruct.calibration import teacher_targets
 from lappdeploy.methods.reconstruct.diagnostics import output_errors
 from lappdeploy.methods.reconstruct.fits import layer_fit, solve_
-from lappdeploy.methods.reconstruct.joint import solve_joint_
+from lappdeploy.methods.reconstruct.joint import solve_joint_, solve_ls_joint_
 from lappdeploy.methods.reconstruct.layers import Consumer, joint_producer, plan_consumers
 from lappdeploy.methods.reconstruct.passes import StudentPasses
 from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
@@ -111,8 +111,8 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
     for name in [n for n in fits if n not in rows]:
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
     passes = StudentPasses(model, images, settings.batch_size, settings.cache_bytes)
-    # ldrf-joint: each layer's (producer, BatchNorm), or why it has none; found once, for the cut and the solve
-    pairs = {name: joint_producer(groups, name) for name in order} if settings.mode == "ldrf-joint" else {}
+    # the joint modes: each layer's (producer, BatchNorm), or why it has none; found once, for the cut and the solve
+    pairs = {name: joint_producer(groups, name) for name in order} if settings.mode in JOINT_SOLVERS else {}
     written = {name: _written(fits[name], pairs.get(name)) for name in order}
     for position, name in enumerate(order):
         passes.advance([module for later in order[position:] for module in written[later]])
@@ -134,18 +134,23 @@ def _mark_refitted_producers(record: ReconstructionRecord) -> None:
 
 
 def _written(fit, pair: tuple[str, str] | str | None) -> list[str]:
-    """The modules solving `fit` may write: the layer, the BatchNorm taking its offset, and with ldrf-joint (`pair`)
-    the producer and its BatchNorm."""
+    """The modules solving `fit` may write: the layer, the BatchNorm taking its offset, and with a joint mode
+    (`pair`) the producer and its BatchNorm."""
     names = [fit.name] + ([fit.offset_in] if fit.offset_in not in (None, "bias") else [])
     return names + (list(pair) if isinstance(pair, tuple) else [])
 
 
+# per joint mode: its solver, and the mode (with what it fits) of a layer that has no producer to pair
+JOINT_SOLVERS = {"ldrf-joint": (solve_joint_, "ldrf", "projection"), "ls-joint": (solve_ls_joint_, "ls", "ls")}
+
+
 def _solve_one_(fit, pair: tuple[str, str] | str | None, passes: StudentPasses, rows, settings) -> dict:
-    if settings.mode == "ldrf-joint":
-        outcome = solve_joint_(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
+    if settings.mode in JOINT_SOLVERS:
+        solver, alone, what = JOINT_SOLVERS[settings.mode]
+        outcome = solver(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
         if isinstance(outcome, dict):
             return outcome
-        return {**solve_(fit, passes, rows, settings), "mode": "ldrf", "joint": f"projection alone: {outcome}"}
+        return {**solve_(fit, passes, rows, settings), "mode": alone, "joint": f"{what} alone: {outcome}"}
     return solve_(fit, passes, rows, settings)
 
 
