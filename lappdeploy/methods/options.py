@@ -40,8 +40,8 @@ __all__ = [
 # --round-to auto (0 in a config): per group, the multiple the latency table's width-step probes show
 ROUND_TO_AUTO = 0
 # What to refit after channels are removed (docs/ldrf.md#reconstruction): nothing, least squares of each
-# affected layer's output (ls), of its input-side SVD embedding (ldrf: the projection; ldrf-joint: with the
-# producer's kept filters), or of its output-side embedding (ldrf-patch)
+# affected layer's output (ls; ls-joint: with the producer's kept filters), of its input-side SVD embedding
+# (ldrf: the projection; ldrf-joint: with the producer's kept filters), or of its output-side embedding (ldrf-patch)
 RECONSTRUCT_MODES = ("none", "ls", "ldrf", "ldrf-patch", "ldrf-joint", "ls-joint")
 DIAGNOSTIC_IMAGES = 256  # held-out images beyond the calibration ones, for the reconstruction's output errors
 # the options that set a budget other than --target-macs, and what each budgets (`budgets.resolve_budget`)

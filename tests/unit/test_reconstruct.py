@@ -437,6 +437,31 @@ def test_each_tap_of_a_patch_names_the_input_pixel_it_holds(kernel, stride, padd
     assert not taps[~inside.flatten()].any() and (padding == 0) == bool(inside.all())
 
 
+def test_the_wanted_patches_at_a_border_hold_the_padded_taps_at_zero():
+    """ls-joint's T-step solves for the taps inside the map only: at border positions the output asked for is
+    reproduced with the padded taps at 0 (as the network computes), better than by a solve over the whole patch
+    whose padded taps are then dropped."""
+    from lappdeploy.methods.reconstruct.calibration import conv_patches_at, sampled_outputs
+    from lappdeploy.methods.reconstruct.joint import _by_tap, _tap_pixels, _wanted_inputs, _wanted_patches, _with_taps
+
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(2, 24, 3, padding=1)
+    x = torch.rand(4, 2, 5, 5, dtype=torch.float64, generator=generator)
+    where = sampled_outputs(conv, x, 25, seed=0)  # every position of a 5x5 map: 16 of its 25 at the border
+    p, inside = conv_patches_at(conv, x, where), _tap_pixels(conv, x, where)[1].flatten()
+    kernel = torch.randn(18, 24, dtype=torch.float64, generator=generator)  # 24 outputs from 2 channels x 9 taps
+    wanted = p @ kernel  # reachable with every padded tap at 0: by p itself
+    start = torch.zeros_like(p)
+    border = ~inside.reshape(len(p), 9).all(dim=1)
+
+    def error(taps: torch.Tensor) -> float:
+        return float(((_with_taps(p, taps, inside, 2) @ kernel - wanted)[border] ** 2).sum())
+
+    restricted = _wanted_patches(wanted, kernel, start, inside, 2)
+    whole = _by_tap(_wanted_inputs(wanted, kernel, start), 2)[inside]
+    assert error(restricted) < 0.5 * error(whole), (error(restricted), error(whole))
+
+
 @pytest.mark.parametrize(
     "between, reason",
     [

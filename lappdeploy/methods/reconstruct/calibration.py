@@ -12,7 +12,10 @@ bytes ~ 390 MB for `ls` and 2 x 3776 x 5120 x 4 bytes ~ 155 MB for `ldrf`. The p
 three times per layer (its samples; the output offset; ldrf-joint's producer samples), each pass stopped as
 soon as that layer has its input and started from the values cached at the cut where the network traces
 (passes.py: up to ReconstructionSettings.cache_bytes, 2 GiB, for all images); its samples go straight into Gram
-matrices (X^T X, X^T Y in float64): none of its activations beyond the cut's outlives its batch.
+matrices (X^T X, X^T Y in float64): none of its activations beyond the cut's outlives its batch. The fits that
+iterate keep their samples for one layer at a time (float64): the ReLU fits images x positions x unknowns, the
+joint modes the producer's patches too, images x positions x (producer unknowns + 1), k x k times that for
+ls-joint (a 3x3 layer: 9 rows per position, fewer at borders).
 """
 
 from __future__ import annotations

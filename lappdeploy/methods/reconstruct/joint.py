@@ -39,7 +39,7 @@ from lappdeploy.methods.reconstruct.calibration import (
     sampled_outputs,
 )
 from lappdeploy.methods.reconstruct.fits import OUTPUT, LayerFit, add_offset_, bn_affine, fit_offset_, write_
-from lappdeploy.methods.reconstruct.linalg import _relu_targets, relative_residual, ridge_solve
+from lappdeploy.methods.reconstruct.linalg import Solution, _relu_targets, relative_residual, ridge_solve
 from lappdeploy.methods.reconstruct.passes import StopForward, StudentPasses
 
 __all__ = ["JOINT_ROUNDS", "solve_joint_", "solve_ls_joint_"]
@@ -112,27 +112,28 @@ def _wanted_inputs(targets: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> t
     inputs h: (targets q^T + mu h) (q q^T + mu I)^-1, clipped at 0."""
     inner = q @ q.T
     mu = _MU * float(inner.diagonal().mean())
-    eye = torch.eye(len(inner), dtype=inner.dtype)
-    return torch.clamp((targets @ q.T + mu * h) @ torch.linalg.inv(inner + mu * eye), min=0)
+    factor = torch.linalg.cholesky(inner + mu * torch.eye(len(inner), dtype=inner.dtype, device=inner.device))
+    return torch.clamp(torch.cholesky_solve((targets @ q.T + mu * h).T, factor).T, min=0)
 
 
 def _producer_factor(x: torch.Tensor, settings) -> tuple[torch.Tensor, float]:
     """The Cholesky factor of the R-step's ridge system on the producer's patches x, and its ridge pull."""
     gram = x.T @ x
     pull = max(settings.ridge, 1e-8) * float(gram.diagonal().mean())
-    return torch.linalg.cholesky(gram + pull * torch.eye(len(gram), dtype=gram.dtype)), pull
+    return torch.linalg.cholesky(gram + pull * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)), pull
 
 
-def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """The (Q', producer filters) of lowest J over JOINT_ROUNDS alternations, and J after each round."""
+def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple[Solution, torch.Tensor, list]:
+    """The (Q' solution, producer filters) of lowest J over JOINT_ROUNDS alternations, and J after each round."""
     factor, pull = _producer_factor(x, settings)
     best, history = None, []
     for _ in range(JOINT_ROUNDS):
-        q = ridge_solve(h.T @ h, h.T @ targets, q_prior, settings.ridge).weights
+        solution = ridge_solve(h.T @ h, h.T @ targets, q_prior, settings.ridge)
+        q = solution.weights
         error = float(((targets - h @ q) ** 2).sum())
         history.append(error)
         if best is None or error < best[0]:
-            best = (error, q, filters)
+            best = (error, solution, filters)
         filters = _r_step(x, factor, filters, _wanted_inputs(targets, q, h), scale, shift, pull)
         h = _activations(x, filters, scale, shift)
     return best[1], best[2], history
@@ -152,13 +153,13 @@ def solve_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses, ro
     filters, own, scale, shift = _producer_state(producer, model.get_submodule(pair[1]), x)
     if not _chain_holds(x, h, filters, scale, shift):
         return "the layer's input is not the producer's BatchNorm and ReLU output"
-    q, filters, history = _alternate(x, h, targets, fit.prior.to(x), filters, scale, shift, settings)
+    solution, filters, history = _alternate(x, h, targets, fit.prior.to(x), filters, scale, shift, settings)
     _write_producer_(producer, pair, model, filters, own)
-    write_(fit, q, model)
+    write_(fit, solution.weights, model)
     if fit.offset_in:
         fit_offset_(fit, passes, rows[fit.name + OUTPUT], settings)
     removed = relative_residual(h.T @ h, h.T @ targets, float((targets**2).sum()), fit.prior.to(x))
-    return _joint_record(fit, pair, "input embedding", len(x), filters, removed, history, targets, settings)
+    return _joint_record(fit, pair, "input embedding", len(x), (filters, solution), removed, history, targets)
 
 
 @torch.no_grad()
@@ -179,13 +180,12 @@ def solve_ls_joint_(fit: LayerFit, pair: tuple[str, str], passes: StudentPasses,
     channels = len(fit.consumer.in_keep)
     if not _chain_holds(x, _by_tap(p, channels)[inside], filters, scale, shift):
         return "the layer's input is not the producer's BatchNorm and ReLU output"
-    fitted = _alternate_patches(p, x, inside, targets, fit, filters, (scale, shift), settings)
-    kernel, filters, history = fitted
+    solution, filters, history = _alternate_patches(p, x, inside, targets, fit, filters, (scale, shift), settings)
     _write_producer_(producer, pair, model, filters, own)
-    write_(fit, kernel, model)
+    write_(fit, solution.weights, model)
     a = _with_ones(p, fit.offset_in is not None)
     removed = relative_residual(a.T @ a, a.T @ targets, float((targets**2).sum()), fit.prior.to(x))
-    return _joint_record(fit, pair, "output", len(p), filters, removed, history, targets, settings)
+    return _joint_record(fit, pair, "output", len(p), (filters, solution), removed, history, targets)
 
 
 def _producer_state(producer: nn.Module, bn: nn.Module, like: torch.Tensor) -> tuple:
@@ -202,7 +202,9 @@ def _write_producer_(producer: nn.Module, pair: tuple[str, str], model: nn.Modul
     add_offset_(producer, "bias" if producer.bias is not None else pair[1], model, filters[-1] - own)
 
 
-def _joint_record(fit, pair, units: str, samples: int, filters, removed: float, history, targets, settings) -> dict:
+def _joint_record(fit, pair, units: str, samples: int, fitted: tuple, removed: float, history, targets) -> dict:
+    """`fitted`: the chosen round's (producer filters, the consumer's Solution)."""
+    filters, solution = fitted
     energy = float((targets**2).sum())
     return {
         "name": fit.name,
@@ -218,8 +220,8 @@ def _joint_record(fit, pair, units: str, samples: int, filters, removed: float, 
         "error_removed": round(removed, 6),
         "error_refitted": round(min(history) / energy, 6) if energy > 0 else 0.0,
         "joint_error": [round(e / energy, 6) for e in history] if energy > 0 else history,
-        "ridge": settings.ridge,
-        "regularised": False,
+        "ridge": solution.ridge if solution.ridge != float("inf") else None,
+        "regularised": solution.regularised,
         "offset_in": fit.offset_in if fit.offset_in != "bias" else None,
     }
 
@@ -233,30 +235,33 @@ def _tap_samples(fit: LayerFit, producer: nn.Module, passes: StudentPasses, sett
     input patches, with a column of ones, at each pixel those patches read; inside: which (sample, tap) pairs read
     a pixel rather than the zero padding), from the pruned network; or why the two cannot be paired."""
     rows: dict[str, list[torch.Tensor]] = {"p": [], "x": [], "inside": []}
-    state: dict = {"index": 0, "input": None, "problem": None}
+    state: dict = {"index": 0, "where": None, "problem": None}
 
     def on_producer(_module, args, output) -> None:
-        if state["input"] is not None:
-            state["problem"] = "the producer runs more than once before the layer"
-        state["input"], state["size"] = args[0], tuple(output.shape[2:])
-
-    def on_consumer(_module, args) -> None:
-        h, x, state["input"] = args[0], state["input"], None
-        if x is None or state["size"] != tuple(h.shape[2:]):
-            state["problem"] = state["problem"] or "the producer's output and the layer's input differ in size"
-            raise StopForward
+        """The producer's patches at the pixels the consumer's sampled patches will read, if the consumer's input has
+        the output's size (checked there): taken here, before anything downstream can write into its input."""
+        if state["where"] is not None:
+            state["problem"] = state["problem"] or "the producer runs more than once before the layer"
         seed = epoch_seed(settings.seed, state["index"], fit.index)  # the positions `ls` and the teacher sample
-        where = sampled_outputs(fit.student, h, settings.positions, seed)
-        pixels, inside = _tap_pixels(fit.student, h, where)
-        patches = conv_patches_at(producer, x, pixels).double()[inside.flatten()]
-        rows["p"].append(conv_patches_at(fit.student, h, where).double())
+        state["where"], state["size"] = sampled_outputs(fit.student, output, settings.positions, seed), output.shape
+        pixels, inside = _tap_pixels(fit.student, output, state["where"])
+        patches = conv_patches_at(producer, args[0], pixels)[inside.flatten()].double()
         rows["x"].append(torch.cat([patches, patches.new_ones(len(patches), 1)], dim=1))
         rows["inside"].append(inside.flatten())
+
+    def on_consumer(_module, args) -> None:
+        h, where, state["where"] = args[0], state["where"], None
+        if where is None:
+            state["problem"] = state["problem"] or "the producer does not run before the layer"
+        elif state["size"][2:] != h.shape[2:]:
+            state["problem"] = state["problem"] or "the producer's output and the layer's input differ in size"
+        else:
+            rows["p"].append(conv_patches_at(fit.student, h, where).double())
         raise StopForward
 
     handles = [producer.register_forward_hook(on_producer), fit.student.register_forward_pre_hook(on_consumer)]
     try:
-        passes.run(lambda index: state.update(index=index, input=None))
+        passes.run(lambda index: state.update(index=index, where=None))
     finally:
         for handle in handles:
             handle.remove()
@@ -292,26 +297,45 @@ def _with_taps(patches: torch.Tensor, values: torch.Tensor, inside: torch.Tensor
     return tapped.reshape(len(patches), -1, channels).transpose(1, 2).reshape(patches.shape)
 
 
+def _wanted_patches(residual, kernel: torch.Tensor, p: torch.Tensor, inside: torch.Tensor, channels: int):
+    """The T-step on patches: the taps inside the map that the kernel (channels k k, outputs) turns into `residual`
+    (the output less its offset), by _wanted_inputs over those taps alone (a padded tap is fixed at 0, not free),
+    per pattern of inside taps (a border position has fewer). One row of channels per inside tap, laid out as
+    _by_tap(p)[inside]."""
+    n, taps = len(p), kernel.shape[0] // channels
+    current = _by_tap(p, channels).reshape(n, taps, channels)
+    by_tap = kernel.reshape(channels, taps, -1).transpose(0, 1)  # (taps, channels, outputs)
+    wanted = torch.zeros_like(current)
+    patterns, which = torch.unique(inside.reshape(n, taps), dim=0, return_inverse=True)
+    for index, pattern in enumerate(patterns):
+        samples, kept = (which == index).nonzero()[:, 0], pattern.nonzero()[:, 0]
+        q = by_tap[kept].reshape(-1, by_tap.shape[2])  # (inside taps x channels, outputs)
+        fitted = _wanted_inputs(residual[samples], q, current[samples][:, kept].reshape(len(samples), -1))
+        wanted[samples[:, None], kept[None, :]] = fitted.reshape(len(samples), len(kept), channels)
+    return wanted.reshape(-1, channels)[inside]
+
+
 def _with_ones(p: torch.Tensor, intercept: bool) -> torch.Tensor:
     return torch.cat([p, p.new_ones(len(p), 1)], dim=1) if intercept else p
 
 
 def _alternate_patches(p, x, inside, targets, fit: LayerFit, filters, affine, settings) -> tuple:
-    """ls-joint's alternation: the (consumer kernel with its intercept row, producer filters) of lowest output
-    error over JOINT_ROUNDS rounds, and the error after each round. Round 1's kernel is the `ls` fit."""
+    """ls-joint's alternation: the (consumer kernel solution, with its intercept row; producer filters) of lowest
+    output error over JOINT_ROUNDS rounds, and the error after each round. Round 1's kernel is the `ls` fit."""
     scale, shift = affine
     factor, pull = _producer_factor(x, settings)
     intercept, channels, prior = fit.offset_in is not None, len(fit.consumer.in_keep), fit.prior.to(x)
     best, history = None, []
     for _ in range(JOINT_ROUNDS):
         a = _with_ones(p, intercept)
-        kernel = ridge_solve(a.T @ a, a.T @ targets, prior, settings.ridge).weights
+        solution = ridge_solve(a.T @ a, a.T @ targets, prior, settings.ridge)
+        kernel = solution.weights
         error = float(((targets - a @ kernel) ** 2).sum())
         history.append(error)
         if best is None or error < best[0]:
-            best = (error, kernel, filters)
+            best = (error, solution, filters)
         weights, offset = (kernel[:-1], kernel[-1]) if intercept else (kernel, 0.0)
-        wanted = _by_tap(_wanted_inputs(targets - offset, weights, p), channels)[inside]
+        wanted = _wanted_patches(targets - offset, weights, p, inside, channels)
         filters = _r_step(x, factor, filters, wanted, scale, shift, pull)
         p = _with_taps(p, _activations(x, filters, scale, shift), inside, channels)
     return best[1], best[2], history

@@ -49,7 +49,7 @@ class ReconstructionRecord:
     @property
     def modules(self) -> list[str]:
         """Modules whose tensors the reconstruction wrote (refitted layers, BatchNorms given offsets, and the
-        producers ldrf-joint refitted with their BatchNorms): what other DDP ranks load from rank 0."""
+        producers the joint modes refitted with their BatchNorms): what other DDP ranks load from rank 0."""
         fields = ("name", "offset_in", "producer", "producer_bn")
         return [layer[key] for layer in self.fitted for key in fields if layer.get(key)]
 
@@ -124,7 +124,7 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
 
 
 def _mark_refitted_producers(record: ReconstructionRecord) -> None:
-    """ldrf-joint refits the kept filters of the producer of the channels a layer reads: a layer refitted before
+    """The joint modes refit the kept filters of the producer of the channels a layer reads: a layer refitted before
     (a VGG chain: its record's weights and errors are overwritten by that later fit) or one whose removed inputs
     cannot be refitted (a residual stream's reader). Their records say so."""
     producers = {layer["producer"]: layer["name"] for layer in record.fitted if layer.get("producer")}
