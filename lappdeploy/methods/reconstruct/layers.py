@@ -12,7 +12,7 @@ from torch import nn
 from lappdeploy.errors import ConfigError
 from lappdeploy.methods.reconstruct.linalg import energy_rank
 from lappdeploy.methods.reconstruct.passes import evaluating
-from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
+from lappdeploy.methods.reconstruct.settings import JOINT_MODES, ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
 from lappdeploy.surgery.graph import LayerChannels, resolve_module
 
@@ -255,7 +255,7 @@ def check_calibration(groups: ChannelGroups, settings: ReconstructionSettings, i
         n[0] for n in group_readers(groups).values() if len(n) == 1 and unsupported(groups.layers[n[0]].module) is None
     ]
     # the joint modes also refit the kept filters of each reader's producer, with an output offset
-    pairs = [joint_producer(groups, n) for n in names] if settings.mode in ("ldrf-joint", "ls-joint") else []
+    pairs = [joint_producer(groups, n) for n in names] if settings.mode in JOINT_MODES else []
     producers = {pair[0] for pair in pairs if isinstance(pair, tuple)}
     names = list(dict.fromkeys(names + sorted(producers)))
     sizes = _input_sizes(groups, names)

@@ -19,13 +19,16 @@ from lappdeploy.methods.reconstruct.fits import layer_fit, solve_
 from lappdeploy.methods.reconstruct.joint import solve_joint_, solve_ls_joint_
 from lappdeploy.methods.reconstruct.layers import Consumer, joint_producer, plan_consumers
 from lappdeploy.methods.reconstruct.passes import StudentPasses
-from lappdeploy.methods.reconstruct.settings import ReconstructionSettings
+from lappdeploy.methods.reconstruct.settings import JOINT_MODES, ReconstructionSettings
 from lappdeploy.surgery import ChannelGroups, ChannelPlan
 from lappdeploy.surgery.graph import is_norm_act, resolve_module
 
 __all__ = ["ReconstructionLog", "ReconstructionRecord", "ResourceMeter", "reconstruct_", "relu_follows"]
 
 log = logging.getLogger(__name__)
+
+# per joint mode: its solver, and the mode (with what it fits) of a layer that has no producer to pair
+JOINT_SOLVERS = {"ldrf-joint": (solve_joint_, "ldrf", "projection"), "ls-joint": (solve_ls_joint_, "ls", "ls")}
 
 
 @dataclass
@@ -112,7 +115,7 @@ def _refit_all_(record, teacher, model, groups, consumers: list[Consumer], image
         record.skipped.append({"name": name, "reason": "not run exactly once per forward pass (shared or unused)"})
     passes = StudentPasses(model, images, settings.batch_size, settings.cache_bytes)
     # the joint modes: each layer's (producer, BatchNorm), or why it has none; found once, for the cut and the solve
-    pairs = {name: joint_producer(groups, name) for name in order} if settings.mode in JOINT_SOLVERS else {}
+    pairs = {name: joint_producer(groups, name) for name in order} if settings.mode in JOINT_MODES else {}
     written = {name: _written(fits[name], pairs.get(name)) for name in order}
     for position, name in enumerate(order):
         passes.advance([module for later in order[position:] for module in written[later]])
@@ -140,12 +143,8 @@ def _written(fit, pair: tuple[str, str] | str | None) -> list[str]:
     return names + (list(pair) if isinstance(pair, tuple) else [])
 
 
-# per joint mode: its solver, and the mode (with what it fits) of a layer that has no producer to pair
-JOINT_SOLVERS = {"ldrf-joint": (solve_joint_, "ldrf", "projection"), "ls-joint": (solve_ls_joint_, "ls", "ls")}
-
-
 def _solve_one_(fit, pair: tuple[str, str] | str | None, passes: StudentPasses, rows, settings) -> dict:
-    if settings.mode in JOINT_SOLVERS:
+    if settings.mode in JOINT_MODES:
         solver, alone, what = JOINT_SOLVERS[settings.mode]
         outcome = solver(fit, pair, passes, rows, settings) if isinstance(pair, tuple) else pair
         if isinstance(outcome, dict):

@@ -7,7 +7,10 @@ from typing import Any
 
 from lappdeploy.methods.options import RECONSTRUCT_MODES as MODES
 
-__all__ = ["MODES", "ReconstructionSettings"]
+__all__ = ["JOINT_MODES", "MODES", "ReconstructionSettings"]
+
+# the modes that refit each layer jointly with the kept filters of the conv producing its input (joint.py)
+JOINT_MODES = ("ldrf-joint", "ls-joint")
 
 
 @dataclass(frozen=True)
