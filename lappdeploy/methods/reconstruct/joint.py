@@ -123,18 +123,23 @@ def _producer_factor(x: torch.Tensor, settings) -> tuple[torch.Tensor, float]:
     return torch.linalg.cholesky(gram + pull * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)), pull
 
 
+def _fit_consumer(samples: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor, settings) -> tuple:
+    """A round's consumer step, shared by both joint modes: the ridge least squares of `targets` on `samples`
+    (pulled toward `prior`) and its squared error on them."""
+    solution = ridge_solve(samples.T @ samples, samples.T @ targets, prior, settings.ridge)
+    return solution, float(((targets - samples @ solution.weights) ** 2).sum())
+
+
 def _alternate(x, h, targets, q_prior, filters, scale, shift, settings) -> tuple[Solution, torch.Tensor, list]:
     """The (Q' solution, producer filters) of lowest J over JOINT_ROUNDS alternations, and J after each round."""
     factor, pull = _producer_factor(x, settings)
     best, history = None, []
     for _ in range(JOINT_ROUNDS):
-        solution = ridge_solve(h.T @ h, h.T @ targets, q_prior, settings.ridge)
-        q = solution.weights
-        error = float(((targets - h @ q) ** 2).sum())
+        solution, error = _fit_consumer(h, targets, q_prior, settings)
         history.append(error)
         if best is None or error < best[0]:
             best = (error, solution, filters)
-        filters = _r_step(x, factor, filters, _wanted_inputs(targets, q, h), scale, shift, pull)
+        filters = _r_step(x, factor, filters, _wanted_inputs(targets, solution.weights, h), scale, shift, pull)
         h = _activations(x, filters, scale, shift)
     return best[1], best[2], history
 
@@ -327,13 +332,11 @@ def _alternate_patches(p, x, inside, targets, fit: LayerFit, filters, affine, se
     intercept, channels, prior = fit.offset_in is not None, len(fit.consumer.in_keep), fit.prior.to(x)
     best, history = None, []
     for _ in range(JOINT_ROUNDS):
-        a = _with_ones(p, intercept)
-        solution = ridge_solve(a.T @ a, a.T @ targets, prior, settings.ridge)
-        kernel = solution.weights
-        error = float(((targets - a @ kernel) ** 2).sum())
+        solution, error = _fit_consumer(_with_ones(p, intercept), targets, prior, settings)
         history.append(error)
         if best is None or error < best[0]:
             best = (error, solution, filters)
+        kernel = solution.weights
         weights, offset = (kernel[:-1], kernel[-1]) if intercept else (kernel, 0.0)
         wanted = _wanted_patches(targets - offset, weights, p, inside, channels)
         filters = _r_step(x, factor, filters, wanted, scale, shift, pull)
